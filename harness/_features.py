@@ -1,0 +1,151 @@
+"""What this machine supports.  Each probe returns None (supported) or the
+exact reason it is not; ``@pytest.mark.requires(name)`` skips with that
+reason, and ``python -m harness doctor`` prints them all.  Probes are
+cached per process and touch nothing outside namespaces they create."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import uuid
+
+
+def _run(argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+@functools.cache
+def root() -> str | None:
+    return None if os.geteuid() == 0 else "not root (network namespaces need CAP_SYS_ADMIN)"
+
+
+@functools.cache
+def netns() -> str | None:
+    if root():
+        return root()
+    from . import _netns
+    name = f"fih{os.getpid()}-probe-{uuid.uuid4().hex[:6]}"
+    try:
+        _netns.create(name)
+    except Exception as exc:  # noqa: BLE001
+        return f"cannot create a network namespace: {exc}"
+    _netns.delete(name)
+    return None
+
+
+@functools.cache
+def iptables() -> str | None:
+    exe = shutil.which("iptables-restore")
+    if not exe:
+        return "iptables-restore not installed (apt-get install iptables)"
+    out = _run(["iptables", "--version"]).stdout.strip()
+    return None if out else "iptables --version printed nothing"
+
+
+def iptables_backend() -> str:
+    out = _run(["iptables", "--version"]).stdout if shutil.which("iptables") else ""
+    return "nf_tables" if "nf_tables" in out else ("legacy" if "legacy" in out else "unknown")
+
+
+@functools.cache
+def nfqueue() -> str | None:
+    if iptables():
+        return iptables()
+    return _probe_in_scratch_ns(["iptables", "-A", "INPUT", "-j", "NFQUEUE", "--queue-num", "1"])
+
+
+def _probe_in_scratch_ns(argv: list[str]) -> str | None:
+    if netns():
+        return netns()
+    from . import _netns
+    name = f"fih{os.getpid()}-probe-{uuid.uuid4().hex[:6]}"
+    _netns.create(name)
+    try:
+        r = _run(["ip", "netns", "exec", name, *argv])
+        return None if r.returncode == 0 else f"{' '.join(argv)} failed: {r.stderr.strip()}"
+    finally:
+        _netns.delete(name)
+
+
+@functools.cache
+def host_netem() -> str | None:
+    if not shutil.which("tc"):
+        return "tc (iproute2) not installed"
+    failed = _probe_in_scratch_ns(["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
+    return "kernel has no sch_netem (tc qdisc add ... netem failed)" if failed else None
+
+
+@functools.cache
+def uml() -> str | None:
+    from . import _uml
+    return _uml.guest_unavailable_reason()
+
+
+@functools.cache
+def netem() -> str | None:
+    """netem for real: in this kernel, or in a user-mode Linux guest."""
+    if host_netem() is None or uml() is None:
+        return None
+    return f"{host_netem()}; and no user-mode Linux guest: {uml()}"
+
+
+@functools.cache
+def tracefs() -> str | None:
+    from . import _tracefs
+    return _tracefs.unavailable_reason()
+
+
+@functools.cache
+def syscall_tracepoints() -> str | None:
+    if tracefs():
+        return tracefs()
+    return None if os.path.isdir("/sys/kernel/tracing/events/syscalls/sys_exit_sendto") \
+        else "kernel lacks syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
+
+
+@functools.cache
+def sock_destroy() -> str | None:
+    if netns():
+        return netns()
+    import socket
+    from . import _diag, _netns
+    name = f"fih{os.getpid()}-probe-{uuid.uuid4().hex[:6]}"
+    _netns.create(name)
+    fd = _netns.open_fd(_netns.path(name))
+    try:
+        with _netns.entered(fd):
+            ds = _diag.open_socket()
+            lo = socket.socket()
+            lo.bind(("127.0.0.1", 0))
+            lo.listen()
+        with ds, lo:
+            return None if _diag.destroy_all(ds) == 1 else "inet_diag SOCK_DESTROY destroyed nothing"
+    except OSError as exc:
+        return f"inet_diag SOCK_DESTROY unsupported (CONFIG_INET_DIAG_DESTROY): {exc}"
+    finally:
+        os.close(fd)
+        _netns.delete(name)
+
+
+@functools.cache
+def docker() -> str | None:
+    from . import _docker
+    return _docker.daemon_unavailable_reason()
+
+
+PROBES = {
+    "root": root, "netns": netns, "iptables": iptables, "nfqueue": nfqueue,
+    "host_netem": host_netem, "uml": uml, "netem": netem, "tracefs": tracefs,
+    "syscall_tracepoints": syscall_tracepoints, "sock_destroy": sock_destroy, "docker": docker,
+}
+
+
+def missing(name: str) -> str | None:
+    from .errors import InvalidArgument
+    try:
+        probe = PROBES[name]
+    except KeyError:
+        raise InvalidArgument(f"unknown feature {name!r}; known: {sorted(PROBES)}") from None
+    return probe()

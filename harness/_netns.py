@@ -1,0 +1,160 @@
+"""Network namespaces through libc (unshare, setns, mount), nothing else.
+
+Named namespaces live where iproute2 keeps them (/run/netns/NAME, a bind
+mount of the namespace file), so ``ip netns exec NAME ...`` works for
+debugging a kept lab.  A thread enters a namespace only for the few
+microseconds it takes to open a socket or fork a child, and always goes back:
+sockets and children keep the namespace they were created in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from typing import Iterator
+
+from .errors import SetupError, Unsupported
+
+CLONE_NEWNET = 0x40000000
+MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
+MNT_DETACH = 2
+RUN_DIR = "/run/netns"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, call: str, netns: str | None = None) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{call} failed: {os.strerror(err)}", netns=netns, call=call, errno=err)
+
+
+def _ensure_run_dir() -> None:
+    """Make /run/netns a shared mount point, as ``ip netns add`` does."""
+    os.makedirs(RUN_DIR, exist_ok=True)
+    if _libc.mount(b"", RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None) != 0:
+        _check(_libc.mount(RUN_DIR.encode(), RUN_DIR.encode(), b"none", MS_BIND | MS_REC, None),
+               f"mount --bind {RUN_DIR}")
+        _check(_libc.mount(b"", RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None),
+               f"mount --make-shared {RUN_DIR}")
+
+
+_run_dir_ready = False
+
+
+def path(name: str) -> str:
+    return f"{RUN_DIR}/{name}"
+
+
+def create(name: str) -> str:
+    """Create a named network namespace; returns its path."""
+    global _run_dir_ready
+    if not _run_dir_ready:
+        _ensure_run_dir()
+        _run_dir_ready = True
+    p = path(name)
+    try:
+        os.close(os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileExistsError as exc:
+        raise SetupError(f"network namespace {name} already exists", netns=name) from exc
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)", name)
+            _check(_libc.mount(b"/proc/thread-self/ns/net", p.encode(), b"none", MS_BIND, None),
+                   f"mount --bind netns {p}", name)
+        finally:
+            _check(_libc.setns(orig, CLONE_NEWNET), "setns(back)")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(p)
+        raise
+    finally:
+        os.close(orig)
+    return p
+
+
+def delete(name: str) -> None:
+    """Unmount and unlink; the kernel frees the namespace when its last user
+    (a process, an open fd, an orphaned socket) goes."""
+    p = path(name)
+    _libc.umount2(p.encode(), MNT_DETACH)
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+
+
+def exists(name: str) -> bool:
+    return os.path.exists(path(name))
+
+
+def list_names() -> list[str]:
+    try:
+        return sorted(os.listdir(RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def open_fd(ns_path: str) -> int:
+    try:
+        return os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise SetupError(f"network namespace {ns_path} does not exist", netns=ns_path) from exc
+
+
+def inode(ns_path: str) -> int:
+    return os.stat(ns_path).st_ino
+
+
+@contextlib.contextmanager
+def entered(fd: int) -> Iterator[None]:
+    """Run the body with the *current thread* in the namespace ``fd``.
+
+    Synchronous on purpose: never hold it across an await.  Sockets and
+    processes created inside keep the namespace after the thread leaves.
+    """
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+        try:
+            yield
+        finally:
+            _check(_libc.setns(orig, CLONE_NEWNET), "setns(back)")
+    finally:
+        os.close(orig)
+
+
+def pids_in(ns_inode: int) -> list[int]:
+    """Every process whose network namespace is ``ns_inode``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == ns_inode:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def write_sysctl(fd: int, key: str, value: str | int) -> None:
+    """Write a sysctl of the namespace ``fd`` (/proc/sys/net is resolved
+    against the opening thread's namespace)."""
+    rel = key.replace(".", "/")
+    with entered(fd):
+        try:
+            f = open(f"/proc/sys/{rel}", "w")
+        except FileNotFoundError as exc:
+            raise Unsupported(f"sysctl {key} does not exist in this kernel") from exc
+    with f:
+        f.write(str(value))
+
+
+def read_sysctl(fd: int, key: str) -> str:
+    with entered(fd):
+        f = open(f"/proc/sys/{key.replace('.', '/')}")
+    with f:
+        return f.read().strip()

@@ -1,0 +1,220 @@
+"""Socket calls as outcomes: the one implementation of what a call returned.
+
+Runs in two places with the same code: in the pytest process (sockets the
+test owns) and in the harness's peer program (sockets a process owns, so that
+they can die with it).  It imports only the standard library and trio so the
+peer starts fast.
+
+Every call returns an ``Outcome``: its value or the errno *name*, and when it
+started and ended on ``time.monotonic()``, the clock the kernel timeline uses.
+SIGPIPE never kills the caller: Python ignores it, so EPIPE is reported.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import trio
+
+FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+KINDS = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+
+# name -> (level, optname, encoder) for setsockopt; values in seconds/bools
+OPTIONS: dict[str, tuple[int, int, str]] = {
+    "SO_REUSEADDR": (socket.SOL_SOCKET, socket.SO_REUSEADDR, "bool"),
+    "SO_REUSEPORT": (socket.SOL_SOCKET, socket.SO_REUSEPORT, "bool"),
+    "SO_KEEPALIVE": (socket.SOL_SOCKET, socket.SO_KEEPALIVE, "bool"),
+    "SO_RCVBUF": (socket.SOL_SOCKET, socket.SO_RCVBUF, "int"),
+    "SO_SNDBUF": (socket.SOL_SOCKET, socket.SO_SNDBUF, "int"),
+    "TCP_NODELAY": (socket.IPPROTO_TCP, socket.TCP_NODELAY, "bool"),
+    "TCP_KEEPIDLE": (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, "seconds"),
+    "TCP_KEEPINTVL": (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, "seconds"),
+    "TCP_KEEPCNT": (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, "int"),
+    "TCP_USER_TIMEOUT": (socket.IPPROTO_TCP, 18, "milliseconds"),
+    "TCP_QUICKACK": (socket.IPPROTO_TCP, 12, "bool"),
+    "TCP_LINGER2": (socket.IPPROTO_TCP, 8, "seconds"),
+    "TCP_SYNCNT": (socket.IPPROTO_TCP, 7, "int"),
+}
+
+
+def errno_name(code: int) -> str:
+    return _errno.errorcode.get(code, f"E{code}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one socket call returned: ``value`` or ``errno`` (a name such as
+    "EPIPE"), and when it started and ended."""
+
+    call: str
+    value: Any = None
+    errno: str | None = None
+    started: float = 0.0
+    ended: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.errno is None
+
+    @property
+    def duration(self) -> float:
+        return self.ended - self.started
+
+    def __repr__(self) -> str:
+        res = self.errno if self.errno else repr(self.value)
+        return f"<{self.call} -> {res} after {self.duration * 1000:.1f} ms>"
+
+    def to_wire(self) -> dict:
+        v = self.value
+        if isinstance(v, (bytes, bytearray)):
+            v = {"b": bytes(v).hex()}
+        return {"call": self.call, "value": v, "errno": self.errno,
+                "started": self.started, "ended": self.ended}
+
+    @classmethod
+    def from_wire(cls, d: dict) -> "Outcome":
+        v = d["value"]
+        if isinstance(v, dict) and "b" in v:
+            v = bytes.fromhex(v["b"])
+        elif isinstance(v, list):
+            v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
+        return cls(d["call"], v, d["errno"], d["started"], d["ended"])
+
+
+def encode_option(name: str, value: Any) -> tuple[int, int, int]:
+    """Validate and encode a socket option; raises ValueError with the
+    expected form."""
+    if name not in OPTIONS:
+        raise ValueError(f"socket option must be one of {sorted(OPTIONS)}, got {name!r}")
+    level, opt, kind = OPTIONS[name]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} takes True/False, got {value!r}")
+        return level, opt, int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{name} takes a number >= 0 ({kind}), got {value!r}")
+    if kind == "seconds":
+        if value != int(value) or value < 1:
+            raise ValueError(f"{name} is whole seconds >= 1 in the kernel, got {value!r}")
+        return level, opt, int(value)
+    if kind == "milliseconds":  # given in seconds, the kernel wants ms
+        return level, opt, int(round(value * 1000))
+    if value != int(value):
+        raise ValueError(f"{name} takes an integer, got {value!r}")
+    return level, opt, int(value)
+
+
+def _sockaddr(family: int, address: str, port: int):
+    return (address, port) if family == socket.AF_INET else (address, port, 0, 0)
+
+
+def _name(sockname) -> tuple[str, int]:
+    return (sockname[0], sockname[1])
+
+
+class SocketTable:
+    """Handles to sockets and the calls on them.  ``make_socket(family,
+    type)`` creates a socket in the right namespace."""
+
+    def __init__(self, make_socket: Callable[[int, int], socket.socket] = socket.socket):
+        self._make = make_socket
+        self._socks: dict[int, trio.socket.SocketType] = {}
+        self._next = 1
+
+    def _get(self, h: int) -> trio.socket.SocketType:
+        try:
+            return self._socks[h]
+        except KeyError:
+            raise OSError(_errno.EBADF, f"socket handle {h} is closed") from None
+
+    def _add(self, sock) -> int:
+        h, self._next = self._next, self._next + 1
+        self._socks[h] = sock
+        return h
+
+    async def call(self, op: str, args: dict) -> Outcome:
+        fn = getattr(self, "op_" + op, None)
+        if fn is None:
+            raise ValueError(f"unknown socket call {op!r}")
+        started = time.monotonic()
+        try:
+            value = await fn(**args)
+        except OSError as exc:
+            code = exc.errno if exc.errno is not None else _errno.EIO
+            return Outcome(op, None, errno_name(code), started, time.monotonic())
+        return Outcome(op, value, None, started, time.monotonic())
+
+    # --- the calls ------------------------------------------------------
+    async def op_socket(self, family: int, kind: str = "tcp") -> int:
+        raw = self._make(FAMILIES[family], KINDS[kind] | socket.SOCK_CLOEXEC)
+        if family == 6:
+            raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return self._add(trio.socket.from_stdlib_socket(raw))
+
+    async def op_setsockopt(self, h: int, name: str, value: Any) -> None:
+        level, opt, v = encode_option(name, value)
+        self._get(h).setsockopt(level, opt, v)
+
+    async def op_bind(self, h: int, address: str, port: int) -> tuple:
+        s = self._get(h)
+        await s.bind(_sockaddr(s.family, address, port))
+        return _name(s.getsockname())
+
+    async def op_listen(self, h: int, backlog: int = 128) -> None:
+        self._get(h).listen(backlog)
+
+    async def op_connect(self, h: int, address: str, port: int) -> tuple:
+        s = self._get(h)
+        await s.connect(_sockaddr(s.family, address, port))
+        return (_name(s.getsockname()), _name(s.getpeername()))
+
+    async def op_accept(self, h: int) -> tuple:
+        conn, _ = await self._get(h).accept()
+        return (self._add(conn), _name(conn.getsockname()), _name(conn.getpeername()))
+
+    async def op_send(self, h: int, data: bytes, all: bool = False) -> int:
+        s = self._get(h)
+        if not all:
+            return await s.send(data)
+        view, sent = memoryview(data), 0
+        while sent < len(data):
+            sent += await s.send(view[sent:])
+        return sent
+
+    async def op_recv(self, h: int, size: int = 65536) -> bytes:
+        return await self._get(h).recv(size)
+
+    async def op_shutdown(self, h: int, how: str) -> None:
+        self._get(h).shutdown({"r": socket.SHUT_RD, "w": socket.SHUT_WR, "rw": socket.SHUT_RDWR}[how])
+
+    async def op_close(self, h: int, linger: int | None = None) -> None:
+        s = self._socks.pop(h, None)
+        if s is None:
+            raise OSError(_errno.EBADF, f"socket handle {h} is closed")
+        if linger is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, linger))
+        fd = s.detach()
+        trio.lowlevel.notify_closing(fd)
+        if linger:  # close() blocks up to `linger` seconds: not on the loop
+            await trio.to_thread.run_sync(os.close, fd)
+        else:
+            os.close(fd)
+
+    async def op_sockname(self, h: int) -> tuple:
+        return _name(self._get(h).getsockname())
+
+    def abort_all(self) -> None:
+        """Close every socket with linger 0 (RST, no orphan left behind)."""
+        for h in list(self._socks):
+            s = self._socks.pop(h)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            s.close()

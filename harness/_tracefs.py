@@ -1,0 +1,167 @@
+"""The kernel's tracepoints through a tracefs instance of our own.
+
+One instance per pytest process (``fih<pid>``; removing one costs ~44 ms, so
+not one per lab), 8 MB per CPU so churn loses nothing, clocked with ``mono``
+so event times compare with ``time.monotonic()``.  Never the global buffer.
+
+Tracepoints carry addresses but no namespace: the caller keeps the events
+whose addresses fall in its labs' subnets (``keep``), the rest are dropped at
+parse time.  Reading is on demand: ``drain()`` empties trace_pipe without
+blocking, so a query sees every event committed before it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .errors import Unsupported
+
+ROOT = "/sys/kernel/tracing"
+EVENTS = (
+    "sock/inet_sock_set_state",
+    "tcp/tcp_send_reset",
+    "tcp/tcp_receive_reset",
+    "sock/inet_sk_error_report",
+    "tcp/tcp_retransmit_skb",
+    "tcp/tcp_retransmit_synack",
+)
+_LINE = re.compile(r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\S+\s+"
+                   r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s+(?P<body>.*)$")
+_ADDRPORT = re.compile(r"^\[?(?P<addr>[0-9a-fA-F.:]+?)\]?:(?P<port>\d+)$")
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    t: float
+    name: str
+    fields: dict
+    task: str
+    pid: int
+
+
+def unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "tracefs needs root"
+    if not os.path.isdir(f"{ROOT}/events"):
+        if os.system(f"mount -t tracefs nodev {ROOT} >/dev/null 2>&1") != 0:
+            return f"tracefs is not mounted at {ROOT} and cannot be mounted"
+    missing = [e for e in EVENTS if not os.path.isdir(f"{ROOT}/events/{e}")]
+    if missing:
+        return f"kernel lacks tracepoints {missing}"
+    return None
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def parse_body(event: str, body: str) -> dict:
+    fields = {}
+    for part in body.split():
+        k, _, v = part.partition("=")
+        fields[k] = v
+    if event == "tcp_send_reset":  # src/dest are sockaddrs: 1.2.3.4:80 or [fd00::1]:80
+        for key, akey, pkey in (("src", "saddr", "sport"), ("dest", "daddr", "dport")):
+            m = _ADDRPORT.match(fields.get(key, ""))
+            if m:
+                fields[akey], fields[pkey] = m.group("addr"), m.group("port")
+    elif fields.get("family") == "AF_INET6":
+        fields["saddr"], fields["daddr"] = fields.get("saddrv6"), fields.get("daddrv6")
+    for k in ("sport", "dport", "error", "err"):
+        if k in fields:
+            try:
+                fields[k] = int(fields[k])
+            except ValueError:
+                pass
+    for k in ("oldstate", "newstate", "state"):
+        if k in fields and fields[k].startswith("TCP_"):
+            fields[k] = fields[k][4:]
+    return fields
+
+
+class TraceSession:
+    """The process's tracefs instance.  ``keep(fields) -> bool`` filters."""
+
+    def __init__(self, name: str, keep: Callable[[dict], bool]):
+        reason = unavailable_reason()
+        if reason:
+            raise Unsupported(reason)
+        self.name, self.keep = name, keep
+        self.path = f"{ROOT}/instances/{name}"
+        try:
+            os.mkdir(self.path)
+        except FileExistsError:
+            pass
+        try:
+            _write(f"{self.path}/buffer_size_kb", "8192")
+            _write(f"{self.path}/trace_clock", "mono")
+            for e in EVENTS:
+                _write(f"{self.path}/events/{e}/enable", "1")
+            self._fd = os.open(f"{self.path}/trace_pipe", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except BaseException:
+            self.close()
+            raise
+        self._partial = b""
+
+    def drain(self) -> list[RawEvent]:
+        """Every event committed so far that ``keep`` accepts."""
+        chunks = []
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as exc:  # pragma: no cover - instance removed under us
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if not data:
+                break
+            chunks.append(data)
+        if not chunks:
+            return []
+        text = self._partial + b"".join(chunks)
+        lines = text.split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for raw in lines:
+            m = _LINE.match(raw.decode("utf-8", "replace"))
+            if not m:
+                continue
+            fields = parse_body(m.group("event"), m.group("body"))
+            if self.keep(fields):
+                out.append(RawEvent(float(m.group("ts")), m.group("event"), fields,
+                                    m.group("task").strip(), int(m.group("pid"))))
+        return out
+
+    def close(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+        if os.path.isdir(self.path):
+            for e in EVENTS:
+                try:
+                    _write(f"{self.path}/events/{e}/enable", "0")
+                except OSError:
+                    pass
+            remove_instance(self.name)
+
+
+def remove_instance(name: str) -> None:
+    try:
+        os.rmdir(f"{ROOT}/instances/{name}")
+    except FileNotFoundError:
+        pass
+
+
+def list_instances() -> list[str]:
+    try:
+        return os.listdir(f"{ROOT}/instances")
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,167 @@
+"""A host of a lab: a network namespace with one link to the lab's switch.
+
+A host owns sockets (in the test process, through ``listen``/``connect``),
+processes (``spawn``) and peers (``peer``: the harness's killable socket
+program).  Container hosts are the same object over a container's namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import trio
+
+from . import _diag, _netns
+from .errors import InvalidArgument, SetupError
+from .observe import snapshot as _snapshot
+from .process import Process, Ready, spawn_in, wait_ready
+from .sockets import LocalDriver, PeerDriver, SocketFactory, make_socket_in
+
+
+class Host(SocketFactory):
+    """One host.  ``v4``/``v6`` are its addresses on the lab's switch."""
+
+    def __init__(self, lab, name: str, index: int, netns: str, ns_fd: int, v4: str, v6: str,
+                 *, profile: str, sysctls: dict[str, str], kind: str = "netns"):
+        self.lab, self.name, self.index = lab, name, index
+        self.netns, self.ns_fd = netns, ns_fd
+        self.v4, self.v6 = v4, v6
+        self.profile, self.sysctls, self.kind = profile, sysctls, kind
+        self.host = self
+        with _netns.entered(ns_fd):
+            self._diag = _diag.open_socket()
+        self._driver = LocalDriver(make_socket_in(ns_fd))
+        self.processes: list[Process] = []
+
+    def __repr__(self) -> str:
+        return f"<Host {self.name} {self.v4} {self.v6} netns={self.netns}>"
+
+    def address(self, family: int = 4) -> str:
+        if family == 4 and self.v4:
+            return self.v4
+        if family == 6 and self.v6:
+            return self.v6
+        if family not in (4, 6):
+            raise InvalidArgument(f"family must be 4 or 6, got {family!r}")
+        raise InvalidArgument(f"host {self.name} has no IPv{family} address")
+
+    # --- observation ----------------------------------------------------
+    def sockets(self, *, state: str | None = None, port: int | None = None) -> _snapshot.Snapshot:
+        """A frozen snapshot of every TCP socket in the host (TIME_WAIT
+        included), optionally filtered."""
+        snap = _snapshot.take(self._diag, self.name)
+        if state is not None or port is not None:
+            snap = snap.where(state=state, port=port)
+        return snap
+
+    def sysctl(self, key: str, value: Any = None) -> str:
+        """Read a sysctl of this host, or write it when ``value`` is given."""
+        if value is not None:
+            _netns.write_sysctl(self.ns_fd, key, value)
+        return _netns.read_sysctl(self.ns_fd, key)
+
+    # --- processes ------------------------------------------------------
+    async def spawn(self, argv: list[str], *, ready: Ready | None = None,
+                    ready_timeout: float = 5.0, env: dict | None = None,
+                    cwd: str | None = None) -> Process:
+        """Run ``argv`` in this host; with ``ready``, return once it holds
+        (e.g. ``harness.listening(8080)``).  Stopped at teardown."""
+        if not (isinstance(ready_timeout, (int, float)) and ready_timeout > 0):
+            raise InvalidArgument(f"ready_timeout must be seconds > 0, got {ready_timeout!r}")
+        proc = self._start(argv, env=env, cwd=cwd)
+        if ready is not None:
+            try:
+                await wait_ready(proc, ready, ready_timeout)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await proc.kill()
+                raise
+        return proc
+
+    def _start(self, argv: list[str], **kw) -> Process:
+        n = len(self.processes)
+        base = os.path.join(self.lab.artifacts, f"{self.name}.{n}")
+        popen, out, err = spawn_in(self, argv, netns_fd=self.ns_fd, out_path=base + ".out",
+                                   err_path=base + ".err", **kw)
+        proc = Process(self, argv, popen, out, err)
+        self.processes.append(proc)
+        return proc
+
+    async def peer(self) -> "Peer":
+        """Start the harness's peer program in this host: sockets that die
+        with a process (kill, pause, power off)."""
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        proc = self._start([sys.executable, "-m", "harness.peer"], env=env,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        return await Peer.start(self, proc)
+
+    async def stop_processes(self) -> None:
+        """SIGKILL every process in the namespace (ours and their children)."""
+        for proc in self.processes:
+            proc.signal(9)
+        for pid in _netns.pids_in(_netns.inode(_netns.path(self.netns))):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        for proc in self.processes:
+            await proc.wait()
+            proc.close()
+
+    def abort_sockets(self) -> int:
+        """Abort every socket: the test's (linger 0) then every other one in
+        the namespace, TIME_WAIT included (inet_diag destroy)."""
+        self._driver.abort_all()
+        return _diag.destroy_all(self._diag)
+
+    def close(self) -> None:
+        self._diag.close()
+        os.close(self.ns_fd)
+
+
+class Peer(SocketFactory):
+    """The peer program in a host: same socket API, owned by a process."""
+
+    def __init__(self, host: Host, process: Process, driver: PeerDriver):
+        self.host, self.process, self._driver = host, process, driver
+
+    def __repr__(self) -> str:
+        return f"<Peer pid={self.process.pid} in {self.host.name}>"
+
+    @classmethod
+    async def start(cls, host: Host, proc: Process) -> "Peer":
+        popen = proc._popen
+        send = trio.lowlevel.FdStream(os.dup(popen.stdin.fileno()))
+        recv = trio.lowlevel.FdStream(os.dup(popen.stdout.fileno()))
+        popen.stdin.close()
+        popen.stdout.close()
+        driver = PeerDriver(proc, send, recv)
+        host.lab._nursery.start_soon(driver.reader)
+        try:
+            with trio.fail_after(30):
+                out = await driver.call("ready")
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await proc.kill()
+            raise SetupError(f"peer program did not start in {host.name}: "
+                             f"{proc.stderr()[-800:]!r}", netns=host.netns) from exc
+        assert out.ok
+        return cls(host, proc, driver)
+
+    async def kill(self) -> int:
+        return await self.process.kill()
+
+    async def pause(self) -> None:
+        await self.process.pause()
+
+    async def resume(self) -> None:
+        await self.process.resume()
+
+    async def sigpipe_default(self) -> None:
+        """Restore SIGPIPE's default action in the peer, so a send on a
+        reset connection kills it (as a C program that did not ignore it)."""
+        await self._driver.call("sigpipe")
+

@@ -1,0 +1,1 @@
+"""Observation: socket snapshots, the kernel timeline, wait helpers."""

@@ -1,0 +1,144 @@
+"""Frozen socket snapshots over inet_diag, TIME_WAIT sockets included.
+
+One ``SocketInfo`` per socket: state, addresses, the kernel's timer (kind and
+time left), retransmits, queues, and tcp_info decoded on first access.  A
+TIME_WAIT socket (and an orphaned FIN_WAIT2 socket, which the kernel also
+hands to a timewait socket: tcp_time_wait(sk, TCP_FIN_WAIT2, ...)) shows its
+substate and a ``time_wait`` timer, with no tcp_info.
+"""
+
+from __future__ import annotations
+
+import operator
+import socket
+import time
+from typing import Iterable, Iterator
+
+from .. import _diag
+from .states import BY_NUMBER, TIMERS, canonical
+
+_FAMILY = {socket.AF_INET: 4, socket.AF_INET6: 6}
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return socket.inet_ntop(socket.AF_INET6, raw)
+
+
+_I = operator.itemgetter
+
+
+class SocketInfo(tuple):
+    """One socket as inet_diag saw it at ``snapshot_time``.  Immutable."""
+
+    __slots__ = ()
+
+    def __new__(cls, buf: bytes, off: int, length: int, host: str, t: float):
+        (family, state, timer, retrans, sport, dport, src, dst, cookie, expires, rq, wq, uid,
+         ino) = _diag.decode_header(buf, off)
+        return tuple.__new__(cls, (
+            _FAMILY.get(family, family), BY_NUMBER.get(state, str(state)),
+            TIMERS.get(timer, str(timer)), expires / 1000.0 if timer else None, retrans,
+            sport, dport, src, dst, cookie, rq, wq, uid, ino, buf, off, length, host, t))
+
+    family = property(_I(0), doc="4 or 6")
+    state = property(_I(1), doc="kernel state name, e.g. TIME_WAIT")
+    timer = property(_I(2), doc="retransmit, keepalive, time_wait, zero_window_probe or None")
+    timer_left = property(_I(3), doc="seconds until the timer fires (None without a timer)")
+    retransmits = property(_I(4), doc="inet_diag idiag_retrans: retransmits (or keepalive probes) of the pending timer")
+    sport = property(_I(5))
+    dport = property(_I(6))
+    cookie = property(_I(9), doc="the kernel's socket cookie")
+    recv_queue = property(_I(10), doc="bytes unread (LISTEN: accept queue length)")
+    send_queue = property(_I(11), doc="bytes unacknowledged (LISTEN: backlog)")
+    uid = property(_I(12))
+    inode = property(_I(13), doc="0 for a socket no process holds (orphan, timewait)")
+    host = property(_I(17))
+    snapshot_time = property(_I(18))
+
+    @property
+    def local(self) -> tuple[str, int]:
+        return (_addr(self._fam(), self[7]), self[5])
+
+    @property
+    def remote(self) -> tuple[str, int]:
+        return (_addr(self._fam(), self[8]), self[6])
+
+    def _fam(self) -> int:
+        return socket.AF_INET if self.family == 4 else socket.AF_INET6
+
+    def _attributes(self):
+        return _diag.attributes(self[14], self[15], self[16])
+
+    @property
+    def tcp_info(self) -> dict[str, int]:
+        """Fields of struct tcp_info (rto_us, rtt_us, retransmits, probes,
+        backoff, unacked, total_retrans, bytes_*...); {} for timewait sockets."""
+        raw = self._attributes().get(_diag.INET_DIAG_INFO)
+        return _diag.decode_tcp_info(raw) if raw is not None else {}
+
+    @property
+    def shutdown(self) -> str:
+        """Which directions are shut: '', 'r', 'w' or 'rw' (sk_shutdown)."""
+        raw = self._attributes().get(_diag.INET_DIAG_SHUTDOWN)
+        v = raw[0] if raw is not None and len(raw) else 0
+        return ("r" if v & 1 else "") + ("w" if v & 2 else "")
+
+    @property
+    def probes(self) -> int:
+        return self.tcp_info.get("probes", 0)
+
+    @property
+    def backoff(self) -> int:
+        return self.tcp_info.get("backoff", 0)
+
+    @property
+    def rto(self) -> float | None:
+        v = self.tcp_info.get("rto_us")
+        return None if v is None else v / 1e6
+
+    def matches(self, local: tuple[str, int] | None = None,
+                remote: tuple[str, int] | None = None) -> bool:
+        return (local is None or self.local == local) and (remote is None or self.remote == remote)
+
+    def __repr__(self) -> str:
+        timer = f" timer={self.timer}:{self.timer_left:.3f}s" if self.timer else ""
+        return (f"<{self.state} {self.local[0]}:{self.sport} -> {self.remote[0]}:{self.dport}"
+                f"{timer} rq={self.recv_queue} wq={self.send_queue} retrans={self.retransmits}>")
+
+
+class Snapshot(tuple):
+    """All TCP sockets of one host at one instant (a tuple of SocketInfo)."""
+
+    host: str
+    time: float
+
+    def __new__(cls, items: Iterable[SocketInfo], host: str, t: float):
+        self = super().__new__(cls, items)
+        self.host, self.time = host, t
+        return self
+
+    def where(self, *, state: str | None = None, local: tuple[str, int] | None = None,
+              remote: tuple[str, int] | None = None, port: int | None = None) -> "Snapshot":
+        st = canonical(state) if state is not None else None
+        keep = [s for s in self
+                if (st is None or s.state == st) and s.matches(local, remote)
+                and (port is None or port in (s.sport, s.dport))]
+        return Snapshot(keep, self.host, self.time)
+
+    def states(self) -> list[str]:
+        return [s.state for s in self]
+
+    def __repr__(self) -> str:
+        lines = "\n  ".join(repr(s) for s in self) or "(no TCP sockets)"
+        return f"Snapshot of {self.host} at {self.time:.6f}:\n  {lines}"
+
+
+def take(diag_sock: socket.socket, host: str, families: Iterator[int] | None = None) -> Snapshot:
+    t = time.monotonic()
+    items = []
+    for family in families or (socket.AF_INET, socket.AF_INET6):
+        for buf, off, length in _diag.dump(diag_sock, family):
+            items.append(SocketInfo(buf, off, length, host, t))
+    return Snapshot(items, host, t)

@@ -1,0 +1,111 @@
+"""The pytest plugin: options, markers, the report section, skips.
+
+Cheap to import (nothing heavy at module level); the fixtures live in
+harness.fixtures and are registered from here.  Settings resolve
+marker > command line > environment > ini, as pytest-timeout does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+
+import pytest
+
+pytest_plugins = ["harness.fixtures"]
+
+_KEEP_CHOICES = ("failed", "all", "none")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "network fault-injection harness")
+    group.addoption("--harness-keep-lab", action="store_true", default=None,
+                    help="leave a failed test's lab (namespaces, processes) in place for "
+                         "debugging with 'ip netns exec'; removed by the next run once this "
+                         "process is gone [env HARNESS_KEEP_LAB=1]")
+    group.addoption("--harness-artifacts", choices=_KEEP_CHOICES, default=None,
+                    help="which tests keep their lab artifacts (process output, captures): "
+                         "failed (default), all, none [env HARNESS_ARTIFACTS]")
+    parser.addini("harness_keep_lab", "default for --harness-keep-lab", type="bool", default=False)
+    parser.addini("harness_artifacts", "default for --harness-artifacts", default="failed")
+
+
+def setting(config: pytest.Config, name: str):
+    """Command line > environment > ini."""
+    cli = config.getoption(f"--harness-{name.replace('_', '-')}")
+    if cli is not None:
+        return cli
+    env = os.environ.get(f"HARNESS_{name.upper()}")
+    if env is not None:
+        return env.lower() in ("1", "true", "yes") if name == "keep_lab" else env
+    return config.getini(f"harness_{name}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "requires(*features): skip unless this machine has every feature; the "
+        "skip names the missing one (python -m harness doctor lists them)")
+    config.addinivalue_line(
+        "markers", "slow: waits a fixed kernel constant (e.g. TIME_WAIT's 60 s)")
+    artifacts = setting(config, "artifacts")
+    if artifacts not in _KEEP_CHOICES:
+        raise pytest.UsageError(f"harness_artifacts must be one of {_KEEP_CHOICES}, got "
+                                f"{artifacts!r}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Async tests that use the lab run under trio (pytest-trio), without
+    requiring trio_mode in the user's ini."""
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is not None and inspect.iscoroutinefunction(fn) and \
+                "lab" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("trio"):
+            item.add_marker(pytest.mark.trio)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        from ._features import missing
+        for feature in mark.args:
+            reason = missing(feature)
+            if reason:
+                pytest.skip(f"requires {feature}: {reason}")
+
+
+def _unsupported_leaf(exc: BaseException):
+    from .errors import Unsupported
+    if isinstance(exc, Unsupported):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [_unsupported_leaf(e) for e in exc.exceptions]
+        if leaves and all(leaves):
+            return leaves[0]
+    return None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    rep = outcome.get_result()
+    if call.excinfo is not None and rep.failed:
+        unsupported = _unsupported_leaf(call.excinfo.value)
+        if unsupported is not None:  # a missing kernel feature is a skip, never a failure
+            rep.outcome = "skipped"
+            rep.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {unsupported}")
+            return
+    setattr(item, f"_harness_rep_{rep.when}", rep)
+    lab = getattr(item, "_harness_lab", None)
+    if lab is not None and rep.failed and rep.when == "call":
+        rep.sections.append(("harness lab", _describe(lab)))
+
+
+def _describe(lab) -> str:
+    parts = [lab.describe()]
+    try:
+        for name, snap in lab.snapshots().items():
+            parts.append(repr(snap))
+        parts.append("last timeline events:\n  " +
+                     "\n  ".join(repr(e) for e in lab.timeline.events()[-25:]))
+    except Exception as exc:  # noqa: BLE001 - a report must not fail the run
+        parts.append(f"(could not observe the lab: {exc})")
+    return "\n".join(parts)

@@ -1,0 +1,164 @@
+"""Processes in hosts: the user's server binary, or the harness's peer.
+
+A process is forked from a thread that has entered the host's namespace, so
+it (and its children) live there.  Output goes to files in the lab's
+artifact directory (no pipe can fill and stall it); exit is awaited on a
+pidfd.  Readiness is a condition polled with a deadline, never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Awaitable, Callable
+
+import trio
+
+from . import _netns
+from .errors import InvalidArgument, ObservationTimeout, SetupError
+
+
+class Process:
+    """A process running in a host.  ``returncode`` is None while it runs;
+    negative for a signal, as in subprocess."""
+
+    def __init__(self, host, argv: list[str], popen: subprocess.Popen, out_path: str,
+                 err_path: str):
+        self.host, self.argv, self._popen = host, argv, popen
+        self.pid = popen.pid
+        self.stdout_path, self.stderr_path = out_path, err_path
+        self._pidfd = os.pidfd_open(self.pid)
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"exited {self.returncode}"
+        return f"<Process {self.pid} {self.argv[0]!r} in {self.host.name} {state}>"
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    def stdout(self) -> str:
+        with open(self.stdout_path, errors="replace") as f:
+            return f.read()
+
+    def stderr(self) -> str:
+        with open(self.stderr_path, errors="replace") as f:
+            return f.read()
+
+    def signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def wait(self, timeout: float | None = None) -> int:
+        """Wait for exit and return the returncode."""
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            while self.returncode is None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            return self.returncode
+        raise ObservationTimeout(f"{self!r} still running after {timeout}s")
+
+    async def kill(self) -> int:
+        """SIGKILL: the kernel closes the process's sockets (FIN, or RST when
+        data was left unread)."""
+        self.signal(signal.SIGKILL)
+        return await self.wait()
+
+    async def pause(self) -> None:
+        """SIGSTOP, returning once the process is stopped: its kernel still
+        ACKs, the application is silent."""
+        self.signal(signal.SIGSTOP)
+        await self._wait_stat(lambda s: s in "Tt", "stopped")
+
+    async def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+        await self._wait_stat(lambda s: s not in "Tt", "running")
+
+    async def _wait_stat(self, ok: Callable[[str], bool], what: str, timeout: float = 5.0) -> None:
+        with trio.move_on_after(timeout):
+            delay = 0.0002
+            while True:
+                try:
+                    with open(f"/proc/{self.pid}/stat") as f:
+                        state = f.read().rsplit(")", 1)[1].split()[0]
+                except FileNotFoundError:
+                    return
+                if ok(state) or self.returncode is not None:
+                    return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.01)
+        raise ObservationTimeout(f"{self!r} not {what} after {timeout}s")
+
+    def close(self) -> None:
+        try:
+            os.close(self._pidfd)
+        except OSError:
+            pass
+
+
+def spawn_in(host, argv: list[str], *, netns_fd: int, out_path: str, err_path: str,
+             env: dict | None = None, cwd: str | None = None, stdin=subprocess.DEVNULL,
+             stdout=None) -> tuple[subprocess.Popen, str, str]:
+    """Fork ``argv`` inside the namespace.  Synchronous (fork+exec is ~1 ms)."""
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise InvalidArgument(f"argv must be a non-empty list of strings, got {argv!r}")
+    out = open(out_path, "wb") if stdout is None else None
+    err = open(err_path, "wb")
+    try:
+        with _netns.entered(netns_fd):
+            popen = subprocess.Popen(argv, stdin=stdin, stdout=stdout if out is None else out,
+                                     stderr=err, env=env, cwd=cwd, start_new_session=True)
+    except FileNotFoundError as exc:
+        raise SetupError(f"cannot spawn {argv[0]!r} in host {host.name}: no such file or "
+                         f"directory", netns=host.netns, call="execve") from exc
+    except PermissionError as exc:
+        raise SetupError(f"cannot spawn {argv[0]!r} in host {host.name}: permission denied",
+                         netns=host.netns, call="execve") from exc
+    finally:
+        for f in (out, err):
+            if f is not None:
+                f.close()
+    return popen, out_path, err_path
+
+
+Ready = Callable[[object], "bool | Awaitable[bool]"]
+
+
+async def wait_ready(proc: Process, ready: Ready, timeout: float) -> None:
+    """Poll ``ready(host)`` until true; fail if the process exits first or
+    the deadline passes (the caller then kills it)."""
+    delay = 0.0005
+    with trio.move_on_after(timeout):
+        while True:
+            result = ready(proc.host)
+            if hasattr(result, "__await__"):
+                result = await result
+            if result:
+                return
+            if proc.returncode is not None:
+                raise SetupError(f"{proc!r} exited with {proc.returncode} before it was ready "
+                                 f"({ready!r}); stderr: {proc.stderr()[-500:]!r}",
+                                 netns=proc.host.netns)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.02)
+    raise ObservationTimeout(f"{proc!r} not ready within {timeout}s: {ready!r} never held")
+
+
+class listening:
+    """Readiness: a TCP socket in LISTEN on ``port`` in the host."""
+
+    def __init__(self, port: int):
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise InvalidArgument(f"port must be an int in 1..65535, got {port!r}")
+        self.port = port
+
+    def __call__(self, host) -> bool:
+        return any(s.state == "LISTEN" and s.sport == self.port for s in host.sockets())
+
+    def __repr__(self) -> str:
+        return f"listening({self.port})"

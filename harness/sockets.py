@@ -1,0 +1,319 @@
+"""Sockets in hosts, owned by the test or by a peer process.
+
+``Socket`` is one class for a listener, a connection and an unconnected
+socket, as in the BSD API.  Its calls return an ``Outcome`` (value or errno
+name, with timestamps) because the errno is usually what a test asserts; the
+factories (``host.listen``, ``host.connect``, ``listener.accept``) return a
+Socket and raise ``CallFailed`` when the call fails, since a test that needs
+the object cannot go on without it.  Every outcome is also written to the
+lab's timeline, between the kernel's events.
+
+Blocking calls run concurrently in a nursery; cancel one with trio's cancel
+scopes (``with trio.fail_after(2): await conn.recv()``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket as _socket
+from typing import Any
+
+import trio
+
+from ._sockops import Outcome, SocketTable, encode_option
+from .errors import CallFailed, HarnessError, InvalidArgument
+from .observe.timeline import Event
+
+
+def check_family(family: object) -> int:
+    if family not in (4, 6):
+        raise InvalidArgument(f"family must be 4 or 6, got {family!r}")
+    return family  # type: ignore[return-value]
+
+
+def check_port(port: object, *, zero_ok: bool = False) -> int:
+    lo = 0 if zero_ok else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not lo <= port < 65536:
+        raise InvalidArgument(f"port must be an int in {lo}..65535, got {port!r}")
+    return port
+
+
+class LocalDriver:
+    """Calls run in the pytest process, sockets created in the host's
+    namespace."""
+
+    def __init__(self, make_socket):
+        self.table = SocketTable(make_socket)
+        self.alive = True
+
+    async def call(self, op: str, **args: Any) -> Outcome:
+        return await self.table.call(op, args)
+
+    def abort_all(self) -> None:
+        self.table.abort_all()
+
+
+class PeerDriver:
+    """Calls sent to a peer program over its stdin, answers read from its
+    stdout by a reader task in the lab's nursery."""
+
+    def __init__(self, process, send_stream, receive_stream):
+        self.process = process
+        self._send, self._recv = send_stream, receive_stream
+        self._pending: dict[int, list] = {}
+        self._next = 1
+        self._lock = trio.Lock()
+        self.alive = True
+
+    async def reader(self) -> None:
+        buf = b""
+        try:
+            while True:
+                data = await self._recv.receive_some(65536)
+                if not data:
+                    break
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    msg = json.loads(line)
+                    slot = self._pending.pop(msg["id"], None)
+                    if slot is not None:
+                        slot[1] = msg
+                        slot[0].set()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        finally:
+            self.alive = False
+            for slot in self._pending.values():
+                slot[0].set()
+
+    async def call(self, op: str, **args: Any) -> Outcome:
+        if not self.alive:
+            raise HarnessError(f"peer process {self.process.pid} is gone "
+                               f"(returncode {self.process.returncode}); cannot {op}")
+        mid, self._next = self._next, self._next + 1
+        slot = [trio.Event(), None]
+        self._pending[mid] = slot
+        wire = {k: ({"b": v.hex()} if isinstance(v, (bytes, bytearray)) else v)
+                for k, v in args.items()}
+        async with self._lock:
+            await self._send.send_all((json.dumps({"id": mid, "op": op, "args": wire}) + "\n").encode())
+        await slot[0].wait()
+        msg = slot[1]
+        if msg is None:
+            raise HarnessError(f"peer process {self.process.pid} died during {op} "
+                               f"(returncode {self.process.returncode})")
+        if "error" in msg:
+            raise HarnessError(f"peer program failed on {op}: {msg['error']}")
+        return Outcome.from_wire(msg["outcome"])
+
+    async def aclose(self) -> None:
+        self.alive = False
+        await self._send.aclose()
+
+
+class Socket:
+    """A TCP socket in a host.  ``local``/``remote`` are (address, port)."""
+
+    def __init__(self, owner, driver, handle: int, family: int, since: float,
+                 local: tuple[str, int] | None = None, remote: tuple[str, int] | None = None):
+        self.owner, self._driver, self._h = owner, driver, handle
+        self.family, self.since = family, since
+        self.local = local
+        self.remote = remote
+        self.closed = False
+
+    @property
+    def host(self):
+        return self.owner.host
+
+    def __repr__(self) -> str:
+        def fmt(a):
+            return "?" if a is None else (f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}")
+        return f"<Socket {self.host.name} {fmt(self.local)} > {fmt(self.remote)}>"
+
+    async def _call(self, op: str, **args: Any) -> Outcome:
+        out = await self._driver.call(op, h=self._h, **args)
+        lab = self.host.lab
+        if self.local is not None:
+            lab.timeline.add(Event(t=out.ended, kind="call", local=self.local,
+                                   remote=self.remote or ("0.0.0.0", 0), source="call",
+                                   host=self.host.name, errno=out.errno,
+                                   detail=f"{op} -> {out.errno or _short(out.value)}"))
+        return out
+
+    # --- calls returning outcomes ---------------------------------------
+    async def send(self, data: bytes, *, all: bool = False) -> Outcome:
+        """send(2) once (value: bytes accepted), or until all is sent."""
+        if not isinstance(data, (bytes, bytearray)):
+            raise InvalidArgument(f"data must be bytes, got {type(data).__name__}")
+        return await self._call("send", data=bytes(data), all=all)
+
+    async def recv(self, size: int = 65536) -> Outcome:
+        """recv(2) once: value b"" means the peer's FIN (end of stream)."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidArgument(f"size must be an int >= 1, got {size!r}")
+        return await self._call("recv", size=size)
+
+    async def shutdown(self, how: str = "w") -> Outcome:
+        """shutdown(2): "w" sends FIN (half-close), "r", or "rw"."""
+        if how not in ("r", "w", "rw"):
+            raise InvalidArgument(f"how must be 'r', 'w' or 'rw', got {how!r}")
+        return await self._call("shutdown", how=how)
+
+    async def close(self, *, linger: int | None = None) -> Outcome:
+        """close(2).  ``linger`` sets SO_LINGER {1, linger} first: 0 aborts
+        with a RST; N > 0 makes close() block up to N seconds (the kernel's
+        unit is seconds) while unsent data drains."""
+        if linger is not None and (isinstance(linger, bool) or not isinstance(linger, int)
+                                   or linger < 0):
+            raise InvalidArgument(f"linger must be whole seconds >= 0 (SO_LINGER's l_linger is "
+                                  f"an int of seconds) or None, got {linger!r}")
+        out = await self._call("close", linger=linger)
+        self.closed = True
+        return out
+
+    async def setsockopt(self, name: str, value: Any) -> Outcome:
+        """Set an option by name (see harness._sockops.OPTIONS); durations in
+        seconds (TCP_USER_TIMEOUT too: converted to the kernel's ms)."""
+        try:
+            encode_option(name, value)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return await self._call("setsockopt", name=name, value=value)
+
+    async def keepalive(self, *, idle: int, interval: int, count: int) -> None:
+        """SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (seconds)."""
+        for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                            ("TCP_KEEPCNT", count), ("SO_KEEPALIVE", True)):
+            _ok(await self.setsockopt(name, value), self)
+
+    async def bind(self, port: int = 0, address: str | None = None) -> Outcome:
+        check_port(port, zero_ok=True)
+        addr = address or self.host.address(self.family)
+        out = await self._call("bind", address=addr, port=port)
+        if out.ok:
+            self.local = out.value
+        return out
+
+    async def connect(self, target, port: int) -> Outcome:
+        """connect(2) to a Host (its address of this socket's family) or an
+        address string."""
+        address = self.host.lab.resolve(target, self.family)
+        check_port(port)
+        out = await self._call("connect", address=address, port=port)
+        if out.ok:
+            self.local, self.remote = out.value
+        return out
+
+    async def listen(self, backlog: int = 128) -> Outcome:
+        out = await self._call("listen", backlog=backlog)
+        if out.ok:
+            self.remote = ("0.0.0.0" if self.family == 4 else "::", 0)
+        return out
+
+    async def accept(self) -> "Socket":
+        """Accept one connection; raises CallFailed if accept(2) fails."""
+        out = await self._call("accept")
+        _ok(out, self)
+        handle, local, remote = out.value
+        since = self.host.lab.connection_start(local, remote, out.ended)
+        return Socket(self.owner, self._driver, handle, self.family, since, local, remote)
+
+    # --- observation ----------------------------------------------------
+    def info(self):
+        """This socket as inet_diag sees it now (SocketInfo), or None if the
+        kernel no longer has it."""
+        if self.local is None:
+            return None
+        for s in self.host.sockets():
+            if s.local == self.local and s.remote == self.remote:
+                return s
+        return None
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, bytes):
+        return repr(v[:16]) + ("..." if len(v) > 16 else "")
+    return repr(v)
+
+
+def _ok(out: Outcome, where) -> Outcome:
+    if not out.ok:
+        raise CallFailed(f"{out.call} on {where} failed with {out.errno}", out)
+    return out
+
+
+class SocketFactory:
+    """listen/connect/socket for anything that owns sockets in a host: the
+    host itself (sockets in the test process) or a peer process."""
+
+    host: Any
+    _driver: Any
+
+    async def socket(self, family: int = 4) -> Socket:
+        """An unconnected TCP socket (set options, bind, then connect)."""
+        check_family(family)
+        self.host.address(family)  # the host must have this family
+        out = await self._driver.call("socket", family=family)
+        _ok(out, self.host)
+        return Socket(self, self._driver, out.value, family, out.started)
+
+    async def listen(self, port: int, *, family: int = 4, backlog: int = 128,
+                     reuseaddr: bool = True) -> Socket:
+        """A listening socket on the host's address; CallFailed names the port
+        when it is already bound."""
+        check_port(port)
+        sock = await self.socket(family)
+        if reuseaddr:
+            await sock.setsockopt("SO_REUSEADDR", True)
+        out = await sock.bind(port)
+        if not out.ok:
+            await sock.close(linger=0)
+            raise CallFailed(f"cannot listen on port {port} of host {self.host.name}: bind "
+                             f"failed with {out.errno}"
+                             + (" (port already bound)" if out.errno == "EADDRINUSE" else ""), out)
+        _ok(await sock.listen(backlog), sock)
+        return sock
+
+    async def connect(self, target, port: int, *, family: int = 4, bind_port: int | None = None,
+                      options: dict | None = None) -> Socket:
+        """Connect to ``target`` (a Host or an address); raises CallFailed
+        with the errno when connect(2) fails (use ``socket()`` and
+        ``Socket.connect`` to assert a connect errno as an outcome)."""
+        check_port(port)
+        self.host.lab.resolve(target, family)  # validate before creating anything
+        sock = await self.socket(family)
+        try:
+            for name, value in (options or {}).items():
+                _ok(await sock.setsockopt(name, value), sock)
+            if bind_port is not None:
+                _ok(await sock.bind(bind_port), sock)
+            _ok(await sock.connect(target, port), sock)
+        except BaseException:
+            if not sock.closed:
+                with trio.CancelScope(shield=True):
+                    await sock.close(linger=0)
+            raise
+        return sock
+
+
+def make_socket_in(netns_fd: int):
+    from . import _netns
+
+    def make(family: int, kind: int) -> _socket.socket:
+        with _netns.entered(netns_fd):
+            return _socket.socket(family, kind)
+    return make
+
+
+def resolve_address(value: str, family: int) -> str:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidArgument(f"target must be a Host or an IP address, got {value!r}") from None
+    if ip.version != family:
+        raise InvalidArgument(f"address {value} is IPv{ip.version} but family={family}")
+    return str(ip)
+

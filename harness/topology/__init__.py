@@ -1,0 +1,1 @@
+"""Topology: hosts as plain data (specs) and the backends that realise them."""
