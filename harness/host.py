@@ -63,7 +63,31 @@ class Host(SocketFactory):
             _netns.write_sysctl(self.ns_fd, key, value)
         return _netns.read_sysctl(self.ns_fd, key)
 
-    # --- processes ------------------------------------------------------
+    # --- commands and processes -------------------------------------------
+    async def run(self, argv: list[str], *, input: bytes | None = None, check: bool = True,
+                  timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run a command to completion in this host (iptables-restore, tc...).
+        With ``check``, a failure raises SetupError with the command, its
+        stdout and its stderr."""
+        return await trio.to_thread.run_sync(self.run_sync, argv, input, check, timeout)
+
+    def run_sync(self, argv: list[str], input: bytes | None = None, check: bool = True,
+                 timeout: float = 30.0) -> subprocess.CompletedProcess:
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise InvalidArgument(f"argv must be a non-empty list of strings, got {argv!r}")
+        try:
+            with _netns.entered(self.ns_fd):
+                res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+        except FileNotFoundError as exc:
+            raise SetupError(f"cannot run {argv[0]!r} in host {self.name}: not found",
+                             netns=self.netns, call=" ".join(argv)) from exc
+        if check and res.returncode != 0:
+            raise SetupError(f"{' '.join(argv)} failed with {res.returncode} in host {self.name}"
+                             f"\nstdout: {res.stdout.decode(errors='replace')[-2000:]}"
+                             f"\nstderr: {res.stderr.decode(errors='replace')[-2000:]}",
+                             netns=self.netns, call=" ".join(argv))
+        return res
+
     async def spawn(self, argv: list[str], *, ready: Ready | None = None,
                     ready_timeout: float = 5.0, env: dict | None = None,
                     cwd: str | None = None) -> Process:

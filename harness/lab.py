@@ -117,6 +117,7 @@ class Lab:
         self.timeline = Timeline(refresh=_tracer.refresh, observe=self._observe)
         self.created = time.monotonic()
         self.keep = False  # set True to leave the lab in place at exit
+        self.captures: list = []
 
     # --- hosts ------------------------------------------------------------
     @property
@@ -245,6 +246,25 @@ class Lab:
                                          last=mine)
             await trio.sleep(delay)
             delay = min(delay * 2, 0.01)
+
+    async def capture(self):
+        """Start capturing every TCP segment that crosses the switch; returns
+        the Capture (see harness.observe.capture).  Saved as a pcap in the
+        lab's artifacts at teardown."""
+        from .observe.capture import Capture
+        if self._switch is None:
+            raise InvalidArgument("the lab has no hosts yet: add hosts before capturing")
+        ports = {f"p{h.index}": h.name for h in self._hosts.values()}
+        cap = Capture(self, self._switch[1], ports)
+        self._nursery.start_soon(cap.run)
+        n = len(self.captures)
+        self.captures.append(cap)
+
+        async def save_and_stop():
+            await cap.stop()
+            cap.write_pcap(os.path.join(self.artifacts, f"capture{n}.pcap"))
+        self.undo.push("stop capture", save_and_stop)
+        return cap
 
     def snapshots(self) -> dict[str, Snapshot]:
         return {name: h.sockets() for name, h in self._hosts.items()}
