@@ -25,8 +25,10 @@ Layout inside the guest:
   receives the command's stdout, stderr and exit status.
 
 Nothing is left on the host: the per-run directory and the directory for
-UML's memory file are removed, and UML's whole process group is killed on
-timeout, error or KeyboardInterrupt.
+UML's memory file are removed, and UML's whole process group (UML forks
+several helper processes) is killed on timeout, error or KeyboardInterrupt;
+a tiny ``/bin/sh`` watchdog does the same if the calling process itself is
+killed.
 """
 
 from __future__ import annotations
@@ -103,13 +105,13 @@ def _module_name(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _uml_version() -> str | None:
+def _uml_version(modules_root: str, binary: str) -> str | None:
     """The modules directory matching the UML binary (None if there is none)."""
     try:
         versions = sorted(
             d
-            for d in os.listdir(UML_MODULES_ROOT)
-            if os.path.isfile(os.path.join(UML_MODULES_ROOT, d, "modules.dep"))
+            for d in os.listdir(modules_root)
+            if os.path.isfile(os.path.join(modules_root, d, "modules.dep"))
         )
     except OSError:
         return None
@@ -118,7 +120,7 @@ def _uml_version() -> str | None:
     # Several kernels' modules: ask the binary which one it is.
     try:
         out = subprocess.run(
-            [UML_BINARY, "--version"],
+            [binary, "--version"],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -133,7 +135,7 @@ def _uml_version() -> str | None:
 
 
 def _modules_dir() -> str:
-    version = _uml_version()
+    version = _uml_version(UML_MODULES_ROOT, UML_BINARY)
     if version is None:
         raise GuestUnavailable(
             f"no UML kernel modules: no {UML_MODULES_ROOT}/<version>/modules.dep"
@@ -193,6 +195,9 @@ def guest_unavailable_reason(modules: Sequence[str] = DEFAULT_MODULES) -> str | 
     """Why no guest can boot here (None if one can).  File checks only."""
     if not sys.platform.startswith("linux"):
         return f"user-mode-linux needs a Linux host (this is {sys.platform})"
+    if os.uname().machine != "x86_64":
+        # Debian ships UML for amd64 only, and the guest init uses x86_64 syscall numbers.
+        return f"user-mode-linux guests need an x86_64 host (this is {os.uname().machine})"
     if not os.path.exists(UML_BINARY):
         return f"user-mode-linux not installed: {UML_BINARY} missing"
     if not os.access(UML_BINARY, os.X_OK):
@@ -240,7 +245,7 @@ def insmod(path):
     if path.endswith(".ko"):
         fd = os.open(path, os.O_RDONLY)
         try:
-            ret = libc.syscall(313, fd, b"", 0)  # finit_module (x86_64)
+            ret = libc.syscall(ctypes.c_long(313), ctypes.c_long(fd), b"", ctypes.c_long(0))  # finit_module
         finally:
             os.close(fd)
     else:
@@ -248,7 +253,7 @@ def insmod(path):
         opener = lzma.open if path.endswith(".xz") else gzip.open
         with opener(path, "rb") as f:
             image = f.read()
-        ret = libc.syscall(175, image, ctypes.c_ulong(len(image)), b"")  # init_module
+        ret = libc.syscall(ctypes.c_long(175), image, ctypes.c_ulong(len(image)), b"")  # init_module
     if ret != 0 and ctypes.get_errno() != 17:  # EEXIST: already loaded
         check(ret, "load module %s" % path)
 
@@ -329,12 +334,14 @@ def _is_shadowed(path: str) -> bool:
 
 def _shares(extra: Sequence[str], cwd: str) -> list[str]:
     """Host directories to expose in the guest because its tmpfs would hide them."""
-    wanted = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, cwd, *extra)}, key=len)
+    candidates = (sys.prefix, sys.base_prefix, cwd, *extra)
+    wanted = sorted({os.path.realpath(p) for p in candidates}, key=len)
     out: list[str] = []
     for p in wanted:
         if not _is_shadowed(p) or any(p.startswith(q.rstrip("/") + "/") for q in out):
             continue  # visible anyway, or inside a share
-        if p.split("/")[1] in ("proc", "sys") or (p.startswith("/dev") and not p.startswith("/dev/shm/")):
+        top = p.split("/")[1]
+        if top in ("proc", "sys") or (top == "dev" and not p.startswith("/dev/shm/")):
             raise GuestError(f"cannot share {p} into the guest")
         if not os.path.isdir(p):
             raise GuestError(f"cannot share {p} into the guest: not a directory")
@@ -416,9 +423,9 @@ def _is_zombie(pid: int) -> bool:
 
 # If this Python process dies without running its cleanup (SIGKILL, a
 # crash), UML and its helper processes would run on and the run directories
-# would stay.  This watchdog (its own session) gets UML's group id on stdin, then waits: "done"
-# means we cleaned up ourselves; EOF without it means we are gone, so it
-# kills the group and removes the directories.
+# would stay.  This watchdog (in its own session) reads UML's group id on
+# stdin, then waits: "done" means we cleaned up ourselves; EOF without it
+# means we are gone, so it kills the group and removes the directories.
 _WATCHDOG = r"""
 read pgid || pgid=
 read done && exit 0

@@ -57,24 +57,24 @@ class UndoStack:
         return sum(not s.done for s in self._steps)
 
     async def unwind(self, *, timeout: float = 30.0) -> list[str]:
-        """Run every pending step in reverse; return the failures (never raise
-        for one step: the others must still run)."""
+        """Run every pending step in reverse, each shielded from cancellation
+        and capped at ``timeout`` seconds; return the failures.  One failing
+        or hanging step never stops the others."""
         failures: list[str] = []
         steps, self._steps = self._steps, []
         total = len(steps)
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + timeout) as scope:
-            for n, step in enumerate(reversed(steps), 1):
-                if step.done:
-                    continue
+        for n, step in enumerate(reversed(steps), 1):
+            if step.done:
+                continue
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + timeout
                 try:
                     await step.run()
-                except BaseException as exc:  # noqa: BLE001 - report all
-                    if isinstance(exc, trio.Cancelled):
-                        raise
-                    failures.append(f"undo {n} of {total} failed ({step.label}): {type(exc).__name__}: {exc}")
-        if scope.cancelled_caught:
-            left = [s.label for s in steps if not s.done]
-            failures.append(f"undo timed out after {timeout:.1f}s; not undone: {left}")
+                except Exception as exc:  # noqa: BLE001 - report all, run the rest
+                    failures.append(f"undo {n} of {total} failed ({step.label}): "
+                                    f"{type(exc).__name__}: {exc}")
+            if scope.cancelled_caught:
+                failures.append(f"undo {n} of {total} timed out after {timeout:.1f}s ({step.label})")
         return failures
 
     async def unwind_or_raise(self, *, timeout: float = 30.0) -> None:

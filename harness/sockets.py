@@ -88,17 +88,25 @@ class PeerDriver:
             for slot in self._pending.values():
                 slot[0].set()
 
+    def _gone(self, op: str) -> HarnessError:
+        return HarnessError(f"peer process {self.process.pid} is gone "
+                            f"(returncode {self.process.returncode}); cannot {op}")
+
     async def call(self, op: str, **args: Any) -> Outcome:
-        if not self.alive:
-            raise HarnessError(f"peer process {self.process.pid} is gone "
-                               f"(returncode {self.process.returncode}); cannot {op}")
+        if not self.alive or self.process.returncode is not None:
+            raise self._gone(op)
         mid, self._next = self._next, self._next + 1
         slot = [trio.Event(), None]
         self._pending[mid] = slot
         wire = {k: ({"b": v.hex()} if isinstance(v, (bytes, bytearray)) else v)
                 for k, v in args.items()}
-        async with self._lock:
-            await self._send.send_all((json.dumps({"id": mid, "op": op, "args": wire}) + "\n").encode())
+        try:
+            async with self._lock:
+                await self._send.send_all(
+                    (json.dumps({"id": mid, "op": op, "args": wire}) + "\n").encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError) as exc:
+            self._pending.pop(mid, None)
+            raise self._gone(op) from exc
         await slot[0].wait()
         msg = slot[1]
         if msg is None:
@@ -133,8 +141,12 @@ class Socket:
             return "?" if a is None else (f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}")
         return f"<Socket {self.host.name} {fmt(self.local)} > {fmt(self.remote)}>"
 
-    async def _call(self, op: str, **args: Any) -> Outcome:
+    async def _call(self, op: str, *, then=None, **args: Any) -> Outcome:
+        """Make the call; ``then(outcome)`` updates this socket's addresses
+        before the outcome is written to the timeline."""
         out = await self._driver.call(op, h=self._h, **args)
+        if then is not None and out.ok:
+            then(out)
         lab = self.host.lab
         if self.local is not None:
             lab.timeline.add(Event(t=out.ended, kind="call", local=self.local,
@@ -192,26 +204,22 @@ class Socket:
     async def bind(self, port: int = 0, address: str | None = None) -> Outcome:
         check_port(port, zero_ok=True)
         addr = address or self.host.address(self.family)
-        out = await self._call("bind", address=addr, port=port)
-        if out.ok:
-            self.local = out.value
-        return out
+        return await self._call("bind", address=addr, port=port,
+                                then=lambda o: setattr(self, "local", o.value))
 
     async def connect(self, target, port: int) -> Outcome:
         """connect(2) to a Host (its address of this socket's family) or an
         address string."""
         address = self.host.lab.resolve(target, self.family)
         check_port(port)
-        out = await self._call("connect", address=address, port=port)
-        if out.ok:
-            self.local, self.remote = out.value
-        return out
+        def connected(o: Outcome) -> None:
+            self.local, self.remote = o.value
+        return await self._call("connect", address=address, port=port, then=connected)
 
     async def listen(self, backlog: int = 128) -> Outcome:
-        out = await self._call("listen", backlog=backlog)
-        if out.ok:
-            self.remote = ("0.0.0.0" if self.family == 4 else "::", 0)
-        return out
+        wildcard = ("0.0.0.0" if self.family == 4 else "::", 0)
+        return await self._call("listen", backlog=backlog,
+                                then=lambda o: setattr(self, "remote", wildcard))
 
     async def accept(self) -> "Socket":
         """Accept one connection; raises CallFailed if accept(2) fails."""

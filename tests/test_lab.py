@@ -1,0 +1,233 @@
+"""Labs, hosts, sockets, observation: the foundation against the real kernel."""
+
+import ipaddress
+import os
+import sys
+
+import pytest
+import trio
+
+import harness
+from harness import _netns
+from harness.errors import CallFailed, InvalidArgument, ObservationTimeout, SetupError
+
+SERVER = [sys.executable, "-c", """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen()
+print("listening", flush=True)
+c, _ = s.accept(); c.sendall(c.recv(100)); c.close()
+"""]
+
+
+async def test_pair_has_both_families_in_the_labs_own_subnet(lab, family):
+    client, server = await lab.pair()
+    for host in (client, server):
+        addr = ipaddress.ip_address(host.address(family))
+        net = lab.slot.v4_network if family == 4 else lab.slot.v6_network
+        assert addr in net
+        assert host.netns.startswith(f"fih{os.getpid()}-") and _netns.exists(host.netns)
+    listener = await server.listen(7000, family=family)
+    conn = await client.connect(server, 7000, family=family)
+    peer = await listener.accept()
+    assert (await conn.send(b"ping")).value == 4
+    assert (await peer.recv()).value == b"ping"
+    assert conn.remote == peer.local and conn.local == peer.remote
+
+
+async def test_profiles_pin_sysctls_per_host(lab):
+    a = await lab.host("a")
+    b = await lab.host("b", profile="fast", sysctls={"net.ipv4.tcp_fin_timeout": 7})
+    assert a.sysctl("net.ipv4.tcp_fin_timeout") == "60"
+    assert a.sysctl("net.ipv4.tcp_max_tw_buckets") == "131072"   # pinned, not RAM-derived
+    assert b.sysctl("net.ipv4.tcp_fin_timeout") == "7"           # override beats profile
+    assert b.sysctl("net.ipv4.tcp_keepalive_time") == "1"        # fast profile
+    b.sysctl("net.ipv4.tcp_retries2", 4)
+    assert b.sysctl("net.ipv4.tcp_retries2") == "4"
+    assert a.sysctl("net.ipv4.tcp_retries2") == "15"             # per namespace
+
+
+async def test_snapshot_shows_time_wait_with_its_timer_and_tcp_info(lab):
+    client, server = await lab.pair()
+    listener = await server.listen(7001)
+    conn = await client.connect(server, 7001)
+    peer = await listener.accept()
+    live = conn.info()
+    assert live.state == "ESTABLISHED" and live.tcp_info["rtt_us"] > 0 and live.inode > 0
+    await conn.shutdown("w")
+    await lab.wait_state(peer, "CLOSE_WAIT")
+    assert peer.info().shutdown == "r" and conn.info().shutdown == "w"
+    await conn.close()
+    await peer.close()
+    tw = await lab.wait_state(conn, "TIME_WAIT")
+    assert tw.timer == "time_wait" and 59.0 < tw.timer_left <= 60.0
+    assert tw.inode == 0 and tw.tcp_info == {}
+    snap = client.sockets(state="TIME_WAIT")
+    assert [s.local for s in snap] == [conn.local]
+    assert server.sockets(state="LISTEN")[0].sport == 7001
+
+
+async def test_wait_state_reports_what_it_saw_instead(lab):
+    client, server = await lab.pair()
+    listener = await server.listen(7002)
+    conn = await client.connect(server, 7002)
+    with pytest.raises(ObservationTimeout, match="not CLOSE_WAIT within 0.05s; it is ESTABLISHED"):
+        await lab.wait_state(conn, "CLOSE_WAIT", timeout=0.05)
+    assert (await lab.wait_state(listener, "LISTEN")).state == "LISTEN"
+
+
+async def test_timeline_has_rst_reason_errno_and_the_calls(lab, family):
+    client, server = await lab.pair()
+    listener = await server.listen(7003, family=family)
+    conn = await client.connect(server, 7003, family=family)
+    peer = await listener.accept()
+    await peer.close(linger=0)
+    rst = await lab.timeline.wait_for(harness.rst_sent(peer))
+    # SO_LINGER {1,0} on an established socket: tcp_close() -> tcp_disconnect(),
+    # which resets with SK_RST_REASON_TCP_STATE (not ..._ABORT_ON_LINGER: that is
+    # the TCP_LINGER2 < 0 path out of FIN_WAIT2)
+    assert rst.reason == "TCP_STATE"
+    await lab.timeline.wait_for(harness.rst_received(conn))
+    err = await lab.timeline.wait_for(harness.error_reported(conn))
+    assert err.errno == "ECONNRESET"
+    assert (await conn.recv()).errno == "ECONNRESET"
+    calls = [e.detail for e in lab.timeline.events(conn, kind="call")]
+    assert calls == ["connect -> (('%s', %d), ('%s', 7003))" % (conn.local[0], conn.local[1],
+                                                              server.address(family)),
+                     "recv -> ECONNRESET"]
+
+
+async def test_peer_program_sockets_die_with_the_process(lab):
+    client, server = await lab.pair()
+    peer_proc = await server.peer()
+    listener = await peer_proc.listen(7004)
+    conn = await client.connect(server, 7004)
+    remote = await listener.accept()
+    assert (await conn.send(b"unread")).ok
+    assert (await remote.send(b"hi")).value == 2
+    assert (await conn.recv()).value == b"hi"
+    await lab.wait_state(remote, "ESTABLISHED")
+    assert remote.info().recv_queue == 6          # data left unread in the peer
+    assert await peer_proc.kill() == -9
+    # unread data at close: the kernel sends RST, not FIN (tcp_close: data_was_unread)
+    await lab.timeline.wait_for(harness.rst_received(conn))
+    assert (await conn.recv()).errno == "ECONNRESET"
+    with pytest.raises(harness.HarnessError, match="is gone"):
+        await remote.send(b"x")
+
+
+async def test_spawn_with_readiness_and_captured_output(lab):
+    client, server = await lab.pair()
+    proc = await server.spawn(SERVER + ["8080"], ready=harness.listening(8080))
+    conn = await client.connect(server, 8080)
+    await conn.send(b"echo")
+    assert (await conn.recv()).value == b"echo"
+    assert await proc.wait(timeout=5) == 0
+    assert proc.stdout() == "listening\n"
+
+
+async def test_capture_sees_the_handshake_and_close(lab):
+    client, server = await lab.pair()
+    cap = await lab.capture()
+    listener = await server.listen(7005)
+    conn = await client.connect(server, 7005)
+    peer = await listener.accept()
+    await conn.close()
+    await lab.wait_state(peer, "CLOSE_WAIT")
+    await peer.close()
+    await lab.wait_state(conn, "TIME_WAIT")
+    flags = cap.summary(conn)
+    assert flags[:3] == ["client:S", "server:SA", "client:A"]
+    assert flags[3:] == ["client:FA", "server:A", "server:FA", "client:A"] or \
+        flags[3:] == ["client:FA", "server:FA", "client:A"]  # delayed ACK merged with FIN
+
+
+# --- bad input: a clear error naming the value, and nothing left behind ------
+
+async def test_unknown_host(lab):
+    await lab.pair()
+    with pytest.raises(InvalidArgument, match=r"unknown host 'nope'; this lab has \['client', 'server'\]"):
+        lab["nope"]
+    with pytest.raises(InvalidArgument, match="'Nope'"):
+        await lab.host("Nope")
+    with pytest.raises(InvalidArgument, match="already exists"):
+        await lab.host("client")
+    assert sorted(lab.hosts) == ["client", "server"]
+
+
+async def test_port_already_bound(lab):
+    client, server = await lab.pair()
+    await server.listen(7006)
+    before = [(s.state, s.local) for s in server.sockets()]
+    with pytest.raises(CallFailed, match="port 7006 of host server.*EADDRINUSE.*already bound"):
+        await server.listen(7006, reuseaddr=False)
+    assert [(s.state, s.local) for s in server.sockets()] == before  # the failed one is closed
+
+
+async def test_address_family_not_of_the_host(lab):
+    client, server = await lab.pair()
+    with pytest.raises(InvalidArgument, match="family must be 4 or 6, got 5"):
+        await client.connect(server, 7007, family=5)
+    with pytest.raises(InvalidArgument, match="is IPv6 but family=4"):
+        await client.connect(server.v6, 7007, family=4)
+    with pytest.raises(InvalidArgument, match="port must be an int in 1..65535, got 70000"):
+        await client.connect(server, 70000)
+    assert len(client.sockets()) == 0
+
+
+async def test_negative_timeout_and_unknown_state(lab):
+    client, server = await lab.pair()
+    listener = await server.listen(7008)
+    with pytest.raises(InvalidArgument, match="timeout must be seconds >= 0, got -1"):
+        await lab.wait_state(listener, "LISTEN", timeout=-1)
+    with pytest.raises(InvalidArgument, match="TCP state name.*got 'HALF_OPEN'"):
+        await lab.wait_state(listener, "HALF_OPEN")
+    assert (await lab.wait_state(listener, "listen", timeout=0)).state == "LISTEN"
+
+
+async def test_spawn_missing_binary(lab):
+    client, server = await lab.pair()
+    with pytest.raises(SetupError, match="cannot spawn '/no/such/server' in host server: no such file"):
+        await server.spawn(["/no/such/server", "--port", "1"])
+    assert _netns.pids_in(_netns.inode(_netns.path(server.netns))) == []
+
+
+async def test_readiness_never_met_kills_the_process(lab):
+    client, server = await lab.pair()
+    with pytest.raises(ObservationTimeout, match=r"not ready within 0.3s: listening\(9999\) never held"):
+        await server.spawn(["sleep", "30"], ready=harness.listening(9999), ready_timeout=0.3)
+    assert _netns.pids_in(_netns.inode(_netns.path(server.netns))) == []
+    with pytest.raises(SetupError, match="exited with 3 before it was ready"):
+        await server.spawn(["sh", "-c", "exit 3"], ready=harness.listening(9999))
+
+
+async def test_lab_teardown_leaves_nothing():
+    """Processes, sockets of every kind (TIME_WAIT, orphans, listeners) and
+    namespaces are gone after the lab, and the slot is free again."""
+    async with harness.open_lab() as lab:
+        client, server = await lab.pair()
+        await server.spawn(["sleep", "60"])
+        listener = await server.listen(7009)
+        conn = await client.connect(server, 7009)
+        peer = await listener.accept()
+        await peer.send(b"x" * 1000)
+        await conn.close()                  # orphan in FIN_WAIT2 once the peer ACKs
+        names = [h.netns for h in lab.hosts.values()] + [lab._switch[0]]
+        pids = _netns.pids_in(_netns.inode(_netns.path(server.netns)))
+        slot = lab.slot.index
+    assert pids and not any(_netns.exists(n) for n in names)
+    assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
+                   for p in pids)
+    from harness._names import lease_slot
+    again = lease_slot(slot)
+    assert again.index == slot
+    again.release()
+
+
+async def test_cancellation_still_tears_down():
+    with trio.move_on_after(0.5):
+        async with harness.open_lab() as lab:
+            client, server = await lab.pair()
+            names = [h.netns for h in lab.hosts.values()]
+            await trio.sleep_forever()
+    assert not any(_netns.exists(n) for n in names)
