@@ -19,21 +19,20 @@ async def lab(request: pytest.FixtureRequest, tmp_path):
 
     artifacts = tmp_path / "lab"
     keep_lab = bool(setting(request.config, "keep_lab"))
+    failed = True  # until the test is known to have passed
     try:
         async with open_lab(artifacts=str(artifacts)) as the_lab:
             request.node._harness_lab = the_lab
             yield the_lab
-            rep = getattr(request.node, "_harness_rep_call", None)
-            failed = rep is None or rep.failed
+            failed = the_lab.failed
             if keep_lab and failed:
                 the_lab.keep = True
                 request.node.add_report_section(
-                    "teardown", "harness", f"lab kept for debugging:\n{the_lab.describe()}")
+                    "call", "harness", f"lab kept for debugging:\n{the_lab.describe()}")
     finally:
         request.node._harness_lab = None
-        rep = getattr(request.node, "_harness_rep_call", None)
         policy = setting(request.config, "artifacts")
-        if policy == "none" or (policy == "failed" and rep is not None and rep.passed):
+        if policy == "none" or (policy == "failed" and not failed):
             shutil.rmtree(artifacts, ignore_errors=True)
 
 

@@ -117,6 +117,7 @@ class Lab:
         self.timeline = Timeline(refresh=_tracer.refresh, observe=self._observe)
         self.created = time.monotonic()
         self.keep = False  # set True to leave the lab in place at exit
+        self.failed = False  # set by the pytest plugin when the test fails
         self.captures: list = []
 
     # --- hosts ------------------------------------------------------------

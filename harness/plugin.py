@@ -83,6 +83,37 @@ def _unsupported_leaf(exc: BaseException):
     return None
 
 
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item):
+    """pytest-trio sets up and tears down async fixtures inside the call, so
+    the lab is gone before the report is made.  Wrap the test (before
+    pytest-trio wraps it) to describe the lab at the moment of failure and to
+    tell the lab fixture that the test failed."""
+    fn = getattr(item, "obj", None)
+    if fn is not None and inspect.iscoroutinefunction(fn) and \
+            "lab" in getattr(item, "fixturenames", ()):
+        import functools
+
+        @functools.wraps(fn)
+        async def observed(**kwargs):
+            __tracebackhide__ = True
+            try:
+                await fn(**kwargs)
+            except BaseException:
+                lab = getattr(item, "_harness_lab", None)
+                if lab is not None:
+                    lab.failed = True
+                    item._harness_failure = _describe(lab)
+                raise
+        item.obj = observed
+        try:
+            yield
+        finally:
+            item.obj = fn
+    else:
+        yield
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
@@ -93,19 +124,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             rep.outcome = "skipped"
             rep.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {unsupported}")
             return
-    setattr(item, f"_harness_rep_{rep.when}", rep)
-    lab = getattr(item, "_harness_lab", None)
-    if lab is not None and rep.failed and rep.when == "call":
-        rep.sections.append(("harness lab", _describe(lab)))
+    description = getattr(item, "_harness_failure", None)
+    if description and rep.failed and rep.when == "call":
+        rep.sections.append(("harness lab", description))
 
 
 def _describe(lab) -> str:
     parts = [lab.describe()]
     try:
-        for name, snap in lab.snapshots().items():
-            parts.append(repr(snap))
-        parts.append("last timeline events:\n  " +
-                     "\n  ".join(repr(e) for e in lab.timeline.events()[-25:]))
+        parts.extend(repr(snap) for snap in lab.snapshots().values())
+        events = lab.timeline.events()[-25:]
+        parts.append("last timeline events:\n  " + ("\n  ".join(map(repr, events)) or "(none)"))
     except Exception as exc:  # noqa: BLE001 - a report must not fail the run
         parts.append(f"(could not observe the lab: {exc})")
     return "\n".join(parts)

@@ -12,6 +12,7 @@ import shutil
 import signal
 import statistics
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -39,32 +40,32 @@ needs_guest = pytest.mark.skipif(
 
 
 def _uml_pids() -> set[int]:
-    """Host processes running the UML kernel binary."""
+    """Host processes running the UML kernel binary, or _uml's watchdog."""
     pids = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0", 1)[0]
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        if argv0 == _uml.UML_BINARY.encode():
+        if argv[0] == _uml.UML_BINARY.encode() or b"harness-uml-watchdog" in argv:
             pids.add(int(entry))
     return pids
 
 
 def _leftovers() -> set[str]:
     """Per-run directories and memory-file directories of this module."""
-    import tempfile
-
     found = {
         os.path.join(tempfile.gettempdir(), n)
         for n in os.listdir(tempfile.gettempdir())
         if n.startswith("harness-uml-")
     }
     if os.path.isdir("/dev/shm"):
-        found |= {os.path.join("/dev/shm", n) for n in os.listdir("/dev/shm") if n.startswith("harness-uml-")}
+        found |= {
+            os.path.join("/dev/shm", n) for n in os.listdir("/dev/shm") if n.startswith("harness-uml-")
+        }
     return found
 
 

@@ -1,0 +1,147 @@
+"""Cleanup and isolation, proven with real pytest processes: nothing is left
+after a passing test, a failing test, Ctrl-C or SIGKILL (swept by the next
+run); the root namespace is byte-identical; concurrent runs do not collide."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from harness import _netns, _tracefs
+from harness._names import owner_of, pid_alive
+
+import rootstate
+
+LAB_TESTS = textwrap.dedent('''
+    import os, trio
+
+    async def _use(lab, port):
+        client, server = await lab.pair(profile="fast")
+        listener = await server.listen(port)
+        conn = await client.connect(server, port)
+        peer = await listener.accept()
+        await server.spawn(["sleep", "60"])
+        await conn.send(b"x" * 1000)
+        await conn.close()                         # leaves TIME_WAIT/orphans behind
+        await peer.close()
+        return client, server
+
+    async def test_passes(lab):
+        await _use(lab, 9001)
+
+    async def test_fails(lab):
+        await _use(lab, 9002)
+        assert False, "on purpose"
+
+    async def test_hangs(lab):
+        await _use(lab, 9003)
+        open(os.environ["READY_FILE"], "w").close()
+        await trio.sleep_forever()
+''')
+
+
+def owned_by(pid: int) -> dict[str, list[str]]:
+    return {"netns": [n for n in _netns.list_names() if owner_of(n) == pid],
+            "tracefs": [i for i in _tracefs.list_instances() if owner_of(i + "-") == pid]}
+
+
+def nothing(pid: int) -> dict[str, list[str]]:
+    return {"netns": [], "tracefs": []}
+
+
+def pytest_cmd(path, *args):
+    return [sys.executable, "-m", "pytest", str(path), "-q", "-p", "no:cacheprovider", *args]
+
+
+@pytest.fixture
+def lab_tests(tmp_path):
+    path = tmp_path / "test_user_suite.py"
+    path.write_text(LAB_TESTS)
+    return path
+
+
+def test_nothing_left_after_passing_and_failing_tests(lab_tests):
+    root_before = rootstate.dump()
+    proc = subprocess.Popen(pytest_cmd(lab_tests, "-k", "passes or fails"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=120)
+    assert "1 failed, 1 passed" in out, out
+    assert "on purpose" in out and "harness lab" in out  # the report section on failure
+    assert owned_by(proc.pid) == nothing(proc.pid)
+    assert rootstate.dump() == root_before
+
+
+def test_nothing_left_after_ctrl_c(lab_tests, tmp_path):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(pytest_cmd(lab_tests, "-k", "hangs"), env=dict(os.environ, READY_FILE=str(ready)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    assert owned_by(proc.pid)["netns"]  # the lab is there...
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in out, out
+    assert owned_by(proc.pid) == nothing(proc.pid)  # ...and gone after Ctrl-C
+
+
+def test_sigkilled_run_is_swept_by_the_next(lab_tests, tmp_path):
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(pytest_cmd(lab_tests, "-k", "hangs"), env=dict(os.environ, READY_FILE=str(ready)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    left = owned_by(proc.pid)
+    assert left["netns"] and left["tracefs"]  # SIGKILL leaves residue...
+    nxt = subprocess.run(pytest_cmd(lab_tests, "-k", "passes"), capture_output=True, text=True,
+                         timeout=120)
+    assert "1 passed" in nxt.stdout, nxt.stdout
+    assert owned_by(proc.pid) == nothing(proc.pid)  # ...which the next run removes
+
+
+def test_concurrent_pytest_processes_and_xdist_do_not_collide(tmp_path):
+    many = tmp_path / "test_many.py"
+    many.write_text(textwrap.dedent('''
+        import pytest
+
+        @pytest.mark.parametrize("n", range(6))
+        async def test_connect(lab, n):
+            client, server = await lab.pair()
+            listener = await server.listen(9000)
+            conn = await client.connect(server, 9000)
+            peer = await listener.accept()
+            await conn.send(b"%d" % n)
+            assert (await peer.recv()).value == b"%d" % n
+            assert lab.timeline.states(conn)[:2] == ["SYN_SENT", "ESTABLISHED"]
+    '''))
+    procs = [subprocess.Popen(pytest_cmd(many, *extra), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for extra in ((), (), ("-n", "2"))]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "6 passed" in out, out
+    # xdist workers have pids of their own: nothing of any dead owner is left
+    assert [n for n in _netns.list_names()
+            if (o := owner_of(n)) is not None and not pid_alive(o)] == []
+
+
+def test_keep_lab_on_failure_leaves_it_for_debugging_until_the_next_run(lab_tests):
+    proc = subprocess.Popen(pytest_cmd(lab_tests, "-k", "fails", "--harness-keep-lab"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = proc.communicate(timeout=120)
+    assert "1 failed" in out and "lab kept for debugging" in out, out
+    kept = owned_by(proc.pid)["netns"]
+    assert len(kept) == 3  # client, server, switch: there for `ip netns exec`
+    nxt = subprocess.run(pytest_cmd(lab_tests, "-k", "passes"), capture_output=True, text=True,
+                         timeout=120)
+    assert "1 passed" in nxt.stdout, nxt.stdout
+    assert owned_by(proc.pid) == nothing(proc.pid)
