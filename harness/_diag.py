@@ -137,9 +137,11 @@ TCP_INFO_FIELDS = {
     "last_data_sent_ms": (44, "I"), "last_ack_sent_ms": (48, "I"),
     "last_data_recv_ms": (52, "I"), "last_ack_recv_ms": (56, "I"),
     "pmtu": (60, "I"), "rtt_us": (68, "I"), "rttvar_us": (72, "I"),
-    "snd_cwnd": (84, "I"), "total_retrans": (100, "I"),
+    "snd_cwnd": (80, "I"), "advmss": (84, "I"), "total_retrans": (100, "I"),
     "bytes_acked": (120, "Q"), "bytes_received": (128, "Q"),
     "segs_out": (136, "I"), "segs_in": (140, "I"), "notsent_bytes": (144, "I"),
+    "data_segs_in": (152, "I"), "data_segs_out": (156, "I"), "dsack_dups": (216, "I"),
+    "reord_seen": (220, "I"), "rcv_ooopack": (224, "I"),
     "bytes_sent": (200, "Q"), "bytes_retrans": (208, "Q"), "snd_wnd": (228, "I"),
     "rcv_wnd": (232, "I"),
 }

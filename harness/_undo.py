@@ -47,8 +47,10 @@ class Undo:
 class UndoStack:
     def __init__(self) -> None:
         self._steps: list[Undo] = []
+        self.pushed = 0  # how many steps were ever pushed
 
     def push(self, label: str, fn: Callable[..., Any], *args: Any) -> Undo:
+        self.pushed += 1
         step = Undo(label, fn, args)
         self._steps.append(step)
         return step

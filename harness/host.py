@@ -35,6 +35,8 @@ class Host(SocketFactory):
             self._diag = _diag.open_socket()
         self._driver = LocalDriver(make_socket_in(ns_fd))
         self.processes: list[Process] = []
+        self.tainted = False  # changed beyond sockets: never reused (see Lab.tainted)
+        self.generation = 0   # bumped when power_on gives the host a new namespace
 
     def __repr__(self) -> str:
         return f"<Host {self.name} {self.v4} {self.v6} netns={self.netns}>"
@@ -60,6 +62,7 @@ class Host(SocketFactory):
     def sysctl(self, key: str, value: Any = None) -> str:
         """Read a sysctl of this host, or write it when ``value`` is given."""
         if value is not None:
+            self.tainted = True
             _netns.write_sysctl(self.ns_fd, key, value)
         return _netns.read_sysctl(self.ns_fd, key)
 
@@ -75,6 +78,7 @@ class Host(SocketFactory):
                  timeout: float = 30.0) -> subprocess.CompletedProcess:
         if not argv or not all(isinstance(a, str) for a in argv):
             raise InvalidArgument(f"argv must be a non-empty list of strings, got {argv!r}")
+        self.tainted = True
         try:
             with _netns.entered(self.ns_fd):
                 res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
@@ -106,6 +110,7 @@ class Host(SocketFactory):
         return proc
 
     def _start(self, argv: list[str], **kw) -> Process:
+        self.tainted = True
         n = len(self.processes)
         base = os.path.join(self.lab.artifacts, f"{self.name}.{n}")
         popen, out, err = spawn_in(self, argv, netns_fd=self.ns_fd, out_path=base + ".out",
@@ -141,9 +146,26 @@ class Host(SocketFactory):
         self._driver.abort_all()
         return _diag.destroy_all(self._diag)
 
-    def close(self) -> None:
+    def release_observers(self) -> None:
+        """Abort the test's sockets and close the diag socket; the namespace
+        (and its fd) stay for the lab to scrub or destroy."""
+        self._driver.abort_all()
         self._diag.close()
-        os.close(self.ns_fd)
+
+    def _replace_namespace(self, ns_fd: int) -> None:
+        """Point this host at a fresh namespace (faults.power_on): its fd, a
+        diag socket and a socket driver of the new namespace replace the old
+        ones, which are closed.  Name, addresses and processes stay."""
+        with _netns.entered(ns_fd):
+            diag = _diag.open_socket()
+        self.tainted = True
+        self.generation += 1
+        old_fd, old_diag, old_driver = self.ns_fd, self._diag, self._driver
+        self.ns_fd, self._diag = ns_fd, diag
+        self._driver = LocalDriver(make_socket_in(ns_fd))
+        old_driver.abort_all()
+        old_diag.close()
+        os.close(old_fd)
 
 
 class Peer(SocketFactory):

@@ -78,7 +78,8 @@ class _Tracer:
             return
         for raw in self.session.drain():
             lab = self.labs.get(self.slot_of(raw.fields.get("saddr")))
-            ev = event_from_trace(raw) if lab is not None else None
+            # a reused slot: what its previous lab did is not this lab's
+            ev = event_from_trace(raw) if lab is not None and raw.t >= lab.created else None
             if ev is not None:
                 lab.timeline.add(ev)
 
@@ -101,19 +102,86 @@ def sweep_once() -> list[str]:
     return _sweep.sweep()
 
 
+# --- the pool of wired units -------------------------------------------------
+
+
+class _Unit:
+    """A switch with its slot and idle hosts: {number: (name, netns, fd,
+    sysctls)}.  While a lab uses a host, the Host owns its namespace fd."""
+
+    def __init__(self, slot: _names.Slot, switch: tuple[str, int]):
+        self.slot, self.switch = slot, switch
+        self.idle: dict[int, tuple[str, str, int, dict]] = {}
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.idle[n][0] for n in sorted(self.idle))
+
+    def destroy(self) -> None:
+        """Worker thread: every idle host, then the switch; frees the slot."""
+        for name, netns, fd, _ in self.idle.values():
+            backend.destroy_ns(netns, fd)
+        self.idle.clear()
+        backend.destroy_ns(*self.switch)
+        self.slot.release()
+
+
+class _Pool:
+    """Units of labs whose hosts only held sockets, scrubbed and kept for the
+    next lab with the same host names: a lab then costs a few socket aborts
+    and sysctl writes instead of ~20 ms of kernel netlink work plus the
+    deferred namespace teardown.  Anything that ran a command, a process or
+    a fault in a lab (``Lab.tainted``) sends its unit to destruction."""
+
+    size = 4
+
+    def __init__(self) -> None:
+        self.units: list[_Unit] = []
+        atexit.register(self.close)
+
+    def take(self, names: tuple[str, ...]) -> _Unit | None:
+        for i, unit in enumerate(self.units):
+            if unit.names() == names:
+                return self.units.pop(i)
+        return None
+
+    def give(self, unit: _Unit) -> None:
+        self.units.append(unit)
+        while len(self.units) > self.size:
+            self.units.pop(0).destroy()
+
+    def close(self) -> None:
+        while self.units:
+            self.units.pop().destroy()
+
+
+_pool = _Pool()
+
+
+def scrub(netns: str, fd: int) -> None:
+    """Leave a host namespace as a fresh one: no socket of any kind, no
+    neighbour entry, no cached per-destination TCP metrics."""
+    from . import _diag, _netns
+    with _netns.entered(fd):
+        sock = _diag.open_socket()
+    with sock:
+        _diag.destroy_all(sock)
+    backend.flush_caches(netns, fd)
+
+
 # --- the lab ------------------------------------------------------------------
 
 
 class Lab:
     """Hosts on one switch, with a shared timeline.  Create with open_lab()."""
 
-    def __init__(self, nursery: trio.Nursery, artifacts: str, slot: _names.Slot):
+    def __init__(self, nursery: trio.Nursery, artifacts: str):
         from ._undo import UndoStack
 
-        self._nursery, self.artifacts, self.slot = nursery, artifacts, slot
+        self._nursery, self.artifacts = nursery, artifacts
         self.undo = UndoStack()
         self._hosts: dict[str, Host] = {}
-        self._switch: tuple[str, int] | None = None
+        self._unit: _Unit | None = None
+        self._tainted = False
         self.timeline = Timeline(refresh=_tracer.refresh, observe=self._observe)
         self.created = time.monotonic()
         self.keep = False  # set True to leave the lab in place at exit
@@ -121,6 +189,23 @@ class Lab:
         self.captures: list = []
 
     # --- hosts ------------------------------------------------------------
+    @property
+    def slot(self) -> _names.Slot | None:
+        """The lab's address block (leased with its first host)."""
+        return self._unit.slot if self._unit else None
+
+    @property
+    def _switch(self) -> tuple[str, int] | None:
+        return self._unit.switch if self._unit else None
+
+    @property
+    def tainted(self) -> bool:
+        """Whether anything beyond sockets touched the lab's namespaces (a
+        fault, a command, a process, an undo step): then its namespaces are
+        destroyed at the end instead of being reused."""
+        return self._tainted or self.undo.pushed > 0 or \
+            any(h.processes or h.tainted for h in self._hosts.values())
+
     @property
     def hosts(self) -> dict[str, Host]:
         return dict(self._hosts)
@@ -152,6 +237,11 @@ class Lab:
                 raise InvalidArgument(f"host {name!r} already exists in this lab")
             specs.append(backend.HostSpec.make(name, len(self._hosts) + len(specs) + 1,
                                                profile, sysctls))
+        if self._unit is None:
+            self._unit = _pool.take(tuple(s.name for s in specs))
+            if self._unit is None:
+                self._unit = await trio.to_thread.run_sync(self._new_unit)
+            _tracer.register(self)
         built = await trio.to_thread.run_sync(self._build, specs)
         hosts = []
         for spec, (ns_name, fd) in zip(specs, built):
@@ -159,40 +249,82 @@ class Lab:
                         self.slot.v6(spec.number), profile=spec.profile,
                         sysctls=dict(spec.sysctls))
             self._hosts[spec.name] = host
-            self.undo.push(f"remove host {spec.name}", self._remove_host, host)
             hosts.append(host)
         return hosts
 
-    def _build(self, specs: list) -> list[tuple[str, int]]:
-        """Runs in a worker thread.  A failure part-way removes the host
-        namespaces this call made (the switch has its own undo step)."""
-        made: list[tuple[str, int]] = []
+    @staticmethod
+    def _new_unit() -> _Unit:
+        slot = _names.lease_slot()
         try:
-            if self._switch is None:
-                self._switch = backend.build_switch(self.slot)
-                self.undo.push("remove switch", self._remove_switch)
+            return _Unit(slot, backend.build_switch(slot))
+        except BaseException:
+            slot.release()
+            raise
+
+    def _build(self, specs: list) -> list[tuple[str, int]]:
+        """Worker thread: each host from the unit's idle ones (sysctls
+        re-pinned) or made fresh.  A failure part-way removes what this call
+        made."""
+        made: list[tuple[str, int]] = []
+        unit = self._unit
+        try:
             for spec in specs:
-                ns = backend.create_host_ns(self.slot, spec)
+                idle = unit.idle.pop(spec.number, None)
+                if idle is not None and idle[0] == spec.name:
+                    _, netns, fd, applied = idle
+                    made.append((netns, fd))
+                    if applied != dict(spec.sysctls):
+                        backend.apply_sysctls(fd, netns, spec.sysctls)
+                    continue
+                if idle is not None:  # pragma: no cover - take() matches names
+                    backend.destroy_ns(idle[1], idle[2])
+                ns = backend.create_host_ns(unit.slot, spec)
                 made.append(ns)
-                backend.wire_host(self.slot, spec, self._switch, ns)
+                backend.wire_host(unit.slot, spec, unit.switch, ns)
         except BaseException:
             for name, fd in made:
                 backend.destroy_ns(name, fd)
             raise
         return made
 
-    async def _remove_host(self, host: Host) -> None:
-        await host.stop_processes()
-        host.abort_sockets()
-        host.close()
-        from . import _netns
-        _netns.delete(host.netns)
+    async def _release(self) -> list[str]:
+        """End of the lab: stop processes, abort sockets, then either scrub
+        the unit back into the pool or destroy it."""
+        failures: list[str] = []
+        unit, self._unit = self._unit, None
+        if unit is None:
+            return failures
+        tainted = self.tainted
+        for host in self._hosts.values():
+            try:
+                if tainted:
+                    await host.stop_processes()
+                host.release_observers()
+            except Exception as exc:  # noqa: BLE001 - report, go on
+                failures.append(f"stopping host {host.name}: {type(exc).__name__}: {exc}")
+        hosts = list(self._hosts.values())
 
-    def _remove_switch(self) -> None:
-        if self._switch is not None:
-            name, fd = self._switch
-            self._switch = None
-            backend.destroy_ns(name, fd)
+        def finish() -> None:
+            if not (tainted or failures):
+                try:
+                    for h in hosts:
+                        scrub(h.netns, h.ns_fd)
+                        unit.idle[h.index] = (h.name, h.netns, h.ns_fd, h.sysctls)
+                    _pool.give(unit)
+                    return
+                except Exception as exc:  # noqa: BLE001 - fall back to destroying
+                    failures.append(f"scrub for reuse: {type(exc).__name__}: {exc}")
+            for h in hosts:
+                recorded = unit.idle.get(h.index)
+                if recorded is None or recorded[2] != h.ns_fd:  # else unit.destroy() does it
+                    try:
+                        backend.destroy_ns(h.netns, h.ns_fd)
+                    except Exception as exc:  # noqa: BLE001
+                        failures.append(f"removing host {h.name}: {type(exc).__name__}: {exc}")
+            unit.destroy()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(finish)
+        return failures
 
     # --- addressing -------------------------------------------------------
     def resolve(self, target, family: int) -> str:
@@ -290,31 +422,30 @@ async def open_lab(*, artifacts: str | None = None, keep: bool = False,
     own_artifacts = artifacts is None
     artifacts = artifacts or tempfile.mkdtemp(prefix="fih-")
     os.makedirs(artifacts, exist_ok=True)
-    slot = await trio.to_thread.run_sync(_names.lease_slot)
     failures: list[str] = []
     error: BaseException | None = None
+    lab: Lab | None = None
     try:
         # the nursery holds only the lab's background tasks; the body's own
         # exception is re-raised as itself, not wrapped in an ExceptionGroup
         async with trio.open_nursery() as nursery:
-            lab = Lab(nursery, artifacts, slot)
+            lab = Lab(nursery, artifacts)
             lab.keep = keep
-            _tracer.register(lab)
             try:
                 yield lab
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 error = exc
             finally:
-                keep = lab.keep
-                if not keep:
+                if not lab.keep:
                     failures = await lab.undo.unwind(timeout=cleanup_timeout)
+                    with trio.CancelScope(shield=True):
+                        failures += await lab._release()
                 nursery.cancel_scope.cancel()
     finally:
-        _tracer.unregister(slot.index)
-        if not keep:
-            slot.release()
-            if own_artifacts:
-                shutil.rmtree(artifacts, ignore_errors=True)
+        if lab is not None and lab.slot is not None:
+            _tracer.unregister(lab.slot.index)
+        if own_artifacts and not (lab is not None and lab.keep):
+            shutil.rmtree(artifacts, ignore_errors=True)
     if error is not None:
         if failures:
             error.add_note(str(CleanupError(failures)))

@@ -59,6 +59,9 @@ class Process:
             raise InvalidArgument(f"timeout must be seconds >= 0 or None, got {timeout!r}")
         with trio.move_on_after(float("inf") if timeout is None else timeout):
             while self.returncode is None:
+                if self._pidfd < 0:  # already closed: fall back to polling
+                    await trio.sleep(0.001)
+                    continue
                 await trio.lowlevel.wait_readable(self._pidfd)
             return self.returncode
         raise ObservationTimeout(f"{self!r} still running after {timeout}s")
@@ -95,10 +98,11 @@ class Process:
         raise ObservationTimeout(f"{self!r} not {what} after {timeout}s")
 
     def close(self) -> None:
-        try:
-            os.close(self._pidfd)
-        except OSError:
-            pass
+        """Close the pidfd (idempotent: a second close must not hit whatever
+        file reused the number)."""
+        fd, self._pidfd = self._pidfd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def spawn_in(host, argv: list[str], *, netns_fd: int, out_path: str, err_path: str,

@@ -228,6 +228,42 @@ async def test_cancellation_still_tears_down():
     with trio.move_on_after(0.5):
         async with harness.open_lab() as lab:
             client, server = await lab.pair()
-            names = [h.netns for h in lab.hosts.values()]
+            await server.spawn(["sleep", "60"])      # a process: not reusable
+            names = [h.netns for h in lab.hosts.values()] + [lab._switch[0]]
             await trio.sleep_forever()
     assert not any(_netns.exists(n) for n in names)
+
+
+async def _socket_lab(names=("client", "server"), sysctls=None):
+    """A lab that only used sockets, leaving TIME_WAIT, neighbour entries
+    and tcp_metrics behind; returns its namespaces."""
+    async with harness.open_lab() as lab:
+        client, server = await lab.pair(names=names, sysctls=sysctls)
+        listener = await server.listen(7010)
+        conn = await client.connect(server, 7010)
+        peer = await listener.accept()
+        await conn.close()
+        await lab.wait_state(peer, "CLOSE_WAIT")
+        await peer.close()
+        await lab.wait_state(conn, "TIME_WAIT")
+        return [h.netns for h in lab.hosts.values()], lab.slot.index
+
+
+async def test_a_socket_only_lab_is_scrubbed_and_reused():
+    from harness import lab as labmod
+    labmod._pool.close()
+    first, slot = await _socket_lab(sysctls={"net.ipv4.tcp_fin_timeout": 9})
+    assert all(_netns.exists(n) for n in first)  # kept for the next lab...
+    async with harness.open_lab() as lab:
+        client, server = await lab.pair()
+        assert [h.netns for h in lab.hosts.values()] == first and lab.slot.index == slot
+        for host in (client, server):  # ...and as fresh as a new one
+            assert len(host.sockets()) == 0                                   # TIME_WAIT gone
+            assert host.run_sync(["ip", "neigh", "show"]).stdout.strip() == b""
+            assert host.run_sync(["ip", "tcp_metrics", "show"]).stdout.strip() == b""
+            assert host.sysctl("net.ipv4.tcp_fin_timeout") == "60"             # re-pinned
+    # run() tainted that lab: destroyed, not pooled
+    assert not any(_netns.exists(n) for n in first)
+    again, _ = await _socket_lab(names=("a", "b"))
+    labmod._pool.close()
+    assert not any(_netns.exists(n) for n in again)

@@ -39,48 +39,54 @@ needs_guest = pytest.mark.skipif(
 )
 
 
-def _uml_pids() -> set[int]:
-    """Host processes running the UML kernel binary, or _uml's watchdog."""
-    pids = set()
+def _track_run_dirs(monkeypatch) -> list[str]:
+    """Record the directories run_in_guest creates (its per-run directory and
+    the one for UML's memory file), so the leftover check sees only this
+    test's guest even when other guests run concurrently (pytest-xdist)."""
+    created: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def spy(*args, **kwargs):
+        path = real_mkdtemp(*args, **kwargs)
+        created.append(path)
+        return path
+
+    monkeypatch.setattr(_uml.tempfile, "mkdtemp", spy)
+    return created
+
+
+def _processes_mentioning(paths: list[str]) -> dict[int, str]:
+    """Host processes whose command line names one of ``paths``: UML (its
+    umid, uml_dir and init are in the run directory) and _uml's watchdog."""
+    found = {}
+    needles = [p.encode() for p in paths]
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+                cmdline = f.read()
         except OSError:
             continue
-        if argv[0] == _uml.UML_BINARY.encode() or b"harness-uml-watchdog" in argv:
-            pids.add(int(entry))
-    return pids
-
-
-def _leftovers() -> set[str]:
-    """Per-run directories and memory-file directories of this module."""
-    found = {
-        os.path.join(tempfile.gettempdir(), n)
-        for n in os.listdir(tempfile.gettempdir())
-        if n.startswith("harness-uml-")
-    }
-    if os.path.isdir("/dev/shm"):
-        found |= {
-            os.path.join("/dev/shm", n) for n in os.listdir("/dev/shm") if n.startswith("harness-uml-")
-        }
+        if any(n in cmdline for n in needles):
+            found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]
     return found
 
 
-def _assert_nothing_left(uml_before: set[int], dirs_before: set[str]) -> None:
+def _assert_nothing_left(created: list[str]) -> None:
+    assert created, "run_in_guest created no run directory?"
     deadline = time.monotonic() + 5
-    while _uml_pids() - uml_before and time.monotonic() < deadline:
+    while _processes_mentioning(created) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _uml_pids() - uml_before == set(), "UML processes left behind"
-    assert _leftovers() - dirs_before == set(), "per-run files left behind"
+    assert _processes_mentioning(created) == {}, "UML processes left behind"
+    assert [p for p in created if os.path.exists(p)] == [], "per-run files left behind"
 
 
 # ---------------------------------------------------------------------------
-# availability and errors (no guest needed)
+# availability
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the architecture is reported first")
 def test_unavailable_reason_names_missing_binary(monkeypatch):
     monkeypatch.setattr(_uml, "UML_BINARY", "/nonexistent/linux")
     assert guest_unavailable_reason() == "user-mode-linux not installed: /nonexistent/linux missing"
@@ -106,15 +112,15 @@ def test_guest_available_here():
 
 
 @needs_guest
-def test_true_returns_zero_and_reports_boot_time():
-    before, dirs = _uml_pids(), _leftovers()
+def test_true_returns_zero_and_reports_boot_time(monkeypatch):
+    created = _track_run_dirs(monkeypatch)
     result = run_in_guest(["true"])
     print(f"\nboot {result.boot_seconds:.3f} s, total {result.total_seconds:.3f} s")
     assert isinstance(result, GuestResult)
     assert result.returncode == 0
     assert (result.stdout, result.stderr) == ("", "")
     assert 0 < result.boot_seconds <= result.total_seconds < 30
-    _assert_nothing_left(before, dirs)
+    _assert_nothing_left(created)
 
 
 @needs_guest
@@ -158,18 +164,18 @@ def test_missing_command_is_127():
 
 
 @needs_guest
-def test_timeout_kills_guest_and_cleans_up():
-    before, dirs = _uml_pids(), _leftovers()
+def test_timeout_kills_guest_and_cleans_up(monkeypatch):
+    created = _track_run_dirs(monkeypatch)
     started = time.monotonic()
     with pytest.raises(GuestTimeout, match=r"did not finish within 5 s"):
         run_in_guest(["sleep", "100"], timeout=5)
     assert time.monotonic() - started < 20
-    _assert_nothing_left(before, dirs)
+    _assert_nothing_left(created)
 
 
 @needs_guest
-def test_keyboard_interrupt_kills_guest_and_cleans_up():
-    before, dirs = _uml_pids(), _leftovers()
+def test_keyboard_interrupt_kills_guest_and_cleans_up(monkeypatch):
+    created = _track_run_dirs(monkeypatch)
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -182,7 +188,7 @@ def test_keyboard_interrupt_kills_guest_and_cleans_up():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    _assert_nothing_left(before, dirs)
+    _assert_nothing_left(created)
 
 
 @needs_guest

@@ -1,2 +1,10 @@
 """Faults: each an async context manager undone exactly on exit (see _base),
 or an awaitable action where it cannot be undone (a kill)."""
+from .firewall import blackhole, drop, partition, reject
+from .packets import Action, PacketFault, TcpPacket, drop_first, drop_nth, packets
+from .lastack import DropLastAck, drop_last_ack, drop_nth_fin, drop_synack
+from .icmp import port_unreachable, unreachable_host
+from .process import kill, pause
+from .sockets import destroy
+from .host import power_off, power_on, reboot
+from .inject import inject_fin, inject_rst, inject_syn

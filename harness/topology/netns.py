@@ -97,3 +97,10 @@ def destroy_ns(name: str, fd: int, diag_sock=None) -> int:
     os.close(fd)
     _netns.delete(name)
     return n
+
+
+def flush_caches(netns: str, fd: int) -> None:
+    """Neighbour entries and cached per-destination TCP metrics (which seed a
+    new connection's RTT and ssthresh) go, as in a fresh namespace."""
+    _netlink.flush_neighbours(fd, netns)
+    _netlink.flush_tcp_metrics(fd, netns)

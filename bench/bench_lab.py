@@ -1,0 +1,89 @@
+"""Sustained two-host lab throughput: create, one connect + echo, teardown,
+including the kernel's deferred namespace teardown, over N labs; against a
+raw-rtnetlink floor doing the same (goal: >= 0.5x its rate) and against two
+`docker run --network none` containers when a daemon answers (goal: >= 20x).
+
+    .venv/bin/python bench/bench_lab.py [N]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import trio
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _floor  # noqa: E402
+
+import harness  # noqa: E402
+
+
+def floor_rate(n: int) -> float:
+    base = _floor.live_namespaces()
+    t = time.perf_counter()
+    for i in range(n):
+        names, fds = _floor.lab(f"fih{os.getpid()}-floor{i}", 200 + i % 50)
+        _floor.connect_echo(fds, 200 + i % 50)
+        _floor.teardown(names, fds)
+    _floor.wait_kernel_cleanup(base)
+    return n / (time.perf_counter() - t)
+
+
+async def harness_rate(n: int, fresh: bool = False) -> float:
+    """Labs per second; ``fresh`` taints each lab so that none is reused
+    (every lab pays for new namespaces and their deferred teardown)."""
+    base = _floor.live_namespaces()
+    t = time.perf_counter()
+    for _ in range(n):
+        async with harness.open_lab() as lab:
+            lab._tainted = fresh
+            client, server = await lab.pair()
+            listener = await server.listen(9000)
+            conn = await client.connect(server, 9000)
+            peer = await listener.accept()
+            await conn.send(b"ping")
+            await peer.send((await peer.recv()).value)
+            assert (await conn.recv()).value == b"ping"
+    await trio.to_thread.run_sync(_floor.wait_kernel_cleanup, base)
+    return n / (time.perf_counter() - t)
+
+
+def docker_rate(n: int) -> float | None:
+    from harness import _docker
+    if _docker.daemon_unavailable_reason():
+        return None
+    tag = _docker.ensure_image("echo")
+    base = _floor.live_namespaces()
+    t = time.perf_counter()
+    for i in range(n):
+        ids = [_docker.run(tag, name=f"fih{os.getpid()}-bench{i}{k}", command=None,
+                           labels={"harness.owner": str(os.getpid())}).id for k in "ab"]
+        for cid in ids:
+            _docker.remove(cid)
+    _floor.wait_kernel_cleanup(base)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    trio.run(harness_rate, 5)  # warm up imports and the tracefs instance
+    floor = floor_rate(n)
+    ours = trio.run(harness_rate, n)
+    fresh = trio.run(harness_rate, n, True)
+    print(f"labs/s  floor (raw rtnetlink, fresh namespaces): {floor:8.1f}")
+    print(f"labs/s  harness (reusing scrubbed namespaces):   {ours:8.1f}   "
+          f"ratio {ours / floor:.2f}x of the floor (goal >= 0.5x)")
+    print(f"labs/s  harness (fresh namespaces every lab):    {fresh:8.1f}   "
+          f"ratio {fresh / floor:.2f}x of the floor")
+    dock = docker_rate(max(10, n // 30))
+    if dock is None:
+        print("labs/s  docker: no daemon answers; skipped")
+    else:
+        print(f"labs/s  docker (2 containers): {dock:8.2f}   harness is {ours / dock:.1f}x docker "
+              f"(goal >= 20x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Power a host off, on, or both (a reboot): the host crash of the seeds.
+
+``power_off`` must let nothing escape, because what a case asserts is the
+*peer's* view of a host that vanished: its connection stays ESTABLISHED and
+learns nothing until it sends.  So the order matters:
+
+1. blackhole: iptables DROP of everything in and out of the host's
+   namespace, loaded atomically (iptables-restore, ip6tables-restore);
+2. kill every process in it (the kernel closes their sockets: FIN, or RST
+   when data was unread -- all dropped by 1);
+3. abort every socket left (inet_diag SOCK_DESTROY, tcp_abort(): the RST
+   tcp_send_active_reset() builds dies in OUTPUT too; orphans are gone);
+4. take eth0 down, so it stops answering ARP, which iptables does not see
+   (neighbour discovery is ICMPv6 and already dropped).
+
+``power_on`` gives the host a fresh namespace under the same name, with the
+same addresses, the same MAC (the same NIC: the peers' neighbour caches
+stay right, as after a real reboot) on the same switch port, the same
+sysctls, and no TCP state.  The ``Host`` object is kept, so the test's
+references stay valid; sockets and peers of the old life are gone (their
+calls fail with EBADF, or the peer program is reported dead).
+
+These are actions, not undoable faults: the undo of ``power_off`` is
+``power_on``, and a lab torn down while a host is off removes it as usual.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import trio
+
+from .. import _netlink, _netns
+from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
+from ..topology import netns as _backend
+
+# hosts currently powered off (by this module); weak: a lab's hosts die with it
+_off: "weakref.WeakSet" = weakref.WeakSet()
+
+# inserted at the top of the built-in chains, ahead of any fault's jump; with
+# --noflush, so other faults' chains stay and their own undo still finds them
+_BLACKHOLE = (b"*filter\n"
+              b"-I INPUT 1 -j DROP\n-I FORWARD 1 -j DROP\n-I OUTPUT 1 -j DROP\n"
+              b"COMMIT\n")
+
+
+def _check_host(host, what: str):
+    from ..host import Host
+    if not isinstance(host, Host):
+        raise InvalidArgument(f"{what}() takes a Host (e.g. from lab.pair()), got {host!r}")
+    if host.lab._hosts.get(host.name) is not host:
+        raise InvalidArgument(f"{what}(): host {host.name!r} is not (or no longer) in its lab")
+    if host.kind != "netns":
+        raise Unsupported(f"{what}() re-creates a namespace host; host {host.name} is a "
+                          f"{host.kind} host")
+    return host
+
+
+def is_off(host) -> bool:
+    """Whether ``power_off`` left this host off (and ``power_on`` has not run)."""
+    return host in _off
+
+
+async def power_off(host) -> None:
+    """Turn the host off like pulling its plug: returns once it is silent.
+    No FIN, no RST, no ARP answer leaves it; its peers' sockets stay as they
+    were (ESTABLISHED) until they send and time out."""
+    _check_host(host, "power_off")
+    if host in _off:
+        raise InvalidArgument(f"host {host.name} is already powered off; power_on() it first")
+    await _blackhole(host)
+    _off.add(host)
+    await host.stop_processes()
+    host.abort_sockets()  # trio sockets: closed on the loop
+    await trio.to_thread.run_sync(_link_down, host)
+
+
+async def power_on(host) -> None:
+    """Boot a powered-off host: a fresh namespace, same name, addresses, MAC,
+    switch port and sysctls, no TCP state.  Returns when its link passes
+    traffic."""
+    _check_host(host, "power_on")
+    if host not in _off:
+        raise InvalidArgument(f"host {host.name} is not powered off; use reboot() to restart "
+                              f"a running host (power_off first, so nothing escapes)")
+    lab = host.lab
+    if lab._switch is None:  # pragma: no cover - a host implies a switch
+        raise FaultError(f"power_on({host.name}): the lab has no switch")
+    # anything started while it was off (nothing should be) dies unseen too
+    await host.stop_processes()
+    host.abort_sockets()  # trio sockets: closed on the loop
+    fd = await trio.to_thread.run_sync(_rebuild, host)
+    host._replace_namespace(fd)
+    _off.discard(host)
+
+
+async def reboot(host) -> None:
+    """power_off, then power_on: the host comes back with no memory of its
+    connections.  Its peers' next segments meet a RST (no socket); a
+    reconnect from the same source port meets the peer's old socket and a
+    challenge ACK (RFC 5961 §4)."""
+    await power_off(host)
+    await power_on(host)
+
+
+async def _blackhole(host) -> None:
+    """DROP everything in and out of the host, loopback included, both
+    families (atomically per family: one iptables-restore each)."""
+    for tool in ("iptables-restore", "ip6tables-restore"):
+        try:
+            await host.run([tool, "--noflush"], input=_BLACKHOLE)
+        except SetupError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise Unsupported(f"{tool} is not installed: power_off needs it to blackhole "
+                                  f"host {host.name}") from exc
+            raise FaultError(f"power_off({host.name}): {exc}", netns=host.netns,
+                             call=tool) from exc
+
+
+def _link_down(host) -> None:
+    with _netlink.rtnl(host.ns_fd, host.netns) as ipr:
+        ipr.link("set", index=_netlink.HOST_IFINDEX, state="down")
+
+
+def _mac(fd: int, netns: str) -> str | None:
+    with _netlink.rtnl(fd, netns) as ipr:
+        links = ipr.get_links(_netlink.HOST_IFINDEX)
+        return links[0].get("address") if links else None
+
+
+def _rebuild(host) -> int:
+    """Worker thread: replace the namespace; return the new one's fd.  On
+    failure the host still points at its old (dead) namespace, which the
+    lab's teardown removes as usual."""
+    lab = host.lab
+    sw_name, sw_fd = lab._switch
+    spec = _backend.HostSpec.make(host.name, host.index, host.profile, host.sysctls)
+    mac = _mac(host.ns_fd, host.netns)
+    # the veth first: deleting a namespace frees its links only later, in the
+    # kernel's cleanup_net work (60-120 ms), and the port's name and ifindex
+    # are about to be reused
+    _netlink.detach_port(sw_fd, sw_name, host.index)
+    _netns.delete(host.netns)   # unmount + unlink; our fd keeps the old one alive
+    name, fd = _backend.create_host_ns(lab.slot, spec)
+    try:
+        if name != host.netns:  # pragma: no cover - names are derived from the slot
+            raise FaultError(f"power_on: namespace {name} is not the host's {host.netns}")
+        _backend.wire_host(lab.slot, spec, lab._switch, (name, fd))
+        if mac:
+            with _netlink.rtnl(fd, name) as ipr:
+                ipr.link("set", index=_netlink.HOST_IFINDEX, address=mac)
+    except BaseException:
+        try:
+            _netlink.detach_port(sw_fd, sw_name, host.index)
+        finally:
+            _backend.destroy_ns(name, fd)
+        raise
+    return fd

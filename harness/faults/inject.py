@@ -1,0 +1,403 @@
+"""Spoofed RST, FIN and SYN segments from a third position: the blind
+attacker (or the confused middlebox) of RFC 5961.
+
+The segment is crafted with scapy (harness._packets) and sent from the
+lab's switch namespace straight out of the victim's switch port (an
+AF_PACKET socket bound to ``p<n>``), so it reaches the victim's eth0 as if
+its peer had sent it: the peer's addresses, ports and MAC, the timestamp
+option the connection negotiated.  It never crosses the bridge, so the
+bridge learns nothing from it.
+
+Sequence numbers are learnt from the live connection, never guessed: a
+1-byte data segment with an arbitrary sequence number is sent to the
+victim first.  It is almost surely outside the receive window, and
+tcp_validate_incoming() answers any out-of-window segment with a duplicate
+ACK (RFC 793 p.69) carrying SND.NXT and RCV.NXT; the per-socket rate limit
+(tcp_oow_rate_limited(), tcp_invalid_ratelimit) exempts segments carrying
+data, so the probe does not spend the budget of a challenge ACK that
+follows.  If the probe happened to fall inside the window the victim drops
+it silently (its ACK number is out of range too) and a second probe, half
+the sequence space away, is outside it.
+
+What the kernel does with each injection (tcp_validate_incoming(),
+net/ipv4/tcp_input.c; measured in tests/test_faults_inject.py):
+
+- RST, seq == RCV.NXT ("exact"): tcp_reset(); the owner's next call gets
+  ECONNRESET (RFC 5961 §3.2: only an exact match resets).
+- RST, in the window but not exact (True): a challenge ACK
+  (tcp_send_challenge_ack(), TcpExt TCPChallengeACK); the connection lives.
+  The real peer would answer that ACK with a RST carrying the exact
+  sequence number; a blind attacker does not see it.
+- RST, out of the window ("out_of_window"): silently dropped.
+- FIN at RCV.NXT: accepted; the victim ACKs it, enters CLOSE_WAIT and its
+  owner reads end-of-stream (b"").
+- SYN on a synchronized connection, in the window or not: a challenge ACK
+  (RFC 5961 §4.2; TCPSYNChallenge), the connection lives.
+
+Challenge ACKs share a per-socket rate limit with out-of-window dupacks:
+one per tcp_invalid_ratelimit (500 ms, pinned by the harness) per socket;
+set it to 0 on the victim host to see every one.  These are actions, not
+undoable faults: a segment once sent cannot be taken back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+import trio
+
+from .. import _netns
+from .._nfqueue import parse_tcp
+from ..errors import FaultError, InvalidArgument, ObservationTimeout
+
+ETH_P_ALL = 0x0003
+SO_TIMESTAMPNS = 35
+SIOCGIFHWADDR = 0x8927
+PROBE_WAIT = 0.5  # seconds a probe may take to be answered (it takes ~0.05 ms)
+MODES = {True: "in_window", False: "out_of_window", "in_window": "in_window",
+         "exact": "exact", "out_of_window": "out_of_window"}
+# full sockets that have a receive window (TIME_WAIT has none: tcp_timewait_state_process)
+SYNCHRONIZED = frozenset({"ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "CLOSING",
+                          "LAST_ACK"})
+OUT_OF_WINDOW = 1 << 30  # beyond any window: RFC 7323 caps it below 2**30
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One TCP segment of the connection, as seen on the victim's port."""
+
+    t: float
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    seq: int
+    ack: int
+    flags: str                               # "A", "RA", "FA", "S", ... (capture's order)
+    window: int                              # raw, unscaled
+    length: int                              # payload bytes
+    timestamps: tuple[int, int] | None       # (TSval, TSecr)
+
+    def __repr__(self) -> str:
+        return (f"<{self.t:.6f} {self.src[0]}:{self.src[1]} > {self.dst[0]}:{self.dst[1]} "
+                f"[{self.flags}] seq={self.seq} ack={self.ack} win={self.window} "
+                f"len={self.length}>")
+
+
+class Injection:
+    """What an injection sent and learnt; the victim's answers on the wire.
+
+    ``rcv_nxt``/``snd_nxt`` are the victim's, as its last segment before the
+    injection showed them; ``sent`` is the spoofed segment.  The victim's
+    port stays tapped until the lab ends (or ``close()``)."""
+
+    def __init__(self, kind: str, mode: str | None, victim, tap: "_Tap", mark: int,
+                 learnt: Segment, sent: Segment, counters: dict[str, int]):
+        self.kind, self.mode, self.victim = kind, mode, victim
+        self._tap, self._mark, self.learnt, self.sent = tap, mark, learnt, sent
+        self.rcv_nxt, self.snd_nxt = learnt.ack, _seq_end(learnt)
+        self._counters = counters
+
+    def __repr__(self) -> str:
+        return f"<Injection {self.kind} {self.mode or ''} {self.sent!r}>"
+
+    def replies(self) -> list[Segment]:
+        """The victim's segments to its peer since the injection."""
+        return [s for s in self._tap.segments(self._mark) if s.src == self.victim.local]
+
+    async def wait_reply(self, *, timeout: float = 1.0) -> Segment:
+        """The victim's first segment to its peer after the injection (a
+        challenge ACK, the ACK of a FIN...)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        return await self._tap.wait(self._mark, lambda s: s.src == self.victim.local, timeout,
+                                    f"no segment from {self.victim!r} after {self!r}")
+
+    def counter(self, name: str) -> int:
+        """How much a TcpExt counter of the victim's namespace (e.g.
+        TCPChallengeACK, TCPSYNChallenge) grew since just before the
+        injection (after the probe)."""
+        now = _tcp_ext(self.victim.host.ns_fd)
+        if name not in now:
+            raise InvalidArgument(f"TcpExt has no counter {name!r}; e.g. TCPChallengeACK, "
+                                  f"TCPSYNChallenge")
+        return now[name] - self._counters.get(name, 0)
+
+    def close(self) -> None:
+        self._tap.close()
+
+
+async def inject_rst(conn, in_window: bool | str = "exact") -> Injection:
+    """Send ``conn`` a RST spoofed from its peer.  ``in_window``: "exact"
+    (seq == RCV.NXT: the connection dies), True (inside the window, not
+    exact: a challenge ACK, it lives), "out_of_window" or False (ignored)."""
+    mode = _check_mode(in_window)
+    _check_conn(conn, "inject_rst")
+    return await _inject(conn, "RST", mode)
+
+
+async def inject_fin(conn) -> Injection:
+    """Send ``conn`` a FIN at RCV.NXT spoofed from its peer: its owner reads
+    end-of-stream, the socket enters CLOSE_WAIT."""
+    _check_conn(conn, "inject_fin")
+    return await _inject(conn, "FIN", None)
+
+
+async def inject_syn(conn) -> Injection:
+    """Send ``conn`` an in-window SYN spoofed from its peer (a peer that
+    rebooted and reconnects from the same port): a challenge ACK, the
+    connection lives (RFC 5961 §4)."""
+    _check_conn(conn, "inject_syn")
+    return await _inject(conn, "SYN", None)
+
+
+# --- validation (before anything is touched) ---------------------------------
+
+def _check_mode(in_window) -> str:
+    try:
+        return MODES[in_window]
+    except (KeyError, TypeError):
+        raise InvalidArgument(f"in_window must be True (in the window, not exact), 'exact' "
+                              f"(seq == RCV.NXT) or 'out_of_window' (or False), got "
+                              f"{in_window!r}") from None
+
+
+def _check_conn(conn, what: str) -> None:
+    from ..sockets import Socket
+    from .host import is_off
+    if not isinstance(conn, Socket):
+        raise InvalidArgument(f"{what}() takes a connected Socket (from connect() or accept()), "
+                              f"got {conn!r}")
+    if conn.closed:
+        raise InvalidArgument(f"{what}(): {conn!r} was closed by the test; there is no "
+                              f"connection to inject into")
+    if conn.remote is None or conn.remote[1] == 0:
+        raise InvalidArgument(f"{what}(): {conn!r} is not connected (a listener or an "
+                              f"unconnected socket has no peer to impersonate)")
+    if is_off(conn.host):
+        raise InvalidArgument(f"{what}(): host {conn.host.name} is powered off")
+    info = conn.info()
+    if info is None:
+        raise InvalidArgument(f"{what}(): the kernel has no socket {conn!r} any more "
+                              f"(reset or closed)")
+    if info.state not in SYNCHRONIZED or info.timer == "time_wait":
+        raise InvalidArgument(f"{what}(): {conn!r} is {info.state}; injection needs a "
+                              f"synchronized connection, one of {sorted(SYNCHRONIZED)}")
+
+
+# --- the injection --------------------------------------------------------------
+
+async def _inject(conn, kind: str, mode: str | None) -> Injection:
+    host = conn.host
+    lab = host.lab
+    tap = _Tap(lab._switch[1], f"p{host.index}", conn)
+    try:
+        victim_mac = _mac(host.ns_fd)
+        learnt, peer_mac = await _learn(tap, conn, victim_mac)
+        rcv_nxt, snd_nxt = learnt.ack, _seq_end(learnt)
+        ts = (learnt.timestamps[1], learnt.timestamps[0]) if learnt.timestamps else None
+        if kind == "RST":
+            if mode == "exact":
+                seq = rcv_nxt
+            elif mode == "in_window":
+                if learnt.window == 0:
+                    raise FaultError(f"inject_rst(in_window=True): {conn!r} advertises a zero "
+                                     f"window; only RCV.NXT itself is in it")
+                seq = rcv_nxt + max(1, learnt.window // 2)
+            else:
+                seq = rcv_nxt + OUT_OF_WINDOW
+            flags, ack = "RA", snd_nxt
+        elif kind == "FIN":
+            seq, flags, ack = rcv_nxt, "FA", snd_nxt
+        else:
+            seq, flags, ack = rcv_nxt, "S", 0
+        counters = _tcp_ext(host.ns_fd)
+        mark = tap.mark()
+        t = tap.send(_frame(conn, peer_mac, victim_mac, seq, ack, flags, ts))
+        sent = Segment(t, conn.remote, conn.local, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                       _flag_string(flags), 0xFFFF, 0, ts)
+    except BaseException:
+        tap.close()
+        raise
+    lab.undo.push(f"close injection tap on p{host.index}", tap.close)
+    return Injection(kind, mode, conn, tap, mark, learnt, sent, counters)
+
+
+async def _learn(tap: "_Tap", conn, victim_mac: str) -> tuple[Segment, str]:
+    """Make the victim tell its SND.NXT and RCV.NXT: a probe it answers with
+    a duplicate ACK (see the module's docstring).  Returns the victim's most
+    recent segment and the peer's MAC (that segment's destination)."""
+    seq = random.getrandbits(32)
+    for attempt in range(2):
+        mark = tap.mark()
+        tap.send(_frame(conn, tap.port_mac, victim_mac, seq, random.getrandbits(32), "A", None,
+                        payload=b"\0"))
+        try:
+            await tap.wait(mark, lambda s: s.src == conn.local, PROBE_WAIT, "")
+        except ObservationTimeout:
+            seq ^= 0x80000000  # it fell in the window: the other half cannot
+            continue
+        mine = [s for s in tap.segments() if s.src == conn.local]
+        return mine[-1], tap.mac_of(mine[-1])
+    raise FaultError(f"{conn!r} did not answer two probes within {PROBE_WAIT}s each; is its "
+                     f"host reachable and the connection alive?", netns=conn.host.netns)
+
+
+def _frame(conn, src_mac: str, dst_mac: str, seq: int, ack: int, flags: str, ts,
+           payload: bytes = b"") -> bytes:
+    from .._packets import tcp_frame
+    return tcp_frame(family=conn.family, src_mac=src_mac, dst_mac=dst_mac, src=conn.remote[0],
+                     dst=conn.local[0], sport=conn.remote[1], dport=conn.local[1], seq=seq,
+                     ack=ack, flags=flags, window=0xFFFF, timestamps=ts, payload=payload)
+
+
+class _Tap:
+    """An AF_PACKET socket on one switch port: sends frames out of it (to the
+    host behind it) and keeps the segments of one connection seen there."""
+
+    def __init__(self, switch_fd: int, port: str, conn):
+        self._pair = {conn.local, conn.remote}
+        with _netns.entered(switch_fd):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                                 | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.bind((port, 0))
+            self.port_mac = _mac_string(sock.getsockname()[4])
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self.port = sock, port
+        self._offset = time.monotonic() - time.time()
+        self._segments: list[Segment] = []
+        self._macs: dict[int, str] = {}
+
+    def send(self, frame: bytes) -> float:
+        t = time.monotonic()
+        self._sock.send(frame)
+        return t
+
+    def drain(self) -> None:
+        if self._sock.fileno() < 0:
+            return
+        while True:
+            try:
+                frame, anc, _flags, _addr = self._sock.recvmsg(65536, 64)
+            except BlockingIOError:
+                return
+            t = time.monotonic()
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("qq", data[:16])
+                    t = sec + nsec / 1e9 + self._offset
+            seg = _segment(frame, t)
+            if seg is not None and seg.src in self._pair and seg.dst in self._pair:
+                self._macs[id(seg)] = _mac_string(frame[0:6])
+                self._segments.append(seg)
+
+    def mark(self) -> int:
+        """Where the segments seen from now on will start."""
+        self.drain()
+        return len(self._segments)
+
+    def segments(self, start: int = 0) -> list[Segment]:
+        self.drain()
+        return self._segments[start:]
+
+    def mac_of(self, seg: Segment) -> str:
+        """The destination MAC of a captured segment."""
+        return self._macs[id(seg)]
+
+    async def wait(self, start: int, pred, timeout: float, message: str) -> Segment:
+        deadline = trio.current_time() + timeout
+        while True:
+            for s in self.segments(start):
+                if pred(s):
+                    return s
+            if self._sock.fileno() < 0:
+                raise InvalidArgument("the injection's tap was closed")
+            with trio.move_on_at(deadline):
+                await trio.lowlevel.wait_readable(self._sock)
+                continue
+            raise ObservationTimeout(f"{message} within {timeout}s" if message else "timeout",
+                                     last=self._segments[-3:])
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            try:
+                trio.lowlevel.notify_closing(self._sock)
+            except RuntimeError:  # not in trio (closed by a synchronous undo)
+                pass
+            self._sock.close()
+
+
+def _segment(frame: bytes, t: float) -> Segment | None:
+    if len(frame) < 14 or struct.unpack_from("!H", frame, 12)[0] not in (0x0800, 0x86DD):
+        return None
+    pkt = frame[14:]
+    v = parse_tcp(pkt)
+    if v is None:
+        return None
+    return Segment(t, (v.src, v.sport), (v.dst, v.dport), v.seq, v.ack, _flag_string(v.flags),
+                   v.window, v.payload_len, _timestamps(pkt, v.l4_offset + 20, v.data_offset))
+
+
+def _timestamps(pkt: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """The TCP timestamp option (kind 8), raw bytes: RFC 7323 §3."""
+    i = start
+    while i < end:
+        kind = pkt[i]
+        if kind == 0:
+            return None
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= end or pkt[i + 1] < 2:
+            return None
+        if kind == 8 and pkt[i + 1] == 10 and i + 10 <= end:
+            return struct.unpack_from("!II", pkt, i + 2)
+        i += pkt[i + 1]
+    return None
+
+
+def _seq_end(s: Segment) -> int:
+    """The sequence number after this segment: its sender's SND.NXT when it
+    was sent (a retransmission shows less; harmless for an ACK field)."""
+    return (s.seq + s.length + ("S" in s.flags) + ("F" in s.flags)) & 0xFFFFFFFF
+
+
+def _flag_string(flags) -> str:
+    order = (("S", 0x02), ("F", 0x01), ("R", 0x04), ("P", 0x08), ("A", 0x10))
+    if isinstance(flags, str):
+        return "".join(c for c, _bit in order if c in flags)
+    return "".join(c for c, bit in order if flags & bit)
+
+
+def _mac_string(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw[:6])
+
+
+def _mac(ns_fd: int, ifname: str = "eth0") -> str:
+    with _netns.entered(ns_fd):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        raw = fcntl.ioctl(s, SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
+    finally:
+        s.close()
+    return _mac_string(raw[18:24])
+
+
+def _tcp_ext(ns_fd: int) -> dict[str, int]:
+    """TcpExt counters of a namespace (/proc/net/netstat as its thread sees it)."""
+    with _netns.entered(ns_fd):
+        fd = os.open("/proc/thread-self/net/netstat", os.O_RDONLY | os.O_CLOEXEC)
+    with os.fdopen(fd) as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return dict(zip(names.split()[1:], map(int, values.split()[1:])))
+    return {}

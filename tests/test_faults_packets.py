@@ -1,0 +1,281 @@
+"""The packet engine (harness.faults.packets): each action proven by what the
+receiving socket observes, on IPv4 and IPv6; exact undo; bad input refused
+before anything is touched."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from harness import FaultError, InvalidArgument, retransmitted
+from harness import faults
+from harness.faults import Action
+
+PORT = 9000
+
+
+async def connected(lab, family):
+    client, server = await lab.pair()
+    listener = await server.listen(PORT, family=family)
+    conn = await client.connect(server, PORT, family=family, options={"TCP_NODELAY": True})
+    peer = await listener.accept()
+    return client, server, conn, peer
+
+
+def data(p) -> bool:
+    return p.payload_len > 0
+
+
+async def wait_until(fn, *, timeout: float = 3.0, what: str = "condition"):
+    """Poll ``fn`` until it returns a truthy value (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {value!r})")
+        await trio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+async def recv_exactly(sock, n: int) -> tuple[bytes, float]:
+    got = b""
+    while len(got) < n:
+        out = await sock.recv()
+        assert out.ok and out.value, out
+        got += out.value
+    return got, out.ended
+
+
+def saved(host) -> str:
+    """iptables-save and ip6tables-save of a host, without comments or counters."""
+    text = ""
+    for tool in ("iptables-save", "ip6tables-save"):
+        out = host.run_sync([tool]).stdout.decode()
+        text += "".join(ln + "\n" for ln in out.splitlines() if not ln.startswith("#"))
+    return text
+
+
+async def test_delay_holds_the_segment(lab, family):
+    client, _, conn, peer = await connected(lab, family)
+    async with faults.packets(conn, direction="out", when=data,
+                              action=Action.delay(0.2)) as f:
+        sent = await conn.send(b"x")
+        got, arrived = await recv_exactly(peer, 1)
+    assert got == b"x"
+    assert 0.2 <= arrived - sent.ended < 0.5
+    assert f.counts["delayed"] == 1 and f.counts["matched"] == 1
+    (t, summary, action), = f.log
+    assert action == "delay(0.2)" and "[PSH,ACK]" in summary and "len=1" in summary
+
+
+async def test_drop_forces_a_retransmission(lab, family):
+    client, _, conn, peer = await connected(lab, family)
+    async with faults.drop_first(conn, 1, direction="out", when=data) as f:
+        sent = await conn.send(b"lost once")
+        got, arrived = await recv_exactly(peer, 9)
+    assert got == b"lost once"
+    assert arrived - sent.ended >= 0.19        # a loss probe or the RTO, both ~200 ms
+    assert f.counts["dropped"] == 1
+    assert lab.timeline.count(retransmitted(conn)) >= 1
+
+
+async def test_duplicate_reaches_the_receiver_twice(lab, family):
+    client, _, conn, peer = await connected(lab, family)
+    async with faults.packets(conn, direction="out", when=data, action=Action.duplicate(1),
+                              count=1) as f:
+        await conn.send(b"twice")
+        got, _ = await recv_exactly(peer, 5)
+        # the receiving socket counted two data segments for one sent, and
+        # answered the copy with a D-SACK (the sender saw it as a dsack_dup)
+        await wait_until(lambda: peer.info().tcp_info["data_segs_in"] == 2, what="2 segments in")
+        await wait_until(lambda: conn.info().tcp_info["dsack_dups"] == 1, what="a D-SACK")
+    assert got == b"twice"
+    assert conn.info().tcp_info["data_segs_out"] == 1
+    assert f.counts["duplicated"] == 1
+
+
+async def test_duplicate_inbound_copy_reaches_the_local_stack(lab, family):
+    """An inbound copy is injected through lo; it must not be queued again."""
+    client, _, conn, peer = await connected(lab, family)
+    async with faults.packets(conn, direction="in", when=data, action=Action.duplicate(2),
+                              count=1) as f:
+        await peer.send(b"thrice")
+        got, _ = await recv_exactly(conn, 6)
+        await wait_until(lambda: conn.info().tcp_info["data_segs_in"] == 3, what="3 segments in")
+    assert got == b"thrice"
+    assert f.counts["duplicated"] == 1 and f.counts["seen"] == f.counts["accepted"] + 1
+
+
+async def test_reorder_swaps_two_segments(lab, family):
+    client, _, conn, peer = await connected(lab, family)
+    async with faults.packets(conn, direction="out", when=data, action=Action.reorder(),
+                              count=1) as f:
+        await conn.send(b"a")
+        await conn.send(b"b")
+        got, _ = await recv_exactly(peer, 2)
+    assert got == b"ab"                        # TCP puts them back in order...
+    assert peer.info().tcp_info["rcv_ooopack"] == 1   # ...after "b" came first
+    assert f.counts["reordered"] == 1
+    assert [e.packet.data for e in f.log] == [b"a"]
+
+
+async def test_rewrite_changes_what_recv_returns(lab, family):
+    client, _, conn, peer = await connected(lab, family)
+    async with faults.packets(conn, direction="out", when=data,
+                              action=Action.rewrite_payload(bytes.upper), count=1) as f:
+        await conn.send(b"hello")
+        got, _ = await recv_exactly(peer, 5)
+        await conn.send(b"world")              # count=1: the next passes unchanged
+        got2, _ = await recv_exactly(peer, 5)
+    assert (got, got2) == (b"HELLO", b"world")
+    assert f.counts["rewritten"] == 1
+
+
+async def test_rewrite_whole_packet_with_scapy(lab, family):
+    """scapy=True hands predicate and rewrite a scapy packet (via
+    harness._packets, the only scapy importer)."""
+    client, _, conn, peer = await connected(lab, family)
+
+    def shout(pkt):
+        pkt["Raw"].load = pkt["Raw"].load[::-1]
+        return pkt
+
+    async with faults.packets(conn, direction="out", scapy=True,
+                              when=lambda pkt: pkt.haslayer("Raw"),
+                              action=Action.rewrite(shout)) as f:
+        await conn.send(b"stressed")
+        got, _ = await recv_exactly(peer, 8)
+    assert got == b"desserts"
+    assert f.counts["rewritten"] == 1
+
+
+async def test_delay_the_synack_by_flags(lab, family):
+    """A host-wide fault on a port, narrowed by the TCP-flags prefilter."""
+    client, server = await lab.pair()
+    await server.listen(PORT, family=family)
+    async with faults.packets(server, port=PORT, direction="out", tcp_flags="SYN,ACK",
+                              action=Action.delay(0.3)) as f:
+        t0 = time.monotonic()
+        await client.connect(server, PORT, family=family)
+        took = time.monotonic() - t0
+    assert 0.3 <= took < 0.9                   # below the 1 s SYN retransmission
+    assert f.counts["seen"] == f.counts["delayed"] == 1
+
+
+async def test_drop_nth_drops_only_that_one(lab):
+    client, _, conn, peer = await connected(lab, 4)
+    async with faults.drop_nth(conn, 2, direction="out", when=data) as f:
+        for chunk in (b"1", b"2", b"3"):
+            await conn.send(chunk)
+            got, _ = await recv_exactly(peer, 1)
+            assert got == chunk
+    assert [e.packet.data for e in f.log] == [b"2"] and f.counts["dropped"] == 1
+
+
+async def test_only_the_flow_is_queued(lab, family):
+    client, server, conn, peer = await connected(lab, family)
+    other = await client.connect(server, PORT, family=family)
+    async with faults.packets(conn, direction="both", when=lambda p: False) as f:
+        await other.send(b"elsewhere")
+        await conn.send(b"here")
+        got, _ = await recv_exactly(peer, 4)
+        await wait_until(lambda: f.counts["seen"] >= 2, what="the data and its ACK")
+        await other.send(b"more elsewhere")
+        assert conn.info().tcp_info["unacked"] == 0
+    assert got == b"here"
+    # the data segment and its ACK, nothing of the other connection
+    assert f.counts["seen"] == 2 and f.counts["matched"] == 0
+
+
+async def test_undo_is_exact_and_releases_held_packets(lab, family):
+    """Undo removes the rules (iptables-save identical in both families,
+    mangle table included) and accepts what the engine still held."""
+    client, server, conn, peer = await connected(lab, family)
+    before = saved(client)
+    f = await faults.packets(client, port=PORT, direction="out", when=data,
+                             action=Action.delay(30)).start()
+    g = await faults.packets(conn, direction="in", when=lambda p: False).start()
+    during = saved(client)
+    assert during.count("--queue-bypass") == 2 + 1   # f in both families, g in one
+    assert f.queue_num != g.queue_num
+    sent = await conn.send(b"held")
+    await wait_until(lambda: f.counts["delayed"] == 1, what="the segment held")
+    await f.stop()
+    got, arrived = await recv_exactly(peer, 4)
+    assert got == b"held" and arrived - sent.ended < 1.0
+    assert saved(client) != before                   # g still there
+    await g.stop()
+    await f.stop()                                   # twice is fine
+    assert saved(client) == before
+    assert not f.active and not g.active
+
+
+async def test_predicate_errors_are_reported_at_undo(lab):
+    client, _, conn, peer = await connected(lab, 4)
+    f = await faults.packets(conn, direction="out", when=lambda p: 1 / 0).start()
+    await conn.send(b"still delivered")
+    got, _ = await recv_exactly(peer, 15)
+    assert got == b"still delivered"
+    with pytest.raises(FaultError, match="ZeroDivisionError"):
+        await f.stop()
+    assert f.counts["errors"] >= 1
+
+
+BAD = [
+    (dict(count=0), "count must be an int >= 1, or None for every packet, got count=0"),
+    (dict(count=-1), "got count=-1"),
+    (dict(count=1.5), "got count=1.5 (float)"),
+    (dict(skip=-1), "skip must be an int >= 0, got skip=-1"),
+    (dict(action="explode"), "action must be an Action"),
+    (dict(action=None), "action must be an Action"),
+    (dict(direction="sideways"), "direction must be one of ('in', 'out', 'both'), got direction='sideways'"),
+    (dict(tcp_flags="SYN,BOGUS"), "tcp_flags must be"),
+    (dict(when=3), "when must be callable"),
+    (dict(decide=lambda p: None, count=2), "decide replaces when/action/count/skip"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD, ids=[m.split(" ")[0] + str(i) for i, (_, m)
+                                                     in enumerate(BAD)])
+async def test_bad_input_is_refused_before_anything_is_touched(lab, kwargs, message):
+    client, _, conn, _ = await connected(lab, 4)
+    before, steps = saved(client), len(lab.undo)
+    with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
+        faults.packets(conn, **kwargs)
+    assert saved(client) == before and len(lab.undo) == steps
+
+
+async def test_bad_actions_and_targets(lab):
+    client, server, conn, peer = await connected(lab, 4)
+    with pytest.raises(InvalidArgument, match=r"seconds must be a number in \[0, 3600\], got "
+                                              r"seconds=-1 \(int\) from Action.delay\(\)"):
+        Action.delay(-1)
+    with pytest.raises(InvalidArgument, match=r"n must be an int in 1..100, got n=0"):
+        Action.duplicate(0)
+    with pytest.raises(InvalidArgument, match="timeout must be"):
+        Action.reorder(0)
+    with pytest.raises(InvalidArgument, match="fn must be callable"):
+        Action.rewrite(b"x")
+    with pytest.raises(InvalidArgument, match="port must be given when the target is a host"):
+        faults.packets(client)
+    with pytest.raises(InvalidArgument, match=r"port must be an int in 1..65535, got port=0"):
+        faults.packets(client, port=0)
+    with pytest.raises(InvalidArgument, match="target must be a connected Socket or a Host"):
+        faults.packets("client", port=1)
+    unconnected = await client.socket(4)
+    with pytest.raises(InvalidArgument, match="which is not connected"):
+        faults.packets(unconnected)
+    listener = await server.listen(PORT + 1)
+    with pytest.raises(InvalidArgument, match="which is not connected"):
+        faults.drop_first(listener)
+    await peer.close()
+    with pytest.raises(InvalidArgument, match="which is closed"):
+        faults.packets(peer)
+    with pytest.raises(InvalidArgument, match=r"n must be an int >= 1, got n=0"):
+        faults.drop_first(conn, 0)
+    assert saved(client) == "" and saved(server) == ""
