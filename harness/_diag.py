@@ -104,6 +104,38 @@ def destroy_all(sock: socket.socket) -> int:
 
 # --- decoding -------------------------------------------------------------
 
+# what every snapshot decodes at once, from the nlmsghdr and inet_diag_msg:
+# len, type, family, state, timer, retrans, sport, dport (network order, read
+# natively); the rest (REST, at offset +24) is read only when asked for
+RECORD = struct.Struct("=IH10xBBBBHH")
+# src[16], dst[16], if, cookie[2], expires, rqueue, wqueue, uid, inode
+REST = struct.Struct("=16s16sIIIIIIII")
+
+
+def records(sock: socket.socket, family: int, cls, extra: tuple) -> list:
+    """Dump one family into ``cls`` tuples: RECORD's fields, then the
+    buffer and the message's offset, then ``extra``.  The hot path of every
+    snapshot: one struct call and one tuple per socket."""
+    sock.send(_request(family, socket.IPPROTO_TCP, ALL_STATES))
+    new, unpack, out = tuple.__new__, RECORD.unpack_from, []
+    size = RECORD.size
+    while True:
+        data = sock.recv(1 << 20)
+        off, n = 0, len(data)
+        while off < n:
+            # NLMSG_DONE (20 bytes) may end the buffer: too short for RECORD
+            head = unpack(data, off) if n - off >= size else _NLH.unpack_from(data, off)
+            mtype = head[1]
+            if mtype == NLMSG_DONE:
+                return out
+            if mtype == NLMSG_ERROR:
+                (err,) = struct.unpack_from("=i", data, off + 16)
+                if err:
+                    raise OSError(-err, f"inet_diag dump: {os.strerror(-err)}")
+                return out
+            out.append(new(cls, head + (data, off) + extra))
+            off += (head[0] + 3) & ~3
+
 def decode_header(buf: bytes, off: int):
     """(family, state, timer, retrans, sport, dport, src16, dst16, cookie,
     expires_ms, rqueue, wqueue, uid, inode)"""

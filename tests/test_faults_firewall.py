@@ -53,7 +53,7 @@ async def test_drop_in_silences_the_port_until_undone(lab, family):
         assert await f.wait_packets(2) == 2
         assert peer.info().recv_queue == 0
         assert f.chains == sorted(f.chains) and all(c.startswith("fih") for c in f.chains)
-    with trio.fail_after(3):  # the next retransmission gets through
+    with trio.fail_after(6):  # the next retransmission (RTO backoff) gets through
         assert (await peer.recv()).value == b"x"
     assert await f.packets() >= 2 and await f.packets(family=10 - family) == 0
     assert await rules(server) == before
@@ -69,7 +69,7 @@ async def test_drop_out_drops_the_acks_not_the_data(lab, family):
         await lab.timeline.wait_for(retransmitted(conn), since=conn.since)
         assert await f.wait_packets(2, family=family) >= 2  # ACK, then D-SACK ACK
         assert conn.info().send_queue == 5                  # never acknowledged
-    with trio.fail_after(3):
+    with trio.fail_after(6):
         while conn.info().send_queue:
             await trio.sleep(0.01)
     assert await rules(server) == before
@@ -174,6 +174,9 @@ async def test_reject_both_lets_its_own_answers_out(lab, family):
         await lab.timeline.wait_for(rst_received(conn), since=conn.since)
         assert (await conn.recv()).errno == "ECONNRESET"
         assert await f.packets() == 1
+    async with reject(server, direction="both", port=PORT, with_="icmp-port-unreachable"):
+        sock = await client.socket(family)
+        assert (await sock.connect(server, PORT)).errno == "ECONNREFUSED"
     assert await rules(server) == before
 
 
@@ -188,7 +191,7 @@ async def test_partition_cuts_both_ways_and_heals(lab, family):
         assert await f.wait_packets(4, family=family) >= 4
         assert await f.packets(family=10 - family) == 0
         assert conn.info().recv_queue == 0 and peer.info().recv_queue == 0
-    with trio.fail_after(3):
+    with trio.fail_after(6):
         assert (await conn.recv()).value == b"s"
         assert (await peer.recv()).value == b"c"
     assert await rules(client, server) == before
@@ -216,7 +219,7 @@ async def test_blackhole_spares_loopback(lab, family):
         assert conn.info().recv_queue == 0
         await inside.close(linger=0)
         await local.close()
-    with trio.fail_after(3):
+    with trio.fail_after(6):
         assert (await conn.recv()).value == b"y"
     assert await rules(server) == before
 

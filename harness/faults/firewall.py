@@ -25,7 +25,8 @@ Matching (all optional, and-ed):
 - ``port``: packets with this port as source *or* destination, so one fault
   covers both directions of a connection; needs tcp or udp ("all" with a
   port means tcp and udp).
-- ``protocol``: "tcp", "udp", "icmp" (ICMPv6 for IPv6) or "all".
+- ``protocol``: "tcp", "udp", "icmp" (ICMPv6 for IPv6) or "all"; by
+  default "all", or "tcp" when ``tcp_flags`` or ``with_="tcp-reset"`` need it.
 - ``tcp_flags``: "SYN", "FIN,ACK"...: the segment's SYN, ACK, FIN and RST
   bits are exactly these, PSH and URG ignored: "SYN" is the first SYN and not
   the SYN-ACK, "ACK" a pure ACK or a data segment, "FIN,ACK" a FIN, "RST" a
@@ -492,8 +493,10 @@ def _build(kind: str, host: object, direction: object, peer: object, port: objec
             if kind == "reject" and direction == "both" and d == "out":
                 # the answer to a rejected incoming packet leaves through OUTPUT:
                 # let it out instead of rejecting the rejection (which drops it)
+                icmp = "icmp -m icmp --icmp-type" if fam == 4 else \
+                    "ipv6-icmp -m icmp6 --icmpv6-type"
                 answer = ("-p tcp -m tcp --tcp-flags RST RST -j RETURN" if with_ == "tcp-reset"
-                          else f"-p {'icmp -m icmp --icmp-type' if fam == 4 else 'ipv6-icmp -m icmp6 --icmpv6-type'} destination-unreachable -j RETURN")
+                          else f"-p {icmp} destination-unreachable -j RETURN")
                 body.insert(1, answer)
             bodies[fam][d] = body
     desc = [repr(host.name), direction]
