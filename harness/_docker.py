@@ -37,6 +37,8 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
+
+from .errors import SetupError
 from typing import Iterator
 
 CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
@@ -56,7 +58,7 @@ _LOG_TAIL_LINES = 40
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
-class DockerError(Exception):
+class DockerError(SetupError):
     """A docker operation failed; carries the image/container involved and
     the daemon's own message when there is one."""
 
@@ -72,7 +74,8 @@ class DockerError(Exception):
         self.image = image
         self.container = container
         self.daemon_message = daemon_message
-        super().__init__(message, image, container, daemon_message)
+        super().__init__(message)
+        self.args = (message, image, container, daemon_message)
 
     def __str__(self) -> str:
         text = self.message
@@ -543,6 +546,25 @@ def remove(id: str) -> None:
         ):
             return
         raise
+
+
+def exit_code(id: str) -> int | None:
+    """None while the container runs; its main process's exit code after
+    (negative for a signal, as in subprocess)."""
+    c = _container(id)
+    with _translated("cannot inspect container", container=id):
+        c.reload()
+    state = c.attrs["State"]
+    if state.get("Running") or state.get("Paused"):
+        return None
+    code = int(state.get("ExitCode", 0))
+    return -(code - 128) if code > 128 else code  # docker reports 128 + N for signal N
+
+
+def logs(id: str, tail: int = 50) -> str:
+    c = _container(id)
+    with _translated("cannot read logs", container=id):
+        return c.logs(tail=tail).decode(errors="replace")
 
 
 def pid(id: str) -> int:

@@ -75,6 +75,26 @@ def create(name: str) -> str:
     return p
 
 
+def attach(name: str, pid: int) -> str:
+    """Name the network namespace of process ``pid`` (``ip netns attach``):
+    a bind mount of /proc/<pid>/ns/net, which also keeps it alive."""
+    global _run_dir_ready
+    if not _run_dir_ready:
+        _ensure_run_dir()
+        _run_dir_ready = True
+    p = path(name)
+    try:
+        os.close(os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileExistsError as exc:
+        raise SetupError(f"network namespace {name} already exists", netns=name) from exc
+    if _libc.mount(f"/proc/{pid}/ns/net".encode(), p.encode(), b"none", MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        os.unlink(p)
+        raise SetupError(f"cannot attach the namespace of pid {pid}: {os.strerror(err)}",
+                         netns=name, call="mount --bind", errno=err)
+    return p
+
+
 def delete(name: str) -> None:
     """Unmount and unlink; the kernel frees the namespace when its last user
     (a process, an open fd, an orphaned socket) goes."""

@@ -35,8 +35,10 @@ class Host(SocketFactory):
             self._diag = _diag.open_socket()
         self._driver = LocalDriver(make_socket_in(ns_fd))
         self.processes: list[Process] = []
-        self.tainted = False  # changed beyond sockets: never reused (see Lab.tainted)
+        self.tainted = kind != "netns"  # changed beyond sockets: never reused (Lab.tainted)
         self.generation = 0   # bumped when power_on gives the host a new namespace
+        self.container = None  # a container host's Container (id, name, pid)
+        self.container_spec = self.image_tag = None
 
     def __repr__(self) -> str:
         return f"<Host {self.name} {self.v4} {self.v6} netns={self.netns}>"
@@ -109,8 +111,22 @@ class Host(SocketFactory):
                 raise
         return proc
 
+    @property
+    def main(self) -> "ContainerMain":
+        """A container host's main process (kill = kill the container's main
+        process, pause = freeze the container)."""
+        if self.container is None:
+            raise InvalidArgument(f"host {self.name} is a namespace host: it has no main "
+                                  f"process (use spawn() or peer())")
+        return ContainerMain(self)
+
     def _start(self, argv: list[str], **kw) -> Process:
         self.tainted = True
+        if self.container is not None and argv and not kw.pop("host_binary", False):
+            # the container's filesystem and namespaces, but our own child
+            # (no pid namespace: nsenter need not fork), so kill() reaches it
+            argv = ["nsenter", f"--target={self.container.pid}", "--mount", "--uts", "--ipc",
+                    "--net", "--root", "--wd", "--", *argv]
         n = len(self.processes)
         base = os.path.join(self.lab.artifacts, f"{self.name}.{n}")
         popen, out, err = spawn_in(self, argv, netns_fd=self.ns_fd, out_path=base + ".out",
@@ -124,14 +140,14 @@ class Host(SocketFactory):
         with a process (kill, pause, power off)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         proc = self._start([sys.executable, "-m", "harness.peer"], env=env,
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, host_binary=True)
         return await Peer.start(self, proc)
 
     async def stop_processes(self) -> None:
         """SIGKILL every process in the namespace (ours and their children)."""
         for proc in self.processes:
             proc.signal(9)
-        for pid in _netns.pids_in(_netns.inode(_netns.path(self.netns))):
+        for pid in _netns.pids_in(os.fstat(self.ns_fd).st_ino):
             try:
                 os.kill(pid, 9)
             except ProcessLookupError:
@@ -166,6 +182,57 @@ class Host(SocketFactory):
         old_driver.abort_all()
         old_diag.close()
         os.close(old_fd)
+
+
+class ContainerMain:
+    """The main process of a container host, through the docker daemon: the
+    same kill/pause/resume/wait as a Process."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.pid = host.container.pid
+
+    def __repr__(self) -> str:
+        return f"<main process {self.pid} of container {self.host.container.name}>"
+
+    @property
+    def returncode(self) -> int | None:
+        from . import _docker
+        return _docker.exit_code(self.host.container.id)
+
+    async def kill(self) -> int:
+        """SIGKILL the main process: the container stops, the kernel closes
+        its sockets (FIN, or RST with unread data)."""
+        from . import _docker
+        await trio.to_thread.run_sync(_docker.kill, self.host.container.id)
+        return await self.wait()
+
+    async def wait(self, timeout: float | None = None) -> int:
+        from . import _docker
+        from .errors import ObservationTimeout
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            while (code := _docker.exit_code(self.host.container.id)) is None:
+                await trio.sleep(0.005)
+            return code
+        raise ObservationTimeout(f"{self!r} still running after {timeout}s")
+
+    async def pause(self) -> None:
+        """Freeze the container (cgroup freezer): its kernel still ACKs."""
+        from . import _docker
+        await trio.to_thread.run_sync(_docker.pause, self.host.container.id)
+
+    async def resume(self) -> None:
+        from . import _docker
+        await trio.to_thread.run_sync(_docker.unpause, self.host.container.id)
+
+    def signal(self, sig: int) -> None:
+        from . import _docker
+        _docker.kill(self.host.container.id, sig)
+
+    def stderr(self) -> str:
+        """The container's log (stdout and stderr), its last lines."""
+        from . import _docker
+        return _docker.logs(self.host.container.id)
 
 
 class Peer(SocketFactory):

@@ -252,6 +252,41 @@ class Lab:
             hosts.append(host)
         return hosts
 
+    async def container(self, name: str, *, image: str, command: list[str] | None = None,
+                        ready=None, ready_timeout: float = 30.0, profile: str = "default",
+                        sysctls: dict | None = None) -> Host:
+        """A host whose namespace is a container's: ``image`` is a build
+        context under containers/ (built locally, cached by content) or a
+        local image; it runs with ``--network none`` and the lab plumbs its
+        link like any host's.  ``ready`` as for spawn (e.g.
+        ``harness.listening(6379)``).  Removed with the lab."""
+        from . import _docker
+        from .process import wait_ready
+        from .topology import container as cbackend
+        cspec = cbackend.ContainerSpec.make(image, command)
+        if name in self._hosts:
+            raise InvalidArgument(f"host {name!r} already exists in this lab")
+        spec = backend.HostSpec.make(name, len(self._hosts) + 1, profile, sysctls)
+        if not (isinstance(ready_timeout, (int, float)) and ready_timeout > 0):
+            raise InvalidArgument(f"ready_timeout must be seconds > 0, got {ready_timeout!r}")
+        reason = await trio.to_thread.run_sync(_docker.daemon_unavailable_reason)
+        if reason:
+            raise Unsupported(f"container hosts need a docker daemon: {reason}")
+        tag = await trio.to_thread.run_sync(cbackend.resolve_image, cspec.image)
+        if self._unit is None:
+            self._unit = await trio.to_thread.run_sync(self._new_unit)
+            _tracer.register(self)
+        run = await trio.to_thread.run_sync(cbackend.start_and_wire, self.slot, spec, cspec, tag,
+                                            self._unit.switch)
+        host = Host(self, name, spec.number, run.netns, run.fd, self.slot.v4(spec.number),
+                    self.slot.v6(spec.number), profile=spec.profile, sysctls=dict(spec.sysctls),
+                    kind="container")
+        host.container, host.container_spec, host.image_tag = run.container, cspec, tag
+        self._hosts[name] = host
+        if ready is not None:
+            await wait_ready(host.main, ready, ready_timeout)
+        return host
+
     @staticmethod
     def _new_unit() -> _Unit:
         slot = _names.lease_slot()
@@ -318,6 +353,10 @@ class Lab:
                 recorded = unit.idle.get(h.index)
                 if recorded is None or recorded[2] != h.ns_fd:  # else unit.destroy() does it
                     try:
+                        if h.container is not None:
+                            from .topology import container as cbackend
+                            cbackend.stop(h.container.id, h.netns, h.ns_fd)
+                            continue
                         backend.destroy_ns(h.netns, h.ns_fd)
                     except Exception as exc:  # noqa: BLE001
                         failures.append(f"removing host {h.name}: {type(exc).__name__}: {exc}")
@@ -350,7 +389,8 @@ class Lab:
 
     # --- observation ------------------------------------------------------
     def _observe(self, ep) -> Snapshot:
-        snap = ep.host.sockets()
+        host = ep.host if isinstance(ep.host, Host) else self[ep.host]  # Socket or SocketInfo
+        snap = host.sockets()
         mine = Snapshot([s for s in snap if s.local == ep.local and s.remote == ep.remote],
                         snap.host, snap.time)
         self.timeline.add_diag(mine, keys={(ep.local, ep.remote)})
@@ -358,7 +398,9 @@ class Lab:
 
     async def wait_state(self, ep, state: str, *, timeout: float = 5.0):
         """Wait until the endpoint's socket is in ``state`` (CLOSED: gone from
-        the kernel) and return its SocketInfo (None for CLOSED)."""
+        the kernel) and return its SocketInfo (None for CLOSED).  ``ep`` is a
+        Socket, or a SocketInfo from a snapshot for a socket a process owns
+        (e.g. a server's accepted connection)."""
         st = canonical(state)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
@@ -406,7 +448,8 @@ class Lab:
         lines = [f"lab slot {self.slot.index}: {self.slot.v4_network} {self.slot.v6_network}",
                  f"  switch: netns {self._switch[0] if self._switch else '(none)'}"]
         for h in self._hosts.values():
-            lines.append(f"  host {h.name}: netns {h.netns}  {h.v4}  {h.v6}  profile={h.profile}")
+            what = f"container {h.container.name} ({h.image_tag})" if h.container else "netns"
+            lines.append(f"  host {h.name}: {what} {h.netns}  {h.v4}  {h.v6}  profile={h.profile}")
             for p in h.processes:
                 lines.append(f"    {p!r}")
         return "\n".join(lines)

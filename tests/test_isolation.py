@@ -145,3 +145,53 @@ def test_keep_lab_on_failure_leaves_it_for_debugging_until_the_next_run(lab_test
                          timeout=120)
     assert "1 passed" in nxt.stdout, nxt.stdout
     assert owned_by(proc.pid) == nothing(proc.pid)
+
+
+CONTAINER_TESTS = textwrap.dedent('''
+    import os, trio, harness
+
+    async def _use(lab):
+        client = await lab.host("client")
+        server = await lab.container("server", image="echo", ready=harness.listening(8080))
+        conn = await client.connect(server, 8080)
+        return server
+
+    async def test_fails(lab):
+        await _use(lab)
+        assert False, "on purpose"
+
+    async def test_hangs(lab):
+        await _use(lab)
+        open(os.environ["READY_FILE"], "w").close()
+        await trio.sleep_forever()
+''')
+
+
+def containers_of(pid: int) -> list[str]:
+    from harness import _docker
+    return [cid for cid, labels in _docker.list_labelled("harness.owner")
+            if labels.get("harness.owner") == str(pid)]
+
+
+@pytest.mark.requires("docker")
+def test_no_container_veth_or_namespace_left_after_failing_and_interrupted_runs(tmp_path):
+    suite = tmp_path / "test_container_suite.py"
+    suite.write_text(CONTAINER_TESTS)
+    failing = subprocess.run(pytest_cmd(suite, "-k", "fails"), capture_output=True, text=True,
+                             timeout=180)
+    assert "1 failed" in failing.stdout and "on purpose" in failing.stdout, failing.stdout
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(pytest_cmd(suite, "-k", "hangs"), env=dict(os.environ, READY_FILE=str(ready)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    assert containers_of(proc.pid) and owned_by(proc.pid)["netns"]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert "KeyboardInterrupt" in out, out
+    for pid in (proc.pid,):
+        assert containers_of(pid) == [] and owned_by(pid) == nothing(pid)
+    # no veth: links live only inside lab namespaces, and the root's are unchanged
+    assert not [l for l in os.listdir("/sys/class/net") if l.startswith(("veth", "p"))]

@@ -30,7 +30,7 @@ import weakref
 
 import trio
 
-from .. import _netlink, _netns
+from .. import _docker, _netlink, _netns
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ..topology import netns as _backend
 
@@ -50,9 +50,6 @@ def _check_host(host, what: str):
         raise InvalidArgument(f"{what}() takes a Host (e.g. from lab.pair()), got {host!r}")
     if host.lab._hosts.get(host.name) is not host:
         raise InvalidArgument(f"{what}(): host {host.name!r} is not (or no longer) in its lab")
-    if host.kind != "netns":
-        raise Unsupported(f"{what}() re-creates a namespace host; host {host.name} is a "
-                          f"{host.kind} host")
     return host
 
 
@@ -141,7 +138,17 @@ def _rebuild(host) -> int:
     # are about to be reused
     _netlink.detach_port(sw_fd, sw_name, host.index)
     _netns.delete(host.netns)   # unmount + unlink; our fd keeps the old one alive
-    name, fd = _backend.create_host_ns(lab.slot, spec)
+    old_container = host.container
+    if old_container is not None:
+        # a container host boots as a new container of the same image and
+        # command; the old one (its processes killed by power_off) goes
+        from ..topology import container as _cbackend
+        _docker.remove(old_container.id)  # frees its name; our fd keeps the namespace
+        run = _cbackend.start(lab.slot, spec, host.container_spec, host.image_tag)
+        name, fd = run.netns, run.fd
+        host.container = run.container
+    else:
+        name, fd = _backend.create_host_ns(lab.slot, spec)
     try:
         if name != host.netns:  # pragma: no cover - names are derived from the slot
             raise FaultError(f"power_on: namespace {name} is not the host's {host.netns}")
@@ -153,6 +160,10 @@ def _rebuild(host) -> int:
         try:
             _netlink.detach_port(sw_fd, sw_name, host.index)
         finally:
-            _backend.destroy_ns(name, fd)
+            if host.container is not None and host.container is not old_container:
+                from ..topology import container as _cbackend
+                _cbackend.stop(host.container.id, name, fd)
+            else:
+                _backend.destroy_ns(name, fd)
         raise
     return fd

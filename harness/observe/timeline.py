@@ -174,7 +174,9 @@ class Timeline:
             raise InvalidArgument(f"kind must be one of {KINDS}, got {kind!r}")
         self.refresh()
         on = _on(ep) if ep is not None else (lambda e: True)
-        start = since if since is not None else (ep.since if ep is not None else float("-inf"))
+        # a Socket knows when its connection began; a SocketInfo from a
+        # snapshot (a socket some process owns) stands for the whole lab
+        start = since if since is not None else getattr(ep, "since", float("-inf"))
         out = [e for e in self._events
                if e.t >= start and on(e) and (kind is None or e.kind == kind)]
         out.sort(key=lambda e: e.t)

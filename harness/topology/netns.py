@@ -59,9 +59,9 @@ def create_host_ns(slot: Slot, spec: HostSpec) -> tuple[str, int]:
 def wire_host(slot: Slot, spec: HostSpec, sw: tuple[str, int], ns: tuple[str, int]) -> None:
     """Link, addresses and sysctls; then wait until the links pass traffic."""
     name, fd = ns
-    apply_sysctls(fd, name, spec.sysctls)
     _netlink.attach_host(sw[1], sw[0], fd, name, spec.number, slot.v4(spec.number),
                          slot.v6(spec.number))
+    apply_sysctls(fd, name, spec.sysctls)  # after eth0 exists: per-device keys work
     _netlink.wait_links_ready([(fd, name, _netlink.HOST_IFINDEX),
                                (sw[1], sw[0], 100 + spec.number)])
 
