@@ -78,6 +78,16 @@ def host_netem() -> str | None:
 
 
 @functools.cache
+def host_tbf() -> str | None:
+    """sch_tbf in this kernel (faults.netem's rate on the tc engine)."""
+    if not shutil.which("tc"):
+        return "tc (iproute2) not installed"
+    failed = _probe_in_scratch_ns(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate",
+                                   "1mbit", "burst", "3028", "limit", "30000"])
+    return "kernel has no sch_tbf (tc qdisc add ... tbf failed)" if failed else None
+
+
+@functools.cache
 def uml() -> str | None:
     from . import _uml
     return _uml.guest_unavailable_reason()

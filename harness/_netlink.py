@@ -108,6 +108,48 @@ def flush_neighbours(fd: int, netns: str) -> None:
                     pass  # already expired
 
 
+# --- queueing disciplines (faults.netem) -------------------------------------
+
+TC_H_ROOT = 0xFFFFFFFF
+
+
+def qdiscs(fd: int, netns: str, index: int) -> list[tuple[str, int, int]]:
+    """(kind, handle, parent) of every qdisc on link ``index``, root first."""
+    with rtnl(fd, netns) as ipr:
+        return [(q.get_attr("TCA_KIND"), q["handle"], q["parent"])
+                for q in ipr.get_qdiscs(index)]
+
+
+def qdisc_add(fd: int, netns: str, index: int, kind: str, *, handle: int,
+              parent: int = TC_H_ROOT, **options) -> None:
+    """Add a qdisc (create, exclusive: EEXIST if ``parent`` already holds a
+    non-default one).  ``options`` are pyroute2's for ``kind``: netem takes
+    delay/jitter in microseconds and loss, loss_corr, duplicate, prob_reorder,
+    prob_corrupt in percent; tbf rate in bytes/s, burst and limit in bytes.
+    An unknown kind (no sch_<kind> in the kernel) fails with ENOENT."""
+    with rtnl(fd, netns) as ipr:
+        ipr.tc("add", kind, index, handle=handle, parent=parent, **options)
+
+
+def qdisc_del_root(fd: int, netns: str, index: int, *, kind: str, handle: int) -> bool:
+    """Delete the root qdisc of link ``index`` (and its children) if it is
+    still ours: of ``kind`` with ``handle``.  False when it is not there
+    (the link or its namespace went away, or someone replaced it)."""
+    import errno
+    from pyroute2.netlink.exceptions import NetlinkError
+    with rtnl(fd, netns) as ipr:
+        if not any(q["parent"] == TC_H_ROOT and q["handle"] == handle and
+                   q.get_attr("TCA_KIND") == kind for q in ipr.get_qdiscs(index)):
+            return False
+        try:
+            ipr.tc("del", index=index, handle=handle, parent=TC_H_ROOT)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                return False  # gone in the meantime
+            raise
+        return True
+
+
 _GENL_CTRL, _CTRL_CMD_GETFAMILY, _CTRL_ATTR_FAMILY_NAME, _CTRL_ATTR_FAMILY_ID = 0x10, 3, 2, 1
 _TCP_METRICS_CMD_DEL = 2
 _tcp_metrics_family: int | None = None

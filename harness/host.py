@@ -122,7 +122,8 @@ class Host(SocketFactory):
 
     def _start(self, argv: list[str], **kw) -> Process:
         self.tainted = True
-        if self.container is not None and argv and not kw.pop("host_binary", False):
+        host_binary = kw.pop("host_binary", False)
+        if self.container is not None and not host_binary:
             # the container's filesystem and namespaces, but our own child
             # (no pid namespace: nsenter need not fork), so kill() reaches it
             argv = ["nsenter", f"--target={self.container.pid}", "--mount", "--uts", "--ipc",
