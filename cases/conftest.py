@@ -23,49 +23,45 @@ import os
 import pytest
 
 VERDICTS = {"holds": "holds", "false": "false on Linux", "depends": "depends"}
-_rows: dict[str, dict] = {}
+_rows: dict[str, dict] = {}  # in the process that reports (the xdist controller too)
 
 
-def _row(item) -> dict | None:
-    mod = item.module
-    if not hasattr(mod, "CLAIM"):
-        return None
-    key = item.nodeid.split("::")[0]
-    if key not in _rows:
+@pytest.fixture(autouse=True)
+def _catalog_claim(request):
+    """Carry the case's claim in its report (xdist relays user_properties)."""
+    mod = request.module
+    if hasattr(mod, "CLAIM"):
         verdict = getattr(mod, "VERDICT", None)
         if verdict not in VERDICTS:
-            raise pytest.UsageError(f"{item.path}: VERDICT must be one of {sorted(VERDICTS)}, "
-                                    f"got {verdict!r}")
-        _rows[key] = {"case": key, "seed": getattr(mod, "SEED", "?"),
-                      "claim": mod.CLAIM, "verdict": VERDICTS[verdict], "evidence": [],
-                      "passed": 0, "failed": 0, "skipped": 0}
-    return _rows[key]
+            raise pytest.UsageError(f"{request.node.path}: VERDICT must be one of "
+                                    f"{sorted(VERDICTS)}, got {verdict!r}")
+        request.node.user_properties.append(
+            ("catalog", {"seed": getattr(mod, "SEED", "?"), "claim": mod.CLAIM,
+                         "verdict": VERDICTS[verdict]}))
 
 
 @pytest.fixture
 def evidence(request):
     """Record a measured figure for the catalog table: evidence(name, value, unit)."""
-    row = _row(request.node)
+    label = request.node.callspec.id if hasattr(request.node, "callspec") else ""
 
     def record(name: str, value, unit: str = "") -> None:
-        if row is None:
-            return
         text = f"{name} = {value:.3g}{unit}" if isinstance(value, float) else f"{name} = {value}{unit}"
-        label = request.node.callspec.id if hasattr(request.node, "callspec") else ""
-        row["evidence"].append(f"{text}" + (f" [{label}]" if label else ""))
+        request.node.user_properties.append(("evidence", text + (f" [{label}]" if label else "")))
     return record
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        _row(item)
-
-
 def pytest_runtest_logreport(report):
+    props = dict((k, v) for k, v in report.user_properties if k == "catalog")
+    if "catalog" not in props:
+        return
+    key = report.nodeid.split("::")[0]
+    row = _rows.setdefault(key, {"case": key, **props["catalog"], "evidence": [],
+                                 "passed": 0, "failed": 0, "skipped": 0})
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        row = _rows.get(report.nodeid.split("::")[0])
-        if row is not None:
-            row[report.outcome] += 1
+        row[report.outcome] += 1
+        if report.when == "call":
+            row["evidence"] += [v for k, v in report.user_properties if k == "evidence"]
 
 
 def pytest_terminal_summary(terminalreporter, config):
