@@ -11,7 +11,7 @@ from .host import Host, Peer
 from .lab import Lab, open_lab
 from .observe.snapshot import SocketInfo, Snapshot
 from .observe.timeline import (Event, Timeline, entered, error_reported, retransmitted,
-                               rst_received, rst_sent)
+                               rst_received, rst_sent, syscall_failed)
 from .process import Process, listening
 from .sockets import Socket
 
@@ -20,4 +20,5 @@ __all__ = [
     "InvalidArgument", "Lab", "ObservationTimeout", "Outcome", "Peer", "Process",
     "SetupError", "Snapshot", "Socket", "SocketInfo", "Timeline", "Unsupported", "entered",
     "error_reported", "listening", "open_lab", "retransmitted", "rst_received", "rst_sent",
+    "syscall_failed",
 ]

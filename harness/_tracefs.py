@@ -153,6 +153,98 @@ class TraceSession:
             remove_instance(self.name)
 
 
+SYSCALLS = ("connect", "accept", "accept4", "bind", "listen", "sendto", "sendmsg", "recvfrom",
+            "recvmsg", "write", "writev", "read", "readv", "shutdown", "close")
+_SYSCALL_LINE = re.compile(r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+(?P<ts>\d+\.\d+):"
+                           r"\s+sys_(?P<call>\w+) -> 0x(?P<ret>[0-9a-f]+)$")
+
+
+@dataclass(frozen=True)
+class SyscallExit:
+    t: float
+    pid: int
+    task: str
+    call: str
+    ret: int  # negative: -errno
+
+
+class SyscallSession:
+    """A second instance (``<name>-sys``) for the failing socket calls of
+    the processes the labs spawned: set_event_pid lists them, event-fork adds
+    their children.  Kept apart from TraceSession because a pid filter would
+    also hide the TCP tracepoints, which fire in whatever task the softirq
+    interrupted."""
+
+    def __init__(self, name: str, first_pid: int = 0):
+        reason = unavailable_reason()
+        if reason:
+            raise Unsupported(reason)
+        if not os.path.isdir(f"{ROOT}/events/syscalls"):
+            raise Unsupported("kernel lacks syscall tracepoints (CONFIG_FTRACE_SYSCALLS)")
+        self.name = name
+        self.path = f"{ROOT}/instances/{name}"
+        os.makedirs(self.path, exist_ok=True)
+        try:
+            _write(f"{self.path}/trace_clock", "mono")
+            _write(f"{self.path}/options/event-fork", "1")
+            # never empty (empty means every task); pid 0, the idle task, makes no calls
+            _write(f"{self.path}/set_event_pid", str(first_pid))
+            for call in SYSCALLS:
+                ev = f"{self.path}/events/syscalls/sys_exit_{call}"
+                if os.path.isdir(ev):
+                    _write(f"{ev}/filter", "ret < 0")
+                    _write(f"{ev}/enable", "1")
+            self._fd = os.open(f"{self.path}/trace_pipe", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except BaseException:
+            self.close()
+            raise
+        self._partial = b""
+
+    def add_pid(self, pid: int) -> None:
+        fd = os.open(f"{self.path}/set_event_pid", os.O_WRONLY | os.O_APPEND)  # no O_CREAT
+        try:
+            os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
+
+    def drain(self) -> list[SyscallExit]:
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self._fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        if not data:
+            return []
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        out = []
+        for raw in lines:
+            m = _SYSCALL_LINE.match(raw.decode("utf-8", "replace"))
+            if m:
+                ret = int(m.group("ret"), 16)
+                out.append(SyscallExit(float(m.group("ts")), int(m.group("pid")),
+                                       m.group("task").strip(), m.group("call"),
+                                       ret - (1 << 64) if ret >= 1 << 63 else ret))
+        return out
+
+    def close(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+        if os.path.isdir(self.path):
+            for call in SYSCALLS:
+                try:
+                    _write(f"{self.path}/events/syscalls/sys_exit_{call}/enable", "0")
+                except OSError:
+                    pass
+            remove_instance(self.name)
+
+
 def remove_instance(name: str) -> None:
     try:
         os.rmdir(f"{ROOT}/instances/{name}")

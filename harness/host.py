@@ -134,6 +134,8 @@ class Host(SocketFactory):
                                    err_path=base + ".err", **kw)
         proc = Process(self, argv, popen, out, err)
         self.processes.append(proc)
+        from .lab import _tracer
+        _tracer.watch(proc.pid, self)
         return proc
 
     async def peer(self) -> "Peer":

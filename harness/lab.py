@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import errno as _errno
 import ipaddress
 import os
 import shutil
@@ -29,7 +30,7 @@ from .errors import InvalidArgument, ObservationTimeout, Unsupported
 from .host import Host
 from .observe.snapshot import Snapshot
 from .observe.states import CLOSED, canonical
-from .observe.timeline import Timeline, event_from_trace
+from .observe.timeline import NOWHERE, Event, Timeline, event_from_trace
 from .topology import netns as backend
 
 # --- the process's tracefs instance, shared by its labs -----------------------
@@ -40,6 +41,8 @@ class _Tracer:
         self.session: _tracefs.TraceSession | None = None
         self.unavailable: str | None = None
         self.labs: dict[int, "Lab"] = {}
+        self.syscalls: _tracefs.SyscallSession | None = None
+        self.pids: dict[int, Host] = {}  # spawned processes -> their host
 
     @staticmethod
     def slot_of(address: str | None) -> int | None:
@@ -61,17 +64,49 @@ class _Tracer:
 
     def register(self, lab: "Lab") -> None:
         if self.session is None and self.unavailable is None:
+            atexit.register(self.close)
             try:
                 self.session = _tracefs.TraceSession(_names.owner_tag(), self.keep)
-                atexit.register(self.close)
             except Unsupported as exc:
                 self.unavailable = str(exc)
+            try:
+                self.syscalls = _tracefs.SyscallSession(_names.owner_tag() + "-sys")
+            except (Unsupported, OSError):
+                pass  # the timeline then has no syscall events
         self.labs[lab.slot.index] = lab
 
     def unregister(self, index: int) -> None:
         self.labs.pop(index, None)
 
+    def watch(self, pid: int, host: Host) -> None:
+        """Record the failing socket calls of a spawned process (from a few
+        microseconds after fork: the instance is ready before any spawn)."""
+        self.pids[pid] = host
+        if self.syscalls is not None:
+            self.syscalls.add_pid(pid)
+
+    def _host_of(self, pid: int) -> Host | None:
+        host = self.pids.get(pid)
+        if host is None:  # a child (event-fork): its namespace tells the host
+            try:
+                ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+            except OSError:
+                return None
+            for lab in self.labs.values():
+                for h in lab._hosts.values():
+                    if os.fstat(h.ns_fd).st_ino == ino:
+                        self.pids[pid] = host = h
+        return host
+
     def refresh(self) -> None:
+        if self.syscalls is not None:
+            for sc in self.syscalls.drain():
+                host = self._host_of(sc.pid)
+                if host is not None and sc.t >= host.lab.created:
+                    host.lab.timeline.add(Event(
+                        t=sc.t, kind="syscall", local=NOWHERE, remote=NOWHERE,
+                        errno=_errno.errorcode.get(-sc.ret, str(-sc.ret)), source="syscall",
+                        host=host.name, detail=sc.call, pid=sc.pid))
         if self.session is None:
             if self.unavailable:
                 raise Unsupported(f"kernel timeline unavailable: {self.unavailable}")
@@ -84,9 +119,10 @@ class _Tracer:
                 lab.timeline.add(ev)
 
     def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
-            self.session = None
+        for session in (self.session, self.syscalls):
+            if session is not None:
+                session.close()
+        self.session = self.syscalls = None
 
 
 _tracer = _Tracer()

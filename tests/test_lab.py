@@ -267,3 +267,33 @@ async def test_a_socket_only_lab_is_scrubbed_and_reused():
     again, _ = await _socket_lab(names=("a", "b"))
     labmod._pool.close()
     assert not any(_netns.exists(n) for n in again)
+
+
+CLIENT = [sys.executable, "-c", """
+import socket, sys, time
+s = socket.socket()
+print(s.connect_ex((sys.argv[1], 7999)), flush=True)    # nobody listens: refused
+c = socket.create_connection((sys.argv[1], 7011))
+for call in (lambda: c.recv(1), lambda: c.send(b"x"), lambda: c.send(b"x")):
+    try:
+        call()                                             # the peer resets us
+    except OSError as e:
+        print(e.errno, flush=True)
+"""]
+
+
+async def test_timeline_has_the_failing_calls_of_spawned_programs(lab):
+    """A user's binary cannot report its errno to the test: the syscall
+    tracepoints do, per process."""
+    client, server = await lab.pair()
+    listener = await server.listen(7011)
+    proc = await client.spawn(CLIENT + [server.v4])
+    peer = await listener.accept()
+    await peer.close(linger=0)
+    assert await proc.wait(timeout=10) == 0
+    await lab.timeline.wait_for(harness.syscall_failed(proc, "sendto", "EPIPE"))
+    calls = [(e.detail, e.errno) for e in lab.timeline.syscalls(proc)]
+    assert calls[0] == ("connect", "ECONNREFUSED")
+    assert ("recvfrom", "ECONNRESET") in calls
+    assert calls[-2:] == [("sendto", "EPIPE"), ("sendto", "EPIPE")]  # RST consumed by recv
+    assert proc.stdout().split() == ["111", "104", "32", "32"]

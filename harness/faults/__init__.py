@@ -8,3 +8,4 @@ from .process import kill, pause
 from .sockets import destroy
 from .host import power_off, power_on, reboot
 from .inject import inject_fin, inject_rst, inject_syn
+from .netem import Netem, netem

@@ -31,7 +31,8 @@ from .states import canonical
 Addr = tuple[str, int]
 
 KINDS = ("state", "rst_sent", "rst_received", "error", "retransmit", "synack_retransmit",
-         "observed", "call")
+         "observed", "call", "syscall")
+NOWHERE = ("", 0)
 _TRACE_KIND = {"inet_sock_set_state": "state", "tcp_send_reset": "rst_sent",
                "tcp_receive_reset": "rst_received", "inet_sk_error_report": "error",
                "tcp_retransmit_skb": "retransmit", "tcp_retransmit_synack": "synack_retransmit"}
@@ -52,13 +53,16 @@ class Event:
     reason: str | None = None     # rst_sent: the kernel's sk_rst_reason
     errno: str | None = None      # error: the errno reported to the socket
     source: str = "trace"         # trace | diag | call
-    host: str | None = None       # known for diag and call events
-    detail: str | None = None
+    host: str | None = None       # known for diag, call and syscall events
+    detail: str | None = None     # call/syscall: what was called
+    pid: int | None = None        # syscall: the process
 
     def __repr__(self) -> str:
         what = {"state": f"{self.old}->{self.new}", "rst_sent": f"RST sent ({self.reason})",
                 "error": f"error {self.errno}", "observed": f"observed {self.new}",
                 "call": f"{self.detail}"}.get(self.kind, self.kind)
+        if self.kind == "syscall":
+            return f"<{self.t:.6f} {self.host} pid {self.pid} {self.detail}() -> {self.errno}>"
         return f"<{self.t:.6f} {self.local[0]}:{self.local[1]}>{self.remote[0]}:{self.remote[1]} {what}>"
 
 
@@ -122,6 +126,15 @@ def entered(ep, state: str) -> Condition:
     on, st = _on(ep), canonical(state)
     return Condition(f"{ep} entered {st}",
                      lambda e: e.kind in ("state", "observed") and e.new == st and on(e))
+
+
+def syscall_failed(process, call: str | None = None, errno: str | None = None) -> Condition:
+    """A socket call of a spawned process (or of its children) that failed:
+    its name without sys_ (sendto, connect, write...) and errno name."""
+    pid = process.pid
+    return Condition(f"{call or 'a socket call'} of pid {pid} failing with {errno or 'any errno'}",
+                     lambda e: e.kind == "syscall" and e.pid == pid
+                     and (call is None or e.detail == call) and (errno is None or e.errno == errno))
 
 
 def retransmitted(ep) -> Condition:
@@ -208,6 +221,12 @@ class Timeline:
             if not out or out[-1] != item[1]:
                 out.append(item[1])
         return out
+
+    def syscalls(self, process=None) -> list[Event]:
+        """Failing socket calls (connect, sendto, write, recvfrom...) of the
+        processes spawned in the lab, optionally of one process."""
+        return [e for e in self.events(kind="syscall")
+                if process is None or e.pid == process.pid]
 
     def count(self, cond: Condition | Callable[[Event], bool], ep=None) -> int:
         return sum(1 for e in self.events(ep) if cond(e))

@@ -1,0 +1,571 @@
+"""netem: delay, jitter, loss, duplication, reordering, corruption and a rate
+limit on a host's link; tc netem where the kernel has sch_netem, the NFQUEUE
+packet engine where it has not.
+
+    async with faults.netem(server, delay=0.1, jitter=0.01, loss=0.02) as f:
+        ...                  # what server sends leaves 90-110 ms late, 2 % never
+    f.engine                 # "tc" or "nfqueue"
+
+Parameters are seconds, fractions in [0, 1] and bytes per second, never
+strings.  ``jitter`` spreads the delay uniformly over [delay - jitter,
+delay + jitter] (netem without a distribution table: tabledist() draws
+uniformly), so packets can overtake each other, as in netem.  ``reorder`` is
+netem's (with gap 1): that fraction of packets leaves at once, the rest gets
+the delay; it needs a delay.  ``loss_correlation`` is netem's correlated
+random (get_crandom()): next = corr * last + (1 - corr) * uniform, a packet
+is lost when next < loss.  Like the kernel's, it does not keep the loss rate:
+averaging narrows the distribution around 0.5, so loss=0.3 with
+loss_correlation=0.5 loses ~0.24 of packets, with 0.9 only ~0.03 (measured by
+tests/test_faults_netem.py::test_correlated_loss_is_netems).  ``limit`` is
+how many packets the link holds (netem's limit); beyond it packets are
+dropped.  ``rate`` counts frame bytes (IP packet + 14 for Ethernet), as tbf
+does on a veth.
+
+Where.  ``direction="out"`` impairs what the host sends: the root qdisc of its
+eth0.  ``"in"`` impairs what it receives: the root qdisc of the switch port
+facing it (``p<n>`` in the lab's switch namespace).  That port's egress *is*
+the host's ingress on the wire, so no ifb device or ingress redirect is
+needed; every packet to the host crosses it, nothing else does.  ``"both"``
+does both, each direction with its own state (two qdiscs, two models).
+
+Engines.  ``engine="auto"`` takes tc when this kernel has every qdisc the
+parameters need (sch_netem; sch_tbf for ``rate``; rate alone needs only
+tbf, which this machine has), else the NFQUEUE fallback.  ``"tc"`` insists
+(Unsupported naming the missing sch_netem or sch_tbf, which the plugin turns
+into a skip); ``"nfqueue"`` forces the fallback.
+
+- tc: netem at the root (handle fe01:) through netlink, tbf as its child
+  (fe02:, "parent fe01:1") when ``rate`` is also asked, or tbf alone at the
+  root when only ``rate`` is.  tbf gets burst max(2 frames, rate/250 s) and a
+  queue of ``limit`` frames.  Undo deletes the root qdisc it added (children
+  go with it), only if it is still there, so ``tc qdisc show`` is identical
+  before and after.  One root qdisc per device: a second netem on the same
+  link and direction fails with FaultError (EEXIST).
+- nfqueue: every TCP packet crossing the host's eth0 in that direction
+  (mangle POSTROUTING ``-o eth0`` / PREROUTING ``-i eth0``, both families)
+  goes to the packet engine (faults.packets) with a ``decide`` callback that
+  replays netem_enqueue(): duplicate draw, loss draw (a duplicate survives a
+  single loss), then per packet sent: corrupt draw, limit, reorder or delay
+  with jitter, then rate as a virtual link clock (send = max(arrival + delay,
+  link free) + frame / rate: a serialisation queue, no burst).  The copy of
+  a duplicated packet goes through the model again (its own loss, delay,
+  corruption; never duplicated), as netem re-enqueues it at the root, and is
+  injected from a raw socket when due.  Corruption flips one random bit of
+  the TCP segment (header or payload, never the IP header) and fixes nothing:
+  the packet reaches TCP, whose checksum rejects it (Tcp InCsumErrors).
+  netem flips a bit anywhere in the frame's linear head, which may hit the
+  Ethernet or IP header instead.
+
+Where the fallback differs, by construction.  Only TCP is impaired (UDP,
+ICMP, ARP and neighbour discovery pass); the tc engine impairs everything.
+A delayed outbound packet waits *before* the device, still charged to its
+socket, so TCP Small Queues caps a bulk sender at about two GSO packets per
+delay (netem orphans what it delays); request/response traffic is not
+affected.  With ``rate``, packets leave in the order the model scheduled
+them, so reorder + rate reorders less than netem + tbf.  Copies still
+scheduled at undo are discarded; held originals are released (the engine's
+undo).
+
+Accuracy of the fallback (tests/test_faults_netem.py and
+bench/bench_netem_fallback.py, this 2-core VM, kernel 6.18):
+
+- delay: a packet leaves 0.1-1 ms after its due time (the engine's timer,
+  sharing the test's trio loop); RTT with delay=0.05 one way measured
+  0.0505-0.0525 s (p50 +0.7 ms, p99 +1.4 ms over 500 packets).
+- loss: fraction within the binomial spread, e.g. 0.3 over 500 packets
+  measured 0.27-0.33 (sigma 0.020); the receiver counts what the model
+  dropped, no more.
+- rate: a bulk transfer's goodput within 3-5 % below the rate (headers).
+- cost: ~30-40 us of CPU per packet in the test process (parse, decide,
+  verdict), against ~5 us for tc netem in the kernel.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import trio
+
+from .. import _features, _netlink
+from .._nfqueue import NF_ACCEPT, NF_DROP
+from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
+from ._base import Fault
+from .packets import MARK, Action, Flow, PacketFault
+
+__all__ = ["Netem", "NetemParams", "netem"]
+
+DIRECTIONS = ("out", "in", "both")
+ENGINES = ("auto", "tc", "nfqueue")
+MAX_SECONDS = 60.0              # netem's 32-bit tick fields hold ~274 s
+MAX_RATE = 2**32 - 1            # tbf's 32-bit rate, bytes/s
+MAX_LIMIT = 1_000_000
+ETH_HLEN = 14                   # rate counts frames, as tbf on a veth does
+FRAME = 1514                    # a full Ethernet frame at MTU 1500
+NETEM_HANDLE = 0xFE010000       # "fe01:"
+TBF_HANDLE = 0xFE020000         # "fe02:"
+WHERE = "netem()"
+COUNTS = ("seen", "lost", "duplicated", "corrupted", "reordered", "delayed", "overlimit")
+
+
+@dataclass(frozen=True)
+class NetemParams:
+    """The validated parameters (seconds, fractions, bytes/s, packets)."""
+
+    delay: float = 0.0
+    jitter: float = 0.0
+    loss: float = 0.0
+    loss_correlation: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    corrupt: float = 0.0
+    rate: float | None = None
+    limit: int = 1000
+
+    @property
+    def needs_netem(self) -> bool:
+        """Whether the tc engine needs sch_netem (rate alone is tbf's)."""
+        return self.rate is None or any((self.delay, self.jitter, self.loss, self.duplicate,
+                                         self.reorder, self.corrupt))
+
+
+# --- validation ----------------------------------------------------------------------
+
+def _number(name: str, value: Any, lo: float, hi: float, what: str, *,
+            lo_open: bool = False) -> float:
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and
+          not math.isnan(value) and (lo < value if lo_open else lo <= value) and value <= hi)
+    if not ok:
+        hint = " (units are numbers, never strings)" if isinstance(value, str) else ""
+        raise InvalidArgument(f"{name} must be {what}{hint}, got {name}={value!r} "
+                              f"({type(value).__name__}) from {WHERE}")
+    return float(value)
+
+
+def _params(delay, jitter, loss, loss_correlation, duplicate, reorder, corrupt, rate,
+            limit) -> NetemParams:
+    secs = f"seconds in [0, {MAX_SECONDS:g}]"
+    frac = "a fraction in [0, 1]"
+    p = dict(delay=_number("delay", delay, 0, MAX_SECONDS, secs),
+             jitter=_number("jitter", jitter, 0, MAX_SECONDS, secs),
+             loss=_number("loss", loss, 0, 1, frac),
+             loss_correlation=_number("loss_correlation", loss_correlation, 0, 1, frac),
+             duplicate=_number("duplicate", duplicate, 0, 1, frac),
+             reorder=_number("reorder", reorder, 0, 1, frac),
+             corrupt=_number("corrupt", corrupt, 0, 1, frac))
+    if rate is not None:
+        rate = _number("rate", rate, 0, MAX_RATE, f"bytes per second in (0, {MAX_RATE}], "
+                       f"or None for no limit", lo_open=True)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgument(f"limit must be an int of packets in 1..{MAX_LIMIT}, got "
+                              f"limit={limit!r} ({type(limit).__name__}) from {WHERE}")
+    for name, why in (("jitter", "netem varies the delay by +-jitter"),
+                      ("reorder", "reordered packets are the ones sent without the delay")):
+        if p[name] and not p["delay"]:
+            raise InvalidArgument(f"{name} needs a delay > 0 ({why}), got {name}={p[name]:g} "
+                                  f"with delay=0 from {WHERE}")
+    if p["loss_correlation"] and not p["loss"]:
+        raise InvalidArgument(f"loss_correlation needs loss > 0, got loss_correlation="
+                              f"{p['loss_correlation']:g} with loss=0 from {WHERE}")
+    return NetemParams(**p, rate=rate, limit=limit)
+
+
+def _choose_engine(engine: str, params: NetemParams) -> str:
+    """The engine to use, or Unsupported naming what this machine lacks."""
+    needed = ([("sch_netem", _features.host_netem)] if params.needs_netem else []) + \
+             ([("sch_tbf", _features.host_tbf)] if params.rate is not None else [])
+    missing = [(module, reason) for module, probe in needed if (reason := probe())]
+    if engine == "tc" and missing:
+        module, reason = missing[0]
+        raise Unsupported(f"netem(engine='tc') needs {module} in this kernel: {reason}")
+    if engine == "tc" or (engine == "auto" and not missing):
+        return "tc"
+    reason = _features.nfqueue()
+    if reason:
+        lacks = "; ".join(f"no {m}" for m, _ in missing)
+        raise Unsupported(f"netem(engine={engine!r}) has no engine: "
+                          f"{lacks + ' for tc, and ' if lacks else ''}"
+                          f"the NFQUEUE fallback is unavailable: {reason}")
+    return "nfqueue"
+
+
+# --- the fallback's model of netem_enqueue() --------------------------------------------
+
+class _Model:
+    """netem's enqueue decisions for one direction (net/sched/sch_netem.c,
+    netem_enqueue(), 6.1), in seconds.  ``packet`` returns the fate of the
+    packet and of its copy: each None (dropped) or (send time, corrupt)."""
+
+    def __init__(self, params: NetemParams, rng: random.Random):
+        self.p, self.rng = params, rng
+        self.loss_last = 0.0        # get_crandom()'s state starts at 0
+        self.free = 0.0             # when the rate-limited link is free again
+        self.held: list[float] = []  # send times of packets still queued (for limit)
+        self.counts = dict.fromkeys(COUNTS, 0)
+
+    def _lost(self) -> bool:
+        p = self.p
+        if not p.loss:
+            return False
+        u = self.rng.random()
+        if p.loss_correlation:     # get_crandom(): (1 - rho) * value + rho * last
+            u = p.loss_correlation * self.loss_last + (1.0 - p.loss_correlation) * u
+            self.loss_last = u
+        if u < p.loss:
+            self.counts["lost"] += 1
+            return True
+        return False
+
+    def packet(self, now: float, size: int):
+        p, c = self.p, self.counts
+        c["seen"] += 1
+        dup = bool(p.duplicate) and self.rng.random() < p.duplicate
+        if self._lost():
+            if not dup:
+                return None, None          # count = 1 + dup - loss = 0
+            dup = False                    # two became one
+        copy = None
+        if dup:
+            c["duplicated"] += 1
+            # re-enqueued at the root first, duplication off: its own loss,
+            # corruption, limit and delay (a lost copy is just no copy)
+            copy = None if self._lost() else self._send(now, size)
+        return self._send(now, size), copy
+
+    def _send(self, now: float, size: int):
+        """One packet enters the queue: corrupt, limit, reorder or delay, rate."""
+        p, c, rng = self.p, self.counts, self.rng
+        bad = bool(p.corrupt) and rng.random() < p.corrupt
+        held = self.held
+        while held and held[0] <= now:
+            heapq.heappop(held)
+        if len(held) >= p.limit:
+            c["overlimit"] += 1
+            return None
+        if p.reorder and rng.random() < p.reorder:
+            c["reordered"] += 1                       # gap 1: "to the front", now
+            t = now
+        else:
+            d = p.delay + (rng.uniform(-p.jitter, p.jitter) if p.jitter else 0.0)
+            t = now + (d if d > 0.0 else 0.0)
+        if p.rate is not None:
+            t = (t if t > self.free else self.free) + size / p.rate
+            self.free = t
+        if t > now:
+            heapq.heappush(held, t)
+            c["delayed"] += 1
+        if bad:
+            c["corrupted"] += 1
+        return t, bad
+
+
+def _corrupted(raw: bytes, rng: random.Random) -> bytes:
+    """Flip one random bit of the TCP segment (after the IP header); fix nothing."""
+    start = (raw[0] & 0x0F) * 4 if raw[0] >> 4 == 4 else 40
+    if len(raw) <= start:
+        start = 0
+    out = bytearray(raw)
+    out[rng.randrange(start, len(out))] ^= 1 << rng.randrange(8)
+    return bytes(out)
+
+
+# --- the fallback on the packet engine -----------------------------------------------------
+
+class _LinkTarget:
+    """What the engine's rules match: every TCP packet crossing the host's
+    eth0 in a direction (duck-types packets._Target; loopback and the
+    engine's own injected copies are never queued)."""
+
+    conn = None
+    port = None
+
+    def __init__(self, host):
+        self.host = host
+        self.families = tuple(f for f, a in ((4, host.v4), (6, host.v6)) if a)
+
+    def match(self, flow: Flow, direction: str, family: int) -> str:
+        dev = "-i eth0" if direction == "in" else "-o eth0"
+        return f"{dev} -p tcp -m mark ! --mark {hex(MARK)}"
+
+
+class _Plan(Action):
+    """The engine's action for a packet whose fate needs more than one of
+    the stock actions: (send time, corrupt) of the original (None: drop) and
+    of its copy (None: no copy)."""
+
+    __slots__ = ("orig", "copy")
+
+    def __init__(self, orig, copy):
+        super().__init__("netem")
+        self.orig, self.copy = orig, copy
+
+    def __repr__(self) -> str:
+        return f"netem(orig={self.orig}, copy={self.copy})"
+
+
+class _LinkEngine(PacketFault):
+    """The packet engine on a whole link, with netem's composite verdicts:
+    a corrupted packet, a copy (sent from a raw socket when due).  Keeps
+    counts but no per-packet log."""
+
+    def __init__(self, host, direction: str, decide, rng: random.Random, label: str):
+        # PacketFault validates a (host, port) target; a placeholder port passes
+        # that check and the link-wide target replaces it before anything runs.
+        super().__init__(host, flows=[Flow(direction)], decide=decide, port=9, where=WHERE,
+                         label=label)
+        self._target = _LinkTarget(host)
+        self._rng = rng
+        self._copies: list[tuple[float, int, bytes]] = []   # (due, order, raw)
+        self._copy_order = itertools.count()
+        self._copy_wake: trio.Event | None = None
+        self._copy_scope: trio.CancelScope | None = None
+
+    async def _apply(self) -> None:
+        await super()._apply()
+        self._copy_scope = trio.CancelScope()
+        self.lab._nursery.start_soon(self._copy_loop, self._copy_scope)
+
+    async def _teardown(self) -> None:
+        if self._copy_scope is not None:
+            self._copy_scope.cancel()
+        self._copies.clear()
+        await super()._teardown()
+
+    def _matched(self, p, pkt, act) -> None:
+        self._counts["matched"] += 1
+
+    def _act(self, p, pkt, act) -> None:
+        if type(act) is not _Plan:
+            return super()._act(p, pkt, act)
+        c, now = self._counts, p.timestamp
+        if act.orig is None:
+            c["dropped"] += 1
+            self._pending.append((p.id, NF_DROP))
+        else:
+            t, bad = act.orig
+            if not bad and t <= now:
+                c["accepted"] += 1
+                self._pending.append((p.id, NF_ACCEPT))
+            elif not bad:
+                c["delayed"] += 1
+                self._hold(t, p.id)
+            elif t <= now:                         # mangled in place: CHECKSUM_NONE
+                c["rewritten"] += 1
+                self._pending.append((p.id, NF_ACCEPT, _corrupted(p.payload, self._rng)))
+            else:                                  # sent corrupted when due, as a copy
+                c["dropped"] += 1
+                self._pending.append((p.id, NF_DROP))
+                self._copy(t, _corrupted(p.payload, self._rng), now)
+        if act.copy is not None:
+            c["duplicated"] += 1
+            t, bad = act.copy
+            self._copy(t, _corrupted(p.payload, self._rng) if bad else p.payload, now)
+
+    def _copy(self, due: float, raw: bytes, now: float) -> None:
+        if due <= now:
+            self._q.verdict_many(self._pending)    # what came before it goes first
+            self._pending = []
+            self._inject(raw, 1)
+            return
+        heapq.heappush(self._copies, (due, next(self._copy_order), raw))
+        if self._copy_wake is not None:
+            self._copy_wake.set()
+
+    async def _copy_loop(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                self._copy_wake = trio.Event()
+                if self._copies:
+                    left = self._copies[0][0] - time.monotonic()
+                    with trio.move_on_at(trio.current_time() + max(left, 0.0)):
+                        await self._copy_wake.wait()
+                else:
+                    await self._copy_wake.wait()
+                now = time.monotonic()
+                while self._copies and self._copies[0][0] <= now:
+                    try:
+                        self._inject(heapq.heappop(self._copies)[2], 1)
+                    except OSError as exc:   # e.g. ENOBUFS: a copy lost, as on a wire
+                        self._errors.append(exc)
+
+
+# --- the fault ---------------------------------------------------------------------------
+
+class Netem(Fault):
+    """netem on one host's link.  Build with ``netem()``.
+
+    ``engine``: "tc" or "nfqueue" (resolved); ``params``: NetemParams;
+    ``qdiscs``: (netns, ifindex, kind, handle) of what the tc engine added;
+    ``counts``: the fallback's decisions (seen, lost, duplicated, corrupted,
+    reordered, delayed, overlimit), summed over directions; empty with tc,
+    where the kernel decides.
+    """
+
+    def __init__(self, host, params: NetemParams, direction: str, engine: str):
+        super().__init__(host.lab)
+        self.host, self.params, self.direction, self.engine = host, params, direction, engine
+        shown = ", ".join(f"{k}={v:g}" for k, v in asdict(params).items()
+                          if v and k != "limit")
+        self.label = f"netem({shown or 'nothing'}) {direction} on {host.name} [{engine}]"
+        self.qdiscs: list[tuple[str, int, str, int]] = []
+        self._links: list[tuple[str, int, str, int]] = []   # (which, ifindex, kind, handle)
+        self._models: dict[str, _Model] = {}
+        self._engine: _LinkEngine | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        total = dict.fromkeys(COUNTS, 0) if self._models else {}
+        for m in self._models.values():
+            for k, v in m.counts.items():
+                total[k] += v
+        return total
+
+    def __repr__(self) -> str:
+        return f"<{self.label} {'active' if self.active else 'inactive'}>"
+
+    async def _apply(self) -> None:
+        if self.engine == "tc":
+            await trio.to_thread.run_sync(self._tc_apply)
+        else:
+            await self._nfqueue_apply()
+
+    async def _revert(self) -> None:
+        if self.engine == "tc":
+            await trio.to_thread.run_sync(self._tc_revert)
+        elif self._engine is not None:
+            await self._engine.stop()
+
+    # --- tc -----------------------------------------------------------------------
+    def _ns(self, which: str) -> tuple[int, str]:
+        """(fd, name) of the namespace now: the host's (its namespace may have
+        been replaced by power_on since) or the switch's."""
+        if which == "host":
+            return self.host.ns_fd, self.host.netns
+        name, fd = self.lab._switch
+        return fd, name
+
+    def _tc_targets(self) -> list[tuple[str, int, str]]:
+        out = []
+        if self.direction in ("out", "both"):
+            out.append(("host", _netlink.HOST_IFINDEX, f"eth0 of host {self.host.name}"))
+        if self.direction in ("in", "both"):
+            if self.lab._switch is None:
+                raise FaultError(f"{self.label}: the lab has no switch")
+            n = self.host.index
+            out.append(("switch", 100 + n, f"switch port p{n} (towards {self.host.name})"))
+        return out
+
+    def _netem_options(self) -> dict:
+        p = self.params
+        opts: dict[str, Any] = {"limit": p.limit}
+        if p.delay:
+            opts["delay"] = round(p.delay * 1e6)           # microseconds
+        if p.jitter:
+            opts["jitter"] = round(p.jitter * 1e6)
+        for name, key in (("loss", "loss"), ("loss_correlation", "loss_corr"),
+                          ("duplicate", "duplicate"), ("reorder", "prob_reorder"),
+                          ("corrupt", "prob_corrupt")):
+            if getattr(p, name):
+                opts[key] = getattr(p, name) * 100.0          # percent
+        return opts
+
+    def _tbf_options(self) -> dict:
+        rate = max(1, int(self.params.rate))
+        burst = max(2 * FRAME, int(rate / 250))
+        return {"rate": rate, "burst": burst, "limit": max(self.params.limit * FRAME, burst)}
+
+    def _tc_apply(self) -> None:
+        p = self.params
+        try:
+            for which, index, where in self._tc_targets():
+                fd, netns = self._ns(which)
+                kind, handle = ("netem", NETEM_HANDLE) if p.needs_netem else ("tbf", TBF_HANDLE)
+                try:
+                    if kind == "netem":
+                        _netlink.qdisc_add(fd, netns, index, "netem", handle=NETEM_HANDLE,
+                                           **self._netem_options())
+                    else:
+                        _netlink.qdisc_add(fd, netns, index, "tbf", handle=TBF_HANDLE,
+                                           **self._tbf_options())
+                    self._links.append((which, index, kind, handle))
+                    self.qdiscs.append((netns, index, kind, handle))
+                    if kind == "netem" and p.rate is not None:
+                        _netlink.qdisc_add(fd, netns, index, "tbf", handle=TBF_HANDLE,
+                                           parent=NETEM_HANDLE | 1, **self._tbf_options())
+                        self.qdiscs.append((netns, index, "tbf", TBF_HANDLE))
+                except SetupError as exc:
+                    why = (f"{where} already has a root qdisc (another netem on this link "
+                           f"and direction?)" if exc.errno == "EEXIST" else f"on {where}")
+                    raise FaultError(f"{self.label}: adding {kind} failed: {why}",
+                                     netns=netns, call=f"tc qdisc add {kind}",
+                                     errno=exc.errno) from exc
+        except BaseException:
+            self._tc_revert()
+            raise
+
+    def _tc_revert(self) -> None:
+        failure: BaseException | None = None
+        while self._links:
+            which, index, kind, handle = self._links.pop()
+            try:
+                fd, netns = self._ns(which)
+                _netlink.qdisc_del_root(fd, netns, index, kind=kind, handle=handle)
+            except BaseException as exc:  # noqa: BLE001 - the other direction too
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    # --- nfqueue ------------------------------------------------------------------
+    async def _nfqueue_apply(self) -> None:
+        rng = random.Random()
+        dirs = ("in", "out") if self.direction == "both" else (self.direction,)
+        self._models = {d: _Model(self.params, rng) for d in dirs}
+        models = self._models
+
+        def decide(pkt):
+            orig, copy = models[pkt.direction].packet(pkt.t, len(pkt.raw) + ETH_HLEN)
+            if copy is None:
+                if orig is None:
+                    return Action.drop
+                t, bad = orig
+                if not bad:
+                    return None if t <= pkt.t else Action("delay", seconds=t - pkt.t)
+            return _Plan(orig, copy)
+
+        self._engine = _LinkEngine(self.host, self.direction, decide, rng, self.label)
+        await self._engine.start()
+
+    @property
+    def engine_counts(self) -> dict[str, int]:
+        """The packet engine's own counters (nfqueue), e.g. "seen", "errors"."""
+        return self._engine.counts if self._engine is not None else {}
+
+
+def netem(host, *, delay: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
+          loss_correlation: float = 0.0, duplicate: float = 0.0, reorder: float = 0.0,
+          corrupt: float = 0.0, rate: float | None = None, direction: str = "out",
+          limit: int = 1000, engine: str = "auto") -> Netem:
+    """netem on ``host``'s link (see the module's docstring): ``delay`` and
+    ``jitter`` in seconds, ``loss``, ``loss_correlation``, ``duplicate``,
+    ``reorder`` and ``corrupt`` fractions in [0, 1], ``rate`` in bytes/s
+    (None: unlimited), ``direction`` "out", "in" or "both", ``limit`` in
+    packets, ``engine`` "auto", "tc" or "nfqueue".  Everything is checked
+    here, before anything is touched."""
+    from ..host import Host
+    if not isinstance(host, Host):
+        raise InvalidArgument(f"host must be a Host of a lab, got host={host!r} "
+                              f"({type(host).__name__}) from {WHERE}")
+    params = _params(delay, jitter, loss, loss_correlation, duplicate, reorder, corrupt, rate,
+                     limit)
+    if direction not in DIRECTIONS:
+        raise InvalidArgument(f"direction must be one of {DIRECTIONS}, got "
+                              f"direction={direction!r} from {WHERE}")
+    if engine not in ENGINES:
+        raise InvalidArgument(f"engine must be one of {ENGINES}, got engine={engine!r} "
+                              f"from {WHERE}")
+    return Netem(host, params, direction, _choose_engine(engine, params))
