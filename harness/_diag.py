@@ -51,27 +51,10 @@ def _request(family: int, protocol: int, states: int, sockid: bytes | None = Non
     return _NLH.pack(_NLH.size + len(body), msg_type, flags, 1, 0) + body
 
 
-def dump(sock: socket.socket, family: int, protocol: int = socket.IPPROTO_TCP,
-         states: int = ALL_STATES) -> list[tuple[bytes, int]]:
-    """Return the raw inet_diag_msg records as (buffer, offset-of-payload,
-    payload-length) -- decoding is left to the caller, lazily."""
-    sock.send(_request(family, protocol, states))
-    out = []
-    while True:
-        data = sock.recv(1 << 20)
-        off = 0
-        n = len(data)
-        while off < n:
-            length, mtype, _flags, _seq, _pid = _NLH.unpack_from(data, off)
-            if mtype == NLMSG_DONE:
-                return out
-            if mtype == NLMSG_ERROR:
-                (err,) = struct.unpack_from("=i", data, off + 16)
-                if err:
-                    raise OSError(-err, f"inet_diag dump: {os.strerror(-err)}")
-                return out
-            out.append((data, off + 16, length - 16))
-            off += (length + 3) & ~3
+def dump(sock: socket.socket, family: int) -> list[tuple[bytes, int, int]]:
+    """The raw inet_diag_msg records of one family, as (buffer, offset of
+    the payload, payload length); decoding is left to the caller."""
+    return [(r[-2], r[-1] + 16, r[0] - 16) for r in records(sock, family, tuple, ())]
 
 
 def destroy(sock: socket.socket, family: int, protocol: int, sockid: bytes) -> int:

@@ -47,8 +47,8 @@ def path(name: str) -> str:
     return f"{RUN_DIR}/{name}"
 
 
-def create(name: str) -> str:
-    """Create a named network namespace; returns its path."""
+def _reserve(name: str) -> str:
+    """The empty file a namespace is bind-mounted on, made exclusively."""
     global _run_dir_ready
     if not _run_dir_ready:
         _ensure_run_dir()
@@ -58,6 +58,12 @@ def create(name: str) -> str:
         os.close(os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
     except FileExistsError as exc:
         raise SetupError(f"network namespace {name} already exists", netns=name) from exc
+    return p
+
+
+def create(name: str) -> str:
+    """Create a named network namespace; returns its path."""
+    p = _reserve(name)
     orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -78,15 +84,7 @@ def create(name: str) -> str:
 def attach(name: str, pid: int) -> str:
     """Name the network namespace of process ``pid`` (``ip netns attach``):
     a bind mount of /proc/<pid>/ns/net, which also keeps it alive."""
-    global _run_dir_ready
-    if not _run_dir_ready:
-        _ensure_run_dir()
-        _run_dir_ready = True
-    p = path(name)
-    try:
-        os.close(os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    except FileExistsError as exc:
-        raise SetupError(f"network namespace {name} already exists", netns=name) from exc
+    p = _reserve(name)
     if _libc.mount(f"/proc/{pid}/ns/net".encode(), p.encode(), b"none", MS_BIND, None) != 0:
         err = ctypes.get_errno()
         os.unlink(p)

@@ -12,7 +12,6 @@ blocking, so a query sees every event committed before it.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from dataclasses import dataclass
@@ -84,53 +83,83 @@ def parse_body(event: str, body: str) -> dict:
     return fields
 
 
-class TraceSession:
-    """The process's tracefs instance.  ``keep(fields) -> bool`` filters."""
+class _Instance:
+    """A tracefs instance of ours: made, read without blocking through
+    trace_pipe, and on close every event it enabled disabled and the
+    instance removed."""
 
-    def __init__(self, name: str, keep: Callable[[dict], bool]):
+    def __init__(self, name: str, setup: Callable[["_Instance"], None]):
         reason = unavailable_reason()
         if reason:
             raise Unsupported(reason)
-        self.name, self.keep = name, keep
-        self.path = f"{ROOT}/instances/{name}"
+        self.name, self.path = name, f"{ROOT}/instances/{name}"
+        self._enabled: list[str] = []
+        self._fd: int | None = None
+        self._partial = b""
+        os.makedirs(self.path, exist_ok=True)
         try:
-            os.mkdir(self.path)
-        except FileExistsError:
-            pass
-        try:
-            _write(f"{self.path}/buffer_size_kb", "8192")
             _write(f"{self.path}/trace_clock", "mono")
-            for e in EVENTS:
-                _write(f"{self.path}/events/{e}/enable", "1")
+            setup(self)
             self._fd = os.open(f"{self.path}/trace_pipe", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except BaseException:
             self.close()
             raise
-        self._partial = b""
 
-    def drain(self) -> list[RawEvent]:
-        """Every event committed so far that ``keep`` accepts."""
+    def enable(self, event: str, filter: str | None = None) -> None:
+        if filter:
+            _write(f"{self.path}/events/{event}/filter", filter)
+        _write(f"{self.path}/events/{event}/enable", "1")
+        self._enabled.append(event)
+
+    def lines(self) -> list[str]:
+        """Every complete line committed so far."""
         chunks = []
         while True:
             try:
                 data = os.read(self._fd, 1 << 20)
             except BlockingIOError:
                 break
-            except OSError as exc:  # pragma: no cover - instance removed under us
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
+            except InterruptedError:  # pragma: no cover
+                continue
             if not data:
                 break
             chunks.append(data)
         if not chunks:
             return []
-        text = self._partial + b"".join(chunks)
-        lines = text.split(b"\n")
+        lines = (self._partial + b"".join(chunks)).split(b"\n")
         self._partial = lines.pop()
+        return [raw.decode("utf-8", "replace") for raw in lines]
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for event in self._enabled:
+            try:
+                _write(f"{self.path}/events/{event}/enable", "0")
+            except OSError:
+                pass
+        self._enabled = []
+        remove_instance(self.name)
+
+
+class TraceSession(_Instance):
+    """The process's TCP tracepoints.  ``keep(fields) -> bool`` filters."""
+
+    def __init__(self, name: str, keep: Callable[[dict], bool]):
+        self.keep = keep
+
+        def setup(inst: _Instance) -> None:
+            _write(f"{inst.path}/buffer_size_kb", "8192")
+            for e in EVENTS:
+                inst.enable(e)
+        super().__init__(name, setup)
+
+    def drain(self) -> list[RawEvent]:
+        """Every event committed so far that ``keep`` accepts."""
         out = []
-        for raw in lines:
-            m = _LINE.match(raw.decode("utf-8", "replace"))
+        for line in self.lines():
+            m = _LINE.match(line)
             if not m:
                 continue
             fields = parse_body(m.group("event"), m.group("body"))
@@ -138,19 +167,6 @@ class TraceSession:
                 out.append(RawEvent(float(m.group("ts")), m.group("event"), fields,
                                     m.group("task").strip(), int(m.group("pid"))))
         return out
-
-    def close(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
-            self._fd = None
-        if os.path.isdir(self.path):
-            for e in EVENTS:
-                try:
-                    _write(f"{self.path}/events/{e}/enable", "0")
-                except OSError:
-                    pass
-            remove_instance(self.name)
 
 
 SYSCALLS = ("connect", "accept", "accept4", "bind", "listen", "sendto", "sendmsg", "recvfrom",
@@ -168,7 +184,7 @@ class SyscallExit:
     ret: int  # negative: -errno
 
 
-class SyscallSession:
+class SyscallSession(_Instance):
     """A second instance (``<name>-sys``) for the failing socket calls of
     the processes the labs spawned: set_event_pid lists them, event-fork adds
     their children.  Kept apart from TraceSession because a pid filter would
@@ -176,29 +192,17 @@ class SyscallSession:
     interrupted."""
 
     def __init__(self, name: str, first_pid: int = 0):
-        reason = unavailable_reason()
-        if reason:
-            raise Unsupported(reason)
         if not os.path.isdir(f"{ROOT}/events/syscalls"):
             raise Unsupported("kernel lacks syscall tracepoints (CONFIG_FTRACE_SYSCALLS)")
-        self.name = name
-        self.path = f"{ROOT}/instances/{name}"
-        os.makedirs(self.path, exist_ok=True)
-        try:
-            _write(f"{self.path}/trace_clock", "mono")
-            _write(f"{self.path}/options/event-fork", "1")
+
+        def setup(inst: _Instance) -> None:
+            _write(f"{inst.path}/options/event-fork", "1")
             # never empty (empty means every task); pid 0, the idle task, makes no calls
-            _write(f"{self.path}/set_event_pid", str(first_pid))
+            _write(f"{inst.path}/set_event_pid", str(first_pid))
             for call in SYSCALLS:
-                ev = f"{self.path}/events/syscalls/sys_exit_{call}"
-                if os.path.isdir(ev):
-                    _write(f"{ev}/filter", "ret < 0")
-                    _write(f"{ev}/enable", "1")
-            self._fd = os.open(f"{self.path}/trace_pipe", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except BaseException:
-            self.close()
-            raise
-        self._partial = b""
+                if os.path.isdir(f"{ROOT}/events/syscalls/sys_exit_{call}"):
+                    inst.enable(f"syscalls/sys_exit_{call}", "ret < 0")
+        super().__init__(name, setup)
 
     def add_pid(self, pid: int) -> None:
         fd = os.open(f"{self.path}/set_event_pid", os.O_WRONLY | os.O_APPEND)  # no O_CREAT
@@ -208,41 +212,15 @@ class SyscallSession:
             os.close(fd)
 
     def drain(self) -> list[SyscallExit]:
-        data = b""
-        while True:
-            try:
-                chunk = os.read(self._fd, 1 << 20)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            data += chunk
-        if not data:
-            return []
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
         out = []
-        for raw in lines:
-            m = _SYSCALL_LINE.match(raw.decode("utf-8", "replace"))
+        for line in self.lines():
+            m = _SYSCALL_LINE.match(line)
             if m:
                 ret = int(m.group("ret"), 16)
                 out.append(SyscallExit(float(m.group("ts")), int(m.group("pid")),
                                        m.group("task").strip(), m.group("call"),
                                        ret - (1 << 64) if ret >= 1 << 63 else ret))
         return out
-
-    def close(self) -> None:
-        fd = getattr(self, "_fd", None)
-        if fd is not None:
-            os.close(fd)
-            self._fd = None
-        if os.path.isdir(self.path):
-            for call in SYSCALLS:
-                try:
-                    _write(f"{self.path}/events/syscalls/sys_exit_{call}/enable", "0")
-                except OSError:
-                    pass
-            remove_instance(self.name)
 
 
 def remove_instance(name: str) -> None:

@@ -53,6 +53,18 @@ def nothing(pid: int) -> dict[str, list[str]]:
     return {"netns": [], "tracefs": []}
 
 
+def start_until_ready(suite, ready, *args, timeout=120.0):
+    """Start a pytest run of ``suite`` whose test creates ``ready`` once its
+    lab is up; return the running process then."""
+    proc = subprocess.Popen(pytest_cmd(suite, *args), env=dict(os.environ, READY_FILE=str(ready)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    return proc
+
+
 def pytest_cmd(path, *args):
     return [sys.executable, "-m", "pytest", str(path), "-q", "-p", "no:cacheprovider", *args]
 
@@ -76,13 +88,7 @@ def test_nothing_left_after_passing_and_failing_tests(lab_tests):
 
 
 def test_nothing_left_after_ctrl_c(lab_tests, tmp_path):
-    ready = tmp_path / "ready"
-    proc = subprocess.Popen(pytest_cmd(lab_tests, "-k", "hangs"), env=dict(os.environ, READY_FILE=str(ready)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.05)
+    proc = start_until_ready(lab_tests, tmp_path / "ready", "-k", "hangs")
     assert owned_by(proc.pid)["netns"]  # the lab is there...
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -91,15 +97,9 @@ def test_nothing_left_after_ctrl_c(lab_tests, tmp_path):
 
 
 def test_sigkilled_run_is_swept_by_the_next(lab_tests, tmp_path):
-    ready = tmp_path / "ready"
-    proc = subprocess.Popen(pytest_cmd(lab_tests, "-k", "hangs"), env=dict(os.environ, READY_FILE=str(ready)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    proc = start_until_ready(lab_tests, tmp_path / "ready", "-k", "hangs")
     proc.kill()
-    proc.wait()
+    proc.communicate()
     left = owned_by(proc.pid)
     assert left["netns"] and left["tracefs"]  # SIGKILL leaves residue...
     nxt = subprocess.run(pytest_cmd(lab_tests, "-k", "passes"), capture_output=True, text=True,
@@ -180,13 +180,7 @@ def test_no_container_veth_or_namespace_left_after_failing_and_interrupted_runs(
     failing = subprocess.run(pytest_cmd(suite, "-k", "fails"), capture_output=True, text=True,
                              timeout=180)
     assert "1 failed" in failing.stdout and "on purpose" in failing.stdout, failing.stdout
-    ready = tmp_path / "ready"
-    proc = subprocess.Popen(pytest_cmd(suite, "-k", "hangs"), env=dict(os.environ, READY_FILE=str(ready)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-        time.sleep(0.05)
+    proc = start_until_ready(suite, tmp_path / "ready", "-k", "hangs")
     assert containers_of(proc.pid) and owned_by(proc.pid)["netns"]
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
