@@ -43,7 +43,6 @@ import os
 import select
 import socket
 import struct
-import threading
 import time
 from dataclasses import dataclass
 from typing import Iterable
@@ -157,7 +156,6 @@ _BE32 = struct.Struct("!I")
 _PKT_HDR = struct.Struct("!IHB")
 _VERDICT_HDR = struct.Struct("!II")
 
-_CLONE_NEWNET = 0x40000000
 
 
 def nf_queue_verdict(queue_num: int, *, bypass: bool = False) -> int:
@@ -633,18 +631,6 @@ class NfQueue:
 # --------------------------------------------------------------------------
 
 
-def _setns(fd: int) -> None:
-    if hasattr(os, "setns"):  # Python >= 3.12
-        os.setns(fd, _CLONE_NEWNET)
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-
-
 def socket_in_netns(
     netns: str | None,
     family: int = socket.AF_NETLINK,
@@ -653,36 +639,19 @@ def socket_in_netns(
 ) -> socket.socket:
     """Create a socket inside a network namespace and return it.
 
-    ``netns`` is a name under ``/var/run/netns`` (as made by ``ip netns add``)
-    or a path such as ``/proc/<pid>/ns/net``; ``None`` means the current one.
-    The ``setns`` happens in a throw-away thread, so the caller's thread never
-    changes namespace.  A socket stays in the namespace it was created in.
-    Works for any socket type (pass ``socket.AF_INET, socket.SOCK_STREAM, 0``).
+    ``netns`` is a name under /run/netns (as made by ``ip netns add``) or a
+    path such as ``/proc/<pid>/ns/net``; ``None`` means the current one.  A
+    socket stays in the namespace it was created in.
     """
     if netns is None:
         return socket.socket(family, type, proto)
-    path = netns if "/" in netns else f"/var/run/netns/{netns}"
-    result: list[object] = []
-
-    def run() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                _setns(fd)
-            finally:
-                os.close(fd)
-            result.append(socket.socket(family, type, proto))
-        except BaseException as e:  # noqa: BLE001 - re-raised in caller thread
-            result.append(e)
-
-    t = threading.Thread(target=run, name=f"setns:{netns}", daemon=True)
-    t.start()
-    t.join()
-    r = result[0]
-    if isinstance(r, BaseException):
-        raise r
-    assert isinstance(r, socket.socket)
-    return r
+    from . import _netns
+    fd = _netns.open_fd(netns if "/" in netns else _netns.path(netns))
+    try:
+        with _netns.entered(fd):
+            return socket.socket(family, type, proto)
+    finally:
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------
