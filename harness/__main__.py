@@ -11,6 +11,7 @@ SKIPPED_WITHOUT = {
     "root": "everything", "netns": "everything", "tracefs": "timeline queries",
     "iptables": "firewall faults, drop-last-ACK, power off", "nfqueue": "packet-engine faults",
     "host_netem": "(netem then runs in a user-mode Linux guest)",
+    "host_tbf": "netem(rate=...) through tc (the NFQUEUE engine paces instead)",
     "uml": "netem tests when the host kernel lacks sch_netem",
     "netem": "netem tests", "syscall_tracepoints": "syscall events in the timeline",
     "sock_destroy": "destroy-socket fault and clean namespace teardown",

@@ -147,7 +147,7 @@ def docker() -> str | None:
 
 PROBES = {
     "root": root, "netns": netns, "iptables": iptables, "nfqueue": nfqueue,
-    "host_netem": host_netem, "uml": uml, "netem": netem, "tracefs": tracefs,
+    "host_netem": host_netem, "host_tbf": host_tbf, "uml": uml, "netem": netem, "tracefs": tracefs,
     "syscall_tracepoints": syscall_tracepoints, "sock_destroy": sock_destroy, "docker": docker,
 }
 

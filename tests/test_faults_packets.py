@@ -192,6 +192,19 @@ async def test_only_the_flow_is_queued(lab, family):
     assert f.counts["seen"] == 2 and f.counts["matched"] == 0
 
 
+async def test_undo_releases_held_packets_themselves_not_retransmissions(lab, family):
+    """The engine is the mangle table's last user: the held segment is
+    accepted before the table goes, so it is the original that arrives."""
+    client, server, conn, peer = await connected(lab, family)
+    f = await faults.packets(conn, direction="out", when=data, action=Action.delay(30)).start()
+    await conn.send(b"held")
+    await wait_until(lambda: f.counts["delayed"] == 1, what="the segment held")
+    await f.stop()
+    got, _ = await recv_exactly(peer, 4)
+    assert got == b"held"
+    assert conn.info().tcp_info["total_retrans"] == 0
+
+
 async def test_undo_is_exact_and_releases_held_packets(lab, family):
     """Undo removes the rules (iptables-save identical in both families,
     mangle table included) and accepts what the engine still held."""

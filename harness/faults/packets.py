@@ -538,13 +538,18 @@ class PacketFault(Fault):
                              f"{type(first).__name__}: {first}") from first
 
     async def _teardown(self) -> None:
+        """Rules out first (nothing new is queued), then the loop stops and
+        the held and still-queued packets are accepted, and only then the
+        mangle table goes: deleting it would drop every packet still in the
+        queue (they would arrive as retransmissions instead)."""
         failure: BaseException | None = None
+        removed = []
         async with _lock(self.host):
             while self._installed:
                 family = self._installed.pop()
                 try:
                     await self._restore(family, "-D", self.rules[family])   # atomic
-                    await _table_release(self.host, family)
+                    removed.append(family)
                 except BaseException as exc:  # noqa: BLE001 - stop the loop anyway
                     failure = failure or exc
         if self._scope is not None:
@@ -552,6 +557,12 @@ class PacketFault(Fault):
         if self._done is not None:
             await self._done.wait()
         self._close_queue()
+        async with _lock(self.host):
+            for family in removed:
+                try:
+                    await _table_release(self.host, family)
+                except BaseException as exc:  # noqa: BLE001
+                    failure = failure or exc
         if failure is not None:
             raise failure
 

@@ -1,0 +1,395 @@
+"""faults.netem: the real tc netem path in a user-mode Linux guest (this
+kernel has no sch_netem), tbf through tc on this kernel, and the NFQUEUE
+fallback measured here against what the receiving kernel observed; exact
+undo; bad input refused before anything is touched."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+
+import pytest
+import trio
+
+from harness import InvalidArgument, Unsupported, _features, faults
+from harness.faults.netem import NetemParams, _Model
+
+PORT = 9000
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# a short minimum RTO where the kernel lets us pin it (6.11+): a lost segment
+# is then repaired in milliseconds instead of 200 ms
+FAST_RTO = ({"net.ipv4.tcp_rto_min_us": 5000}
+            if os.path.exists("/proc/sys/net/ipv4/tcp_rto_min_us") else {})
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+async def connected(lab, family, sysctls=None):
+    client, server = await lab.pair(sysctls=sysctls)
+    listener = await server.listen(PORT, family=family)
+    conn = await client.connect(server, PORT, family=family, options={"TCP_NODELAY": True})
+    peer = await listener.accept()
+    return client, server, conn, peer
+
+
+async def wait_until(fn, *, timeout: float = 3.0, what: str = "condition"):
+    """Poll ``fn`` until it returns a truthy value (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last: {value!r})")
+        await trio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+async def recv_exactly(sock, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        out = await sock.recv(1 << 20)
+        assert out.ok and out.value, out
+        got += out.value
+    return got
+
+
+async def rtts(conn, peer, n: int) -> list[float]:
+    """Round trips of one byte each way (request from conn, answer from peer)."""
+    out = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        await conn.send(b"q")
+        await recv_exactly(peer, 1)
+        await peer.send(b"r")
+        await recv_exactly(conn, 1)
+        out.append(time.monotonic() - t0)
+    return out
+
+
+async def transfer(conn, peer, n: int) -> float:
+    """Send n bytes from conn; return the receiver's goodput in bytes/s."""
+    t0 = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: conn.send(b"\xa5" * n, all=True))
+        await recv_exactly(peer, n)
+    return n / (time.monotonic() - t0)
+
+
+def saved(host) -> str:
+    """iptables-save and ip6tables-save of a host, without comments or counters."""
+    text = ""
+    for tool in ("iptables-save", "ip6tables-save"):
+        out = host.run_sync([tool]).stdout.decode()
+        text += "".join(ln + "\n" for ln in out.splitlines() if not ln.startswith("#"))
+    return text
+
+
+def qdiscs(host, which: str = "eth0") -> str:
+    """`tc qdisc show` of the host's eth0, or of its switch port ("port")."""
+    if which == "port":
+        sw = host.lab._switch[0]
+        return host.run_sync(["tc", "-n", sw, "qdisc", "show", "dev", f"p{host.index}"]
+                             ).stdout.decode()
+    return host.run_sync(["tc", "qdisc", "show", "dev", "eth0"]).stdout.decode()
+
+
+def tcp_mib(host, name: str) -> int:
+    """A Tcp: counter of the host's /proc/net/snmp (shared by IPv4 and IPv6)."""
+    rows = [ln.split() for ln in host.run_sync(["cat", "/proc/net/snmp"]).stdout.decode()
+            .splitlines() if ln.startswith("Tcp:")]
+    return int(rows[1][rows[0].index(name)])
+
+
+def segs(sock, key: str) -> int:
+    return sock.info().tcp_info[key]
+
+
+no_host_netem = pytest.mark.skipif(_features.host_netem() is None,
+                                   reason="this kernel has sch_netem: auto picks tc")
+
+
+# --- the real netem path, in a user-mode Linux guest -----------------------------------
+
+@pytest.mark.requires("uml")
+def test_tc_netem_in_a_guest_kernel():
+    """tests/netem_guest_check.py runs the harness itself in a UML 6.1 guest
+    (sch_netem, sch_tbf, veth, bridge loaded): netem(..., engine="tc") and
+    the auto engine, delay out and in, loss, duplicate, netem + tbf, undo."""
+    from harness import _uml
+    res = _uml.run_in_guest([sys.executable, "tests/netem_guest_check.py"], cwd=REPO,
+                            modules=("sch_netem", "sch_tbf", "veth", "bridge"), timeout=60)
+    assert res.returncode == 0, f"guest failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"\nguest boot {res.boot_seconds:.2f} s, total {res.total_seconds:.2f} s\n"
+          + json.dumps(r, indent=1))
+    assert r["host_netem"] is None                            # the guest kernel has it
+    assert max(r["baseline"]) < 0.02
+    for name in ("delay_out", "delay_in"):                     # delay=0.1, one way
+        d = r[name]
+        assert d["engine"] == "tc"
+        assert all(0.1 <= t <= 0.12 for t in d["rtts"]), d
+        assert d["undone"], d
+    assert "qdisc netem fe01: root" in r["delay_out"]["during"]
+    assert "delay 100ms" in r["delay_out"]["during"]
+    assert "qdisc netem fe01: root" in r["delay_in"]["during"]   # on the switch port
+    assert "netem" not in r["delay_in"]["eth0_during"]          # not on the host's eth0
+    loss = r["loss"]                                             # loss=1.0
+    assert loss["errno"] == "ETIMEDOUT" and loss["server_saw"] == 0 and loss["undone"]
+    assert 1.0 <= loss["elapsed"] < 2.0                          # TCP_USER_TIMEOUT 1.1 s
+    dup = r["duplicate"]                                         # duplicate=1.0
+    assert dup["data_segs_in"] == 2 and dup["undone"]
+    rate = r["rate"]                                             # delay 0.02 + rate
+    assert "qdisc tbf fe02: parent fe01:1" in rate["during"] and rate["undone"]
+    assert 0.8 <= rate["goodput"] / rate["rate"] <= 1.2, rate
+    assert r["engine_tc_unsupported"] is None
+
+
+# --- tc on this kernel: tbf (rate alone needs no netem) --------------------------------
+
+@pytest.mark.skipif(_features.host_tbf() is not None, reason=str(_features.host_tbf()))
+@pytest.mark.parametrize("direction", ["out", "in"])
+async def test_rate_alone_is_tbf_through_tc(lab, direction):
+    client, server, conn, peer = await connected(lab, 4)
+    where = "eth0" if direction == "out" else "port"
+    before = qdiscs(client, where)
+    rate = 400_000
+    async with faults.netem(client, rate=rate, direction=direction) as f:
+        assert f.engine == "tc"
+        assert "qdisc tbf fe02: root" in qdiscs(client, where)
+        sender, receiver = (conn, peer) if direction == "out" else (peer, conn)
+        goodput = await transfer(sender, receiver, rate // 2)
+    assert 0.8 <= goodput / rate <= 1.2, goodput
+    assert qdiscs(client, where) == before                   # exactly what it added, gone
+    await f.stop()                                           # twice is fine
+    assert qdiscs(client, where) == before
+
+
+# --- the NFQUEUE fallback, measured ---------------------------------------------------
+
+async def test_delay_adds_to_the_round_trip(lab, family):
+    client, server, conn, peer = await connected(lab, family)
+    async with faults.netem(client, delay=0.05, engine="nfqueue") as f:
+        got = await rtts(conn, peer, 5)
+    assert f.engine == "nfqueue"
+    assert all(0.05 <= t <= 0.07 for t in got), got
+    assert f.counts["delayed"] >= 5 and f.counts["lost"] == 0
+
+
+async def test_delay_in_and_both(lab):
+    """"in" delays what the host receives, "both" each way (two models)."""
+    client, server, conn, peer = await connected(lab, 4)
+    async with faults.netem(client, delay=0.03, direction="in", engine="nfqueue"):
+        one = await rtts(conn, peer, 3)
+    async with faults.netem(client, delay=0.03, direction="both", engine="nfqueue"):
+        two = await rtts(conn, peer, 3)
+    assert all(0.03 <= t <= 0.05 for t in one), one
+    assert all(0.06 <= t <= 0.08 for t in two), two
+
+
+async def test_jitter_spreads_uniformly(lab):
+    client, server, conn, peer = await connected(lab, 4)
+    async with faults.netem(client, delay=0.03, jitter=0.02, engine="nfqueue"):
+        got = await rtts(conn, peer, 12)
+    assert all(0.01 <= t <= 0.056 for t in got), got
+    assert max(got) - min(got) > 0.005, got      # uniform over 40 ms: not all alike
+
+
+async def test_full_loss_makes_connect_time_out(lab, family):
+    """loss=1.0: every SYN is lost and the server never sees one.  With
+    TCP_USER_TIMEOUT 1.1 s connect() fails with ETIMEDOUT after the second
+    SYN (at 1 s the retransmission timer is clamped to the user timeout)."""
+    client, server = await lab.pair()
+    await server.listen(PORT, family=family)
+    sock = await client.socket(family)
+    await sock.setsockopt("TCP_USER_TIMEOUT", 1.1)
+    async with faults.netem(client, loss=1.0, engine="nfqueue") as f:
+        out = await sock.connect(server, PORT)
+    assert out.errno == "ETIMEDOUT" and 1.0 <= out.duration < 2.0, out
+    assert [s.state for s in server.sockets(port=PORT)] == ["LISTEN"]
+    assert f.counts["seen"] == f.counts["lost"] >= 2
+
+
+async def test_loss_fraction_within_binomial_spread(lab, family):
+    """loss=0.3 over ~700 data segments: the fraction the receiving kernel
+    misses (sender's data_segs_out vs receiver's data_segs_in) is within 4
+    standard deviations of 0.3, and exactly what the model dropped."""
+    client, server, conn, peer = await connected(lab, family, FAST_RTO)
+    out0, in0 = segs(conn, "data_segs_out"), segs(peer, "data_segs_in")
+    async with faults.netem(client, loss=0.3, engine="nfqueue") as f:
+        await transfer(conn, peer, 500 * 1400)
+        await wait_until(lambda: segs(conn, "unacked") == 0, what="everything acked")
+    sent, arrived = segs(conn, "data_segs_out") - out0, segs(peer, "data_segs_in") - in0
+    measured = 1 - arrived / sent
+    sigma = math.sqrt(0.3 * 0.7 / sent)
+    print(f"\nloss 0.3 over {sent} segments: measured {measured:.3f} (sigma {sigma:.3f})")
+    assert sent >= 500
+    assert abs(measured - 0.3) <= 4 * sigma, (measured, sigma, sent)
+    assert sent - arrived == f.counts["lost"]
+
+
+def test_correlated_loss_is_netems():
+    """The fallback's correlated random is netem's get_crandom(): the loss
+    rate stays with correlation 0, and falls with it (as in the kernel)."""
+    def rate(corr):
+        m = _Model(NetemParams(loss=0.3, loss_correlation=corr), random.Random(7))
+        return sum(m.packet(0.0, 100)[0] is None for _ in range(50_000)) / 50_000
+    r0, r5, r9 = rate(0.0), rate(0.5), rate(0.9)
+    assert abs(r0 - 0.3) < 0.01
+    assert 0.10 < r5 < 0.16 and r9 < 0.01
+
+
+async def test_duplicate_reaches_the_receiver_twice(lab, family):
+    client, server, conn, peer = await connected(lab, family)
+    before = segs(peer, "data_segs_in")
+    async with faults.netem(client, duplicate=1.0, engine="nfqueue") as f:
+        await conn.send(b"twice")
+        assert await recv_exactly(peer, 5) == b"twice"
+        await wait_until(lambda: segs(peer, "data_segs_in") - before == 2, what="2 segments")
+        await wait_until(lambda: segs(conn, "dsack_dups") == 1, what="a D-SACK for the copy")
+    assert f.counts["duplicated"] >= 1
+
+
+@pytest.mark.parametrize("direction", ["out", "in"])
+async def test_duplicate_copies_are_delayed_too(lab, direction):
+    """netem re-enqueues the copy: it gets the delay as well (the fallback
+    sends it from a raw socket when due; an inbound copy through lo)."""
+    client, server, conn, peer = await connected(lab, 4)
+    before = segs(peer, "data_segs_in")
+    host = client if direction == "out" else server
+    async with faults.netem(host, delay=0.04, duplicate=1.0, direction=direction,
+                            engine="nfqueue") as f:
+        t0 = time.monotonic()
+        await conn.send(b"x")
+        await recv_exactly(peer, 1)
+        first = time.monotonic() - t0
+        await wait_until(lambda: segs(peer, "data_segs_in") - before == 2, what="the copy")
+        second = time.monotonic() - t0
+    assert 0.04 <= first < 0.06 and 0.04 <= second < 0.07, (first, second)
+    assert f.counts["duplicated"] >= 1
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02], ids=["now", "delayed"])
+async def test_corrupt_is_rejected_by_the_receivers_checksum(lab, delay):
+    """A flipped bit, nothing fixed: the server's TCP counts a checksum error
+    and never delivers the byte; after undo the retransmission gets through."""
+    client, server, conn, peer = await connected(lab, 4, FAST_RTO)
+    errors = tcp_mib(server, "InCsumErrors")
+    f = await faults.netem(client, corrupt=1.0, delay=delay, engine="nfqueue").start()
+    await conn.send(b"x")
+    await wait_until(lambda: tcp_mib(server, "InCsumErrors") > errors, what="a checksum error")
+    assert peer.info().recv_queue == 0
+    await f.stop()
+    assert await recv_exactly(peer, 1) == b"x"
+    assert f.counts["corrupted"] >= 1
+
+
+async def test_reorder_sends_a_fraction_at_once(lab):
+    """reorder=0.5 on what the server receives: 20 one-byte segments (no
+    autocorking), about half of them overtake the delayed others."""
+    client, server, conn, peer = await connected(lab, 4, {"net.ipv4.tcp_autocorking": 0})
+    async with faults.netem(server, delay=0.03, reorder=0.5, direction="in",
+                            engine="nfqueue") as f:
+        for i in range(20):
+            await conn.send(bytes([65 + i]))
+        got = await recv_exactly(peer, 20)
+    assert got == bytes(range(65, 85))                          # TCP restores the order...
+    assert peer.info().tcp_info["rcv_ooopack"] >= 1             # ...of what came out of it
+    assert 0 < f.counts["reordered"] < f.counts["seen"]
+
+
+@pytest.mark.parametrize("rate", [200_000, 1_000_000])
+async def test_rate_limits_throughput(lab, rate):
+    client, server, conn, peer = await connected(lab, 4)
+    async with faults.netem(client, rate=rate, engine="nfqueue"):
+        goodput = await transfer(conn, peer, rate // 2)
+    print(f"\nrate {rate} B/s: goodput {goodput:.0f} B/s ({goodput / rate:.3f})")
+    assert 0.8 <= goodput / rate <= 1.2
+
+
+async def test_limit_drops_beyond_the_queue(lab):
+    """limit=1: while one packet waits out its delay, the next is dropped."""
+    client, server, conn, peer = await connected(lab, 4, FAST_RTO)
+    async with faults.netem(client, delay=0.05, limit=1, engine="nfqueue") as f:
+        for chunk in (b"a", b"b", b"c"):
+            await conn.send(chunk)
+        await wait_until(lambda: f.counts["overlimit"] >= 1, what="a packet over the limit")
+    assert await recv_exactly(peer, 3) == b"abc"
+
+
+async def test_undo_is_exact(lab, family):
+    client, server, conn, peer = await connected(lab, family)
+    before, qd = saved(client), qdiscs(client)
+    f = await faults.netem(client, delay=30, direction="both", engine="nfqueue").start()
+    assert saved(client) != before
+    await conn.send(b"held")
+    await wait_until(lambda: f.counts["delayed"] >= 1, what="the segment held")
+    await f.stop()                               # releases what it held, at once
+    assert await recv_exactly(peer, 4) == b"held"
+    assert segs(conn, "total_retrans") == 0      # delivered, not lost and retransmitted
+    assert saved(client) == before and qdiscs(client) == qd
+    await f.stop()
+    assert saved(client) == before and not f.active
+
+
+# --- engines and bad input -----------------------------------------------------------
+
+@no_host_netem
+async def test_engine_tc_without_sch_netem_is_unsupported(lab):
+    client, _ = await lab.pair()
+    with pytest.raises(Unsupported, match=r"netem\(engine='tc'\) needs sch_netem in this "
+                                          r"kernel: kernel has no sch_netem"):
+        faults.netem(client, delay=0.1, engine="tc")
+    assert len(lab.undo) == 0
+
+
+@no_host_netem
+async def test_auto_engine_picks_what_the_kernel_has(lab):
+    client, _ = await lab.pair()
+    assert faults.netem(client, delay=0.1).engine == "nfqueue"
+    if _features.host_tbf() is None:
+        assert faults.netem(client, rate=1e6).engine == "tc"
+    assert faults.netem(client, rate=1e6, delay=0.01).engine == "nfqueue"
+
+
+BAD = [
+    (dict(loss=1.5), r"loss must be a fraction in [0, 1], got loss=1.5 (float) from netem()"),
+    (dict(delay=-1), r"delay must be seconds in [0, 60], got delay=-1 (int) from netem()"),
+    (dict(delay="10ms"), r"delay must be seconds in [0, 60] (units are numbers, never "
+                         r"strings), got delay='10ms' (str)"),
+    (dict(jitter=0.01), r"jitter needs a delay > 0 (netem varies the delay by +-jitter), "
+                        r"got jitter=0.01 with delay=0 from netem()"),
+    (dict(reorder=0.2), r"reorder needs a delay > 0"),
+    (dict(loss_correlation=0.5), r"loss_correlation needs loss > 0"),
+    (dict(direction="sideways"), r"direction must be one of ('out', 'in', 'both'), got "
+                                 r"direction='sideways' from netem()"),
+    (dict(engine="magic"), r"engine must be one of ('auto', 'tc', 'nfqueue'), got "
+                           r"engine='magic' from netem()"),
+    (dict(rate=0), r"rate must be bytes per second in (0, 4294967295], or None for no limit, "
+                   r"got rate=0 (int) from netem()"),
+    (dict(duplicate=True), r"duplicate must be a fraction in [0, 1], got duplicate=True (bool)"),
+    (dict(corrupt=float("nan")), r"corrupt must be a fraction in [0, 1], got corrupt=nan"),
+    (dict(limit=0), r"limit must be an int of packets in 1..1000000, got limit=0 (int)"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD, ids=[next(iter(k)) + f"-{i}" for i, (k, _)
+                                                     in enumerate(BAD)])
+async def test_bad_input_is_refused_before_anything_is_touched(lab, kwargs, message):
+    client, _ = await lab.pair()
+    before, qd = saved(client), qdiscs(client)
+    with pytest.raises(InvalidArgument) as info:
+        faults.netem(client, **kwargs)
+    assert message in str(info.value)
+    assert saved(client) == before and qdiscs(client) == qd and len(lab.undo) == 0
+
+
+def test_host_must_be_a_host():
+    with pytest.raises(InvalidArgument, match=r"host must be a Host of a lab, got host='server'"):
+        faults.netem("server", delay=0.1)
