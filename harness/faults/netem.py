@@ -322,12 +322,9 @@ class _LinkEngine(PacketFault):
     counts but no per-packet log."""
 
     def __init__(self, host, direction: str, decide, rng: random.Random, label: str):
-        # PacketFault validates a (host, port) target; a placeholder port passes
-        # that check and the link-wide target replaces it before anything runs.
-        super().__init__(host, flows=[Flow(direction)], port=9, where=WHERE, label=label,
-                         decide=lambda pkt: None if self._healing else decide(pkt))
-        self._target = _LinkTarget(host)
         self._healing = False
+        super().__init__(_LinkTarget(host), flows=[Flow(direction)], where=WHERE, label=label,
+                         decide=lambda pkt: None if self._healing else decide(pkt))
         self._rng = rng
         self._copies: list[tuple[float, int, bytes]] = []   # (due, order, raw)
         self._copy_order = itertools.count()
@@ -340,24 +337,13 @@ class _LinkEngine(PacketFault):
         self.lab._nursery.start_soon(self._copy_loop, self._copy_scope)
 
     async def _teardown(self) -> None:
-        # Heal the wire first: from now on every packet passes, and what is
-        # held leaves at once, in due order.  The engine's own teardown
-        # deletes the mangle table it created before it drains the queue, and
-        # unregistering a hook makes the kernel drop every packet still queued
-        # in the namespace (nf_queue_nf_hook_drop()): a held packet would be
-        # lost (TCP retransmits it), and a timer firing meanwhile would fail
-        # with ENOENT.
+        # Heal the wire first: from now on every packet passes and no copy is
+        # made; the engine's teardown then accepts what it holds, in due order,
+        # before it gives up the mangle table.
         self._healing = True
         if self._copy_scope is not None:
             self._copy_scope.cancel()
         self._copies.clear()
-        q = self._q
-        if q is not None and not q.closed:
-            held = sorted((e for e in self._heap if e[4]), key=lambda e: e[0])
-            for entry in held:
-                entry[4] = False
-            if held:
-                q.verdict_many([(e[2], NF_ACCEPT) for e in held])
         await super()._teardown()
 
     def _matched(self, p, pkt, act) -> None:

@@ -455,7 +455,9 @@ class PacketFault(Fault):
     def __init__(self, target: Any, *, flows: list[Flow], decide: Callable[[Any], Action | None],
                  port: int | None = None, scapy: bool = False, where: str = "packets()",
                  label: str | None = None):
-        self._target = _Target(target, port, where)
+        # a Socket or a Host (+ port), validated; or a ready target object with
+        # .host, .families, .conn, .port and .match() (netem's whole link)
+        self._target = target if hasattr(target, "match") else _Target(target, port, where)
         super().__init__(self._target.host.lab)
         self.label = label or f"{where.rstrip('()')} on {target!r}"
         self.host = self._target.host
