@@ -46,7 +46,7 @@ def evidence(request):
     label = request.node.callspec.id if hasattr(request.node, "callspec") else ""
 
     def record(name: str, value, unit: str = "") -> None:
-        text = f"{name} = {value:.3g}{unit}" if isinstance(value, float) else f"{name} = {value}{unit}"
+        text = f"{name} = {value:.4g}{unit}" if isinstance(value, float) else f"{name} = {value}{unit}"
         request.node.user_properties.append(("evidence", text + (f" [{label}]" if label else "")))
     return record
 
@@ -64,10 +64,23 @@ def pytest_runtest_logreport(report):
             row["evidence"] += [v for k, v in report.user_properties if k == "evidence"]
 
 
+def _merged(evidence: list[str]) -> list[str]:
+    """The same figure measured for several parameters is shown once:
+    'x = 60 s [ipv4]', 'x = 60 s [ipv6]' -> 'x = 60 s [ipv4, ipv6]'."""
+    seen: dict[str, list[str]] = {}
+    for item in evidence:
+        text, _, label = item.partition(" [")
+        seen.setdefault(text, []).append(label.rstrip("]"))
+    return [text + (f" [{', '.join(l for l in labels if l)}]" if any(labels) else "")
+            for text, labels in seen.items()]
+
+
 def pytest_terminal_summary(terminalreporter, config):
     if not _rows:
         return
     rows = sorted(_rows.values(), key=lambda r: r["case"])
+    for r in rows:
+        r["evidence"] = _merged(r["evidence"])
     prefix = config.getoption("--catalog-report")
     with open(prefix + ".json", "w") as f:
         json.dump(rows, f, indent=2)
@@ -76,7 +89,7 @@ def pytest_terminal_summary(terminalreporter, config):
     for r in rows:
         result = "FAIL" if r["failed"] else ("pass" if r["passed"] else "skip")
         lines.append(f"| {os.path.basename(r['case'])} | {r['seed']} | {r['claim']} | "
-                     f"{r['verdict']} | {'; '.join(r['evidence'][:4])} | {result} |")
+                     f"{r['verdict']} | {'; '.join(r['evidence'])} | {result} |")
     with open(prefix + ".md", "w") as f:
         f.write("# Seed claims, verdicts on this kernel\n\n" + "\n".join(lines) + "\n")
     tr = terminalreporter

@@ -297,3 +297,16 @@ async def test_timeline_has_the_failing_calls_of_spawned_programs(lab):
     assert ("recvfrom", "ECONNRESET") in calls
     assert calls[-2:] == [("sendto", "EPIPE"), ("sendto", "EPIPE")]  # RST consumed by recv
     assert proc.stdout().split() == ["111", "104", "32", "32"]
+
+
+async def test_each_connection_gets_only_its_own_syn_sent(lab):
+    """SYN_SENT is traced before the source port exists; two connections
+    from one host to one port must not share it."""
+    client, server = await lab.pair()
+    listener = await server.listen(7012)
+    first = await client.connect(server, 7012)
+    second = await client.connect(server, 7012)
+    await listener.accept()
+    await listener.accept()
+    for conn in (first, second):
+        assert lab.timeline.states(conn) == ["SYN_SENT", "ESTABLISHED"]

@@ -96,13 +96,10 @@ class Condition:
 
 
 def _on(ep) -> Callable[[Event], bool]:
-    """Events of the endpoint's connection.  tcp_v4_connect() sets SYN_SENT
-    before inet_hash_connect() picks the source port, so that one event
-    carries sport 0 and is matched by the other three fields."""
+    """Events of the endpoint's 4-tuple (see Timeline._syn_sent for the one
+    event that carries no source port)."""
     local, remote = ep.local, ep.remote
-    unbound = (local[0], 0) if local else None
-    return lambda e: e.remote == remote and (
-        e.local == local or (e.local == unbound and e.new == "SYN_SENT"))
+    return lambda e: e.local == local and e.remote == remote
 
 
 def rst_received(ep) -> Condition:
@@ -192,8 +189,23 @@ class Timeline:
         start = since if since is not None else getattr(ep, "since", float("-inf"))
         out = [e for e in self._events
                if e.t >= start and on(e) and (kind is None or e.kind == kind)]
+        if ep is not None and kind in (None, "state"):
+            out += self._syn_sent(ep, start, out)
         out.sort(key=lambda e: e.t)
         return out
+
+    def _syn_sent(self, ep, start: float, own: list[Event]) -> list[Event]:
+        """tcp_v4_connect() sets SYN_SENT before inet_hash_connect() picks
+        the source port, so that event carries sport 0.  It is this
+        connection's if it is the last such event towards the same remote
+        between the socket's start and the connection's first own event."""
+        if not ep.local:
+            return []
+        unbound, first = (ep.local[0], 0), min((e.t for e in own), default=float("inf"))
+        candidates = [e for e in self._events
+                      if e.kind == "state" and e.new == "SYN_SENT" and e.local == unbound
+                      and e.remote == ep.remote and start <= e.t <= first]
+        return candidates[-1:]
 
     def states(self, ep) -> list[str]:
         """The endpoint's state sequence, TIME_WAIT included: the tracepoint's

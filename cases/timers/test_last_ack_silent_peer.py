@@ -1,0 +1,85 @@
+"""LAST_ACK whose peer has gone silent follows the same rule as FIN_WAIT1: the
+FIN is retransmitted with backoff until a time limit, then the socket goes
+to CLOSED without a RST; tcp_orphan_retries sets the limit for a closed
+socket, tcp_retries2 for one the application still holds.
+
+Seed 002 (被动方端口状态转换): "等待对端的ACK,如果在超时时间内收到了ACK则直接进入CLOSED状态,
+否则超时后进入CLOSED状态"; seed 004 (报文丢失): "达到最大次数之后就强制断开连接".  Holds.
+The FIN of LAST_ACK is retransmitted by the same RTO timer as any data
+(tcp_retransmit_timer()), and tcp_write_timeout() chooses the limit the same
+way: tcp_orphan_retries() for a SOCK_DEAD socket, else tcp_retries2, turned
+into a time by tcp_model_timeout() (((2 << n) - 1) x 200 ms for n <= 9) counted
+from the first RTO retransmission; the socket dies at the first RTO expiry
+past it (tcp_write_err(): ETIMEDOUT, tcp_done(), no RST).  The client closes
+first, then drops everything (it has vanished); the server closes one
+connection (orphan, tcp_orphan_retries=1: 0.6 s) and half-closes the other
+(tcp_retries2=0: 0.2 s).  The half-closed one already read end-of-stream, so
+the ETIMEDOUT waits in sk_err and comes out of its next send().  Timing
+tolerances as in test_fin_wait1_silent_peer.py.
+"""
+
+import harness
+from harness import faults
+
+SEED = "002"
+CLAIM = "LAST_ACK without the final ACK goes to CLOSED after a timeout"
+VERDICT = "holds"
+
+ORPHAN_RETRIES, RETRIES2 = 1, 0
+SYSCTLS = {"net.ipv4.tcp_orphan_retries": ORPHAN_RETRIES, "net.ipv4.tcp_retries2": RETRIES2,
+           "net.ipv4.tcp_early_retrans": 3}
+JIFFY = 0.004
+
+
+def model(n: int) -> float:
+    """tcp_model_timeout() with TCP_RTO_MIN as the base, for n <= 9."""
+    return ((2 << n) - 1) * 0.2
+
+
+def on_time(gap: float, timeout: float) -> bool:
+    return timeout - JIFFY <= gap <= timeout * (1 + 8 / 63) + 0.02
+
+
+def gave_up(lab, sock, retries: int, rto: float) -> tuple[list[float], float]:
+    """Check the retransmissions and the end of ``sock`` against the rule;
+    return (retransmission times, end time), relative to its FIN."""
+    states = lab.timeline.events(sock, kind="state")
+    fin = next(e.t for e in states if e.new == "LAST_ACK")
+    end = next(e.t for e in states if e.old == "LAST_ACK" and e.new == "CLOSE") - fin
+    retx = [e.t - fin for e in lab.timeline.events(sock, kind="retransmit")]
+    assert 0.2 - JIFFY <= retx[0] <= rto + 0.02                          # tail-loss probe
+    assert all(on_time(b - a, rto * 2 ** k) for k, (a, b) in enumerate(zip(retx, retx[1:] + [end])))
+    assert retx[-1] - retx[1] < model(retries) <= end - retx[1]          # the first expiry past it
+    assert lab.timeline.count(harness.rst_sent(sock)) == 0
+    return retx, end
+
+
+async def test_last_ack_silent_peer(lab, family, evidence):
+    client, server = await lab.pair(sysctls=SYSCTLS)
+    listener = await server.listen(9000, family=family)
+    conns, peers = [], []
+    for _ in range(2):
+        conns.append(await client.connect(server, 9000, family=family))
+        peers.append(await listener.accept())
+    orphan, half = peers
+    rto = orphan.info().rto
+    for conn, peer in zip(conns, peers):
+        await conn.close()
+        await lab.wait_state(peer, "CLOSE_WAIT")
+    assert (await half.recv()).value == b""
+
+    async with faults.blackhole(client):
+        await orphan.close()
+        await half.shutdown("w")
+        await lab.wait_state(half, "CLOSED", timeout=3.0)
+        await lab.wait_state(orphan, "CLOSED", timeout=3.0)
+
+    o_retx, o_end = gave_up(lab, orphan, ORPHAN_RETRIES, rto)
+    h_retx, h_end = gave_up(lab, half, RETRIES2, rto)
+    assert (len(o_retx), len(h_retx)) == (3, 2)
+    assert lab.timeline.count(harness.error_reported(half, "ETIMEDOUT")) == 1
+    assert (await half.send(b"x")).errno == "ETIMEDOUT"
+    evidence(f"orphan (tcp_orphan_retries={ORPHAN_RETRIES}) gone",
+             f"{o_end:.3f} s after its FIN, {len(o_retx)} retransmissions")
+    evidence(f"half-closed (tcp_retries2={RETRIES2}) ETIMEDOUT",
+             f"{h_end:.3f} s after its FIN, {len(h_retx)} retransmissions")
