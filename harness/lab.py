@@ -239,8 +239,10 @@ class Lab:
         """Whether anything beyond sockets touched the lab's namespaces (a
         fault, a command, a process, an undo step): then its namespaces are
         destroyed at the end instead of being reused."""
+        from .timers import pinned
         return self._tainted or self.undo.pushed > 0 or \
-            any(h.processes or h.tainted for h in self._hosts.values())
+            any(h.processes or h.tainted or not all(map(pinned, h.sysctls))
+                for h in self._hosts.values())
 
     @property
     def hosts(self) -> dict[str, Host]:

@@ -69,12 +69,18 @@ FAST = MappingProxyType({
 PROFILES = {"default": MappingProxyType({}), "fast": FAST}
 
 
+def pinned(key: str) -> bool:
+    """Whether every host resets this key (so a reused host cannot carry
+    an earlier lab's value)."""
+    return key in DEFAULT or key in OPTIONAL
+
+
 def resolve(profile: str, overrides: dict | None) -> dict[str, str]:
     """The sysctls a host gets, as strings, validated (names are checked
     against the namespace when written)."""
     if profile not in PROFILES:
         raise InvalidArgument(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
-    out = {**DEFAULT, **PROFILES[profile]}
+    out = {**DEFAULT, **OPTIONAL, **PROFILES[profile]}
     for key, value in (overrides or {}).items():
         if not isinstance(key, str) or not key.startswith("net."):
             raise InvalidArgument(f"sysctl names are full keys under net. (e.g. "

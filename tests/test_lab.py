@@ -310,3 +310,26 @@ async def test_each_connection_gets_only_its_own_syn_sent(lab):
     await listener.accept()
     for conn in (first, second):
         assert lab.timeline.states(conn) == ["SYN_SENT", "ESTABLISHED"]
+
+
+async def test_a_reused_host_carries_no_sysctl_of_the_lab_before():
+    from harness import lab as labmod
+    labmod._pool.close()
+    def ns(host):  # a namespace's identity (names repeat when a slot is leased again)
+        return os.fstat(host.ns_fd).st_ino
+
+    async with harness.open_lab() as lab:                 # pinned keys only: reusable
+        a, _ = await lab.pair(sysctls={"net.ipv4.tcp_rto_max_ms": 1000})
+        first = ns(a)
+    async with harness.open_lab() as lab:
+        a, _ = await lab.pair()
+        assert ns(a) == first                             # the same namespace...
+        assert a.sysctl("net.ipv4.tcp_rto_max_ms") == "120000"   # ...re-pinned
+        a.sysctl("net.ipv4.tcp_rto_max_ms", 1000)        # a runtime write taints it
+    async with harness.open_lab() as lab:
+        a, _ = await lab.pair(sysctls={"net.ipv4.neigh.eth0.retrans_time_ms": 100})
+        assert ns(a) != first and a.sysctl("net.ipv4.neigh.eth0.retrans_time_ms") == "100"
+        second = ns(a)
+    async with harness.open_lab() as lab:                 # an unpinned key: not reused
+        a, _ = await lab.pair()
+        assert ns(a) != second and a.sysctl("net.ipv4.neigh.eth0.retrans_time_ms") == "1000"

@@ -58,7 +58,6 @@ async def test_syn_retransmit_schedule(lab, family, evidence):
                                              "net.ipv4.tcp_syn_linear_timeouts": 4})
     classic = await lab.host("classic", sysctls={"net.ipv4.tcp_syn_retries": RETRIES,
                                                  "net.ipv4.tcp_syn_linear_timeouts": 0})
-    client.tainted = True  # no pooling: sysctls outside timers.DEFAULT would outlive the lab
     await server.listen(9000, family=family)
     cap = await lab.capture()
     outcomes = {}

@@ -23,7 +23,6 @@ SYSCTLS = {"net.ipv4.tcp_syn_retries": 1, "net.ipv4.tcp_syn_linear_timeouts": 4}
 
 async def test_syn_sent_times_out(lab, family, evidence):
     client, server = await lab.pair(sysctls=SYSCTLS)
-    client.tainted = True  # no pooling: sysctls outside timers.DEFAULT would outlive the lab
     await server.listen(9000, family=family)
     cap = await lab.capture()
 

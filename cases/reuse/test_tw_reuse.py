@@ -68,7 +68,6 @@ async def connects(client, server, family, until):
 
 async def test_reuse_after_the_delay(lab, family, evidence):
     client, server = await lab.pair(sysctls=sysctls(timestamps=1))
-    client.tainted = True  # no pooling: sysctls outside timers.DEFAULT would outlive the lab
     conn, entered = await into_time_wait(lab, client, server, family)
 
     outcomes = await connects(client, server, family, until=entered + 5 * DELAY)
@@ -85,7 +84,6 @@ async def test_reuse_after_the_delay(lab, family, evidence):
 
 async def test_no_reuse_without_timestamps(lab, family, evidence):
     client, server = await lab.pair(sysctls=sysctls(timestamps=0))
-    client.tainted = True  # no pooling: sysctls outside timers.DEFAULT would outlive the lab
     conn, entered = await into_time_wait(lab, client, server, family)
 
     # for 3x the delay, every attempt is refused

@@ -48,7 +48,6 @@ async def close_into_time_wait(lab, client, listener, target, family):
 
 async def test_reuse_is_loopback_only(lab, family, evidence):
     client, server = await lab.pair(sysctls=SYSCTLS)
-    client.tainted = True  # no pooling: sysctls outside timers.DEFAULT would outlive the lab
     fresh = (await client.run(["unshare", "--net", "cat", "/proc/sys/net/ipv4/tcp_tw_reuse",
                                "/proc/sys/net/ipv4/tcp_tw_reuse_delay"])).stdout.split()
     assert fresh == [b"2", b"1000"]                              # a new namespace's defaults

@@ -51,7 +51,7 @@ class Event:
     old: str | None = None
     new: str | None = None
     reason: str | None = None     # rst_sent: the kernel's sk_rst_reason
-    errno: str | None = None      # error: the errno reported to the socket
+    errno: str | None = None      # error: the errno reported; retransmit: why it failed
     source: str = "trace"         # trace | diag | call
     host: str | None = None       # known for diag, call and syscall events
     detail: str | None = None     # call/syscall: what was called
@@ -75,7 +75,11 @@ def event_from_trace(raw) -> Event | None:
         local, remote = (f["saddr"], int(f["sport"])), (f["daddr"], int(f["dport"]))
     except (KeyError, TypeError, ValueError):
         return None
-    err = f.get("error")
+    # inet_sk_error_report's error; tcp_retransmit_skb's err (the transmit
+    # attempt failed: e.g. an earlier copy still queued, or dropped on the way out)
+    err = f.get("error", f.get("err"))
+    if err == 0:
+        err = None
     return Event(t=raw.t, kind=kind, local=local, remote=remote,
                  old=f.get("oldstate") or (f.get("state") if kind != "state" else None),
                  new=f.get("newstate"), reason=f.get("reason"),
