@@ -175,3 +175,14 @@ async def test_teardown_removes_a_rebooted_host_and_leaves_nothing():
         names = [h.netns for h in lab.hosts.values()] + [lab._switch[0]]
         assert all(_netns.exists(n) for n in names)
     assert not any(_netns.exists(n) for n in names)
+
+
+async def test_a_firewall_fault_open_across_a_reboot_exits_cleanly(lab):
+    """Its rules died with the old namespace: exit has nothing to undo, and
+    the new namespace's rule set is left as it is."""
+    from harness import faults as _f
+    client, server = await lab.pair()
+    async with _f.drop(server, direction="in", port=9999):
+        await _f.reboot(server)
+        fresh = (await server.run(["iptables-save"])).stdout
+    assert (await server.run(["iptables-save"])).stdout == fresh

@@ -119,9 +119,10 @@ class _HostTables:
     """Per host: a lock serialising our table edits, and the families whose
     filter table a fault created (to delete it when the last one leaves)."""
 
-    def __init__(self) -> None:
+    def __init__(self, generation: int) -> None:
         self.lock = trio.Lock()
         self.created: set[int] = set()
+        self.generation = generation  # of the host's namespace these describe
 
 
 _hosts: "weakref.WeakKeyDictionary[Host, _HostTables]" = weakref.WeakKeyDictionary()
@@ -129,8 +130,8 @@ _hosts: "weakref.WeakKeyDictionary[Host, _HostTables]" = weakref.WeakKeyDictiona
 
 def _tables(host: Host) -> _HostTables:
     t = _hosts.get(host)
-    if t is None:
-        t = _hosts[host] = _HostTables()
+    if t is None or t.generation != host.generation:  # a new namespace: nothing created yet
+        t = _hosts[host] = _HostTables(host.generation)
     return t
 
 
@@ -172,6 +173,7 @@ class _Rules:
 
     def __init__(self, host: Host, bodies: dict[int, dict[str, list[str]]]):
         self.host, self.bodies = host, bodies
+        self.generation = host.generation  # the namespace the rules live in
         self.fid = f"fih{next(_ids)}"
         self.applied: set[int] = set()
         self.final: dict[int, int] = {}
@@ -216,8 +218,13 @@ class _Rules:
                 with trio.CancelScope(shield=True):
                     await self._remove(tables)
                 raise
+        self.generation = self.host.generation
 
     async def revert(self) -> None:
+        if self.host.generation != self.generation:
+            # power_on replaced the namespace: the rules died with the old one
+            self.applied.clear()
+            return
         tables = _tables(self.host)
         async with tables.lock:
             await self._remove(tables)
