@@ -63,6 +63,25 @@ class Rtnl:
             _attr(IFA_ADDRESS, raw) + _attr(IFA_FLAGS, struct.pack("=I", 0x02))  # nodad
         self.req(RTM_NEWADDR, body)
 
+    def ready(self, index: int) -> bool:
+        """Operationally up with its qdisc attached (RTM_GETLINK): before
+        that a veth drops what it is given (the first-ARP stall)."""
+        self.seq += 1
+        body = _ifinfo(index)
+        self.s.send(struct.pack("=IHHII", 16 + len(body), 18, NLM_F_REQUEST, self.seq, 0) + body)
+        data = self.s.recv(65536)
+        pos, operstate, qdisc = 32, None, None
+        while pos + 4 <= len(data):
+            alen, atype = struct.unpack_from("=HH", data, pos)
+            if alen < 4:
+                break
+            if atype == 16:        # IFLA_OPERSTATE
+                operstate = data[pos + 4]
+            elif atype == 6:       # IFLA_QDISC
+                qdisc = data[pos + 4:pos + alen].rstrip(b"\0")
+            pos += (alen + 3) & ~3
+        return operstate == 6 and qdisc not in (None, b"noop")
+
     def close(self) -> None:
         self.s.close()
 
@@ -76,6 +95,7 @@ def lab(tag: str, net: int) -> tuple[list[str], list[int]]:
         fds.append(_netns.open_fd(_netns.path(n)))
     sw = Rtnl(fds[0])
     sw.bridge(2)
+    hosts = []
     for k in (1, 2):
         sw.veth(100 + k, f"p{k}", 2, 2, fds[k])
         h = Rtnl(fds[k])
@@ -83,8 +103,12 @@ def lab(tag: str, net: int) -> tuple[list[str], list[int]]:
         h.addr(2, socket.AF_INET6, f"fd66:6968:0:{net:x}::{k}", 64)
         h.up(2)
         h.up(1)
-        h.close()
-    sw.close()
+        hosts.append(h)
+    for rt, index in [(h, 2) for h in hosts] + [(sw, 101), (sw, 102)]:
+        while not rt.ready(index):
+            time.sleep(0.0001)
+    for rt in hosts + [sw]:
+        rt.close()
     return names, fds
 
 
