@@ -124,3 +124,21 @@ async def test_missing_image_is_a_clear_error_and_leaves_nothing(lab):
         await lab.container("server", image="redis", command="redis-server")
     assert _docker.list_labelled("harness.owner") == before
     assert sorted(lab.hosts) == ["client"]
+
+
+async def test_netem_delay_to_a_container(lab, family):
+    client, server = await redis_lab(lab)
+    conn = await client.connect(server, 6379, family=family)
+
+    async def rtt() -> float:
+        sent = await conn.send(b"PING\r\n")
+        got = await conn.recv()
+        assert got.value == b"+PONG\r\n"
+        return got.ended - sent.started
+
+    before = await rtt()
+    async with faults.netem(server, delay=0.05) as f:    # on the container's link
+        delayed = [await rtt() for _ in range(3)]
+    after = await rtt()
+    assert before < 0.01 and after < 0.01
+    assert all(0.05 <= d <= 0.07 for d in delayed), (f.engine, delayed)
