@@ -116,7 +116,7 @@ async def test_reboot_a_container_host(lab):
 
 
 async def test_missing_image_is_a_clear_error_and_leaves_nothing(lab):
-    client = await lab.host("client")
+    await lab.host("client")
     before = _docker.list_labelled("harness.owner")
     with pytest.raises(InvalidArgument, match="image 'no-such-image' is neither a build context"):
         await lab.container("server", image="no-such-image")

@@ -16,22 +16,13 @@ import trio
 from harness import InvalidArgument, ObservationTimeout, retransmitted, rst_received
 from harness.faults import blackhole, drop, partition, reject
 from harness.faults import firewall as _fw
+from helpers import rules
 
 PORT = 9000
 # ICMP errors are rate limited per destination (a burst of 6, then one per
 # icmp_ratelimit ms); tests that draw several pin it off
 NO_ICMP_LIMIT = {"net.ipv4.icmp_ratelimit": 0, "net.ipv6.icmp.ratelimit": 0}
 
-
-async def rules(*hosts) -> dict:
-    """The hosts' firewall state, counters and comments stripped."""
-    out = {}
-    for h in hosts:
-        for argv in (["iptables-save"], ["ip6tables-save"], ["nft", "list", "ruleset"]):
-            text = (await h.run(argv)).stdout.decode()
-            out[(h.name, argv[0])] = [re.sub(r"\[\d+:\d+\]", "", line) for line in
-                                      text.splitlines() if not line.startswith("#")]
-    return out
 
 
 async def established(lab, family, **kw):

@@ -16,6 +16,7 @@ import trio
 from harness import (InvalidArgument, open_lab, retransmitted, rst_received, rst_sent)
 from harness import _netns
 from harness.faults.host import power_off, power_on, reboot
+from helpers import still_works
 
 
 async def connected(lab, family, **kw):
@@ -89,12 +90,6 @@ async def test_power_on_brings_back_a_fresh_usable_host(lab, family):
     out = await server.connect(client, 9001, family=family)
     await still_works(out, await back.accept())
 
-
-async def still_works(a, b):
-    assert (await a.send(b"ping")).value == 4
-    assert (await b.recv()).value == b"ping"
-    assert (await b.send(b"pong")).value == 4
-    assert (await a.recv()).value == b"pong"
 
 
 async def test_after_reboot_a_stale_segment_meets_a_rst(lab, family):

@@ -11,6 +11,7 @@ import trio
 
 from harness import InvalidArgument, rst_received
 from harness.faults.inject import inject_fin, inject_rst, inject_syn
+from helpers import still_works
 
 
 async def connected(lab, family, **kw):
@@ -25,12 +26,6 @@ async def connected(lab, family, **kw):
     assert (await conn.recv()).value == b"olleh"
     return client, server, listener, conn, peer
 
-
-async def still_works(conn, peer):
-    assert (await conn.send(b"ping")).value == 4
-    assert (await peer.recv()).value == b"ping"
-    assert (await peer.send(b"pong")).value == 4
-    assert (await conn.recv()).value == b"pong"
 
 
 async def test_exact_rst_kills_the_connection(lab, family):

@@ -10,10 +10,10 @@ import re
 import time
 
 import pytest
-import trio
 
 from harness import InvalidArgument, retransmitted
 from harness import faults
+from helpers import wait_until
 
 PORT = 9000
 
@@ -25,18 +25,6 @@ async def connected(lab, family, **kw):
     peer = await listener.accept()
     return client, server, listener, conn, peer
 
-
-async def wait_until(fn, *, timeout: float = 3.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {value!r})")
-        await trio.sleep(delay)
-        delay = min(delay * 2, 0.02)
 
 
 def saved(host) -> str:

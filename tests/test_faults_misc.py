@@ -12,21 +12,11 @@ import trio.testing
 
 from harness import (FaultError, InvalidArgument, error_reported, rst_received, rst_sent)
 from harness import faults
+from helpers import rules
 
 PORT = 9000
 NO_ICMP_LIMIT = {"net.ipv4.icmp_ratelimit": 0, "net.ipv6.icmp.ratelimit": 0}
 
-
-async def rules(*hosts) -> dict:
-    """iptables-save, ip6tables-save and the nft ruleset, counters and
-    comments stripped."""
-    out = {}
-    for h in hosts:
-        for argv in (["iptables-save"], ["ip6tables-save"], ["nft", "list", "ruleset"]):
-            text = (await h.run(argv)).stdout.decode()
-            out[(h.name, argv[0])] = [re.sub(r"\[\d+:\d+\]", "", line) for line in
-                                      text.splitlines() if not line.startswith("#")]
-    return out
 
 
 async def established(lab, family, owner=None, **kw):

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import random
-import statistics
 import sys
 import time
 
@@ -18,6 +17,7 @@ import trio
 
 from harness import InvalidArgument, Unsupported, _features, faults
 from harness.faults.netem import NetemParams, _Model
+from helpers import wait_until
 
 PORT = 9000
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,19 +36,6 @@ async def connected(lab, family, sysctls=None):
     peer = await listener.accept()
     return client, server, conn, peer
 
-
-async def wait_until(fn, *, timeout: float = 3.0, what: str = "condition"):
-    """Poll ``fn`` until it returns a truthy value (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {value!r})")
-        await trio.sleep(delay)
-        delay = min(delay * 2, 0.02)
 
 
 async def recv_exactly(sock, n: int) -> bytes:

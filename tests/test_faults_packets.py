@@ -7,11 +7,11 @@ from __future__ import annotations
 import time
 
 import pytest
-import trio
 
 from harness import FaultError, InvalidArgument, retransmitted
 from harness import faults
 from harness.faults import Action
+from helpers import wait_until
 
 PORT = 9000
 
@@ -27,19 +27,6 @@ async def connected(lab, family):
 def data(p) -> bool:
     return p.payload_len > 0
 
-
-async def wait_until(fn, *, timeout: float = 3.0, what: str = "condition"):
-    """Poll ``fn`` until it returns a truthy value (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.0005
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s (last: {value!r})")
-        await trio.sleep(delay)
-        delay = min(delay * 2, 0.02)
 
 
 async def recv_exactly(sock, n: int) -> tuple[bytes, float]:

@@ -3,7 +3,6 @@ feature, options and their precedence, artifact retention.  (A machine
 without a feature is simulated by patching the probe: the error path of the
 harness itself, so a mock is fair.)"""
 
-import pytest
 
 pytest_plugins = ["pytester"]
 
