@@ -173,6 +173,9 @@ def write_sysctl(fd: int, key: str, value: str | int) -> None:
 
 def read_sysctl(fd: int, key: str) -> str:
     with entered(fd):
-        f = open(f"/proc/sys/{key.replace('.', '/')}")
+        try:
+            f = open(f"/proc/sys/{key.replace('.', '/')}")
+        except FileNotFoundError as exc:
+            raise Unsupported(f"sysctl {key} does not exist in this kernel") from exc
     with f:
         return f.read().strip()

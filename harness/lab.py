@@ -347,7 +347,7 @@ class Lab:
                     _, netns, fd, applied = idle
                     made.append((netns, fd))
                     if applied != dict(spec.sysctls):
-                        backend.apply_sysctls(fd, netns, spec.sysctls)
+                        backend.apply_sysctls(fd, netns, spec.sysctls, spec.explicit)
                     continue
                 if idle is not None:  # pragma: no cover - take() matches names
                     backend.destroy_ns(idle[1], idle[2])
@@ -470,6 +470,7 @@ class Lab:
         ports = {f"p{h.index}": h.name for h in self._hosts.values()}
         cap = Capture(self, self._switch[1], ports)
         self._nursery.start_soon(cap.run)
+        await trio.lowlevel.checkpoint()  # run() is waiting before anyone can stop() it
         n = len(self.captures)
         self.captures.append(cap)
 

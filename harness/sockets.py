@@ -212,9 +212,16 @@ class Socket:
         address string."""
         address = self.host.lab.resolve(target, self.family)
         check_port(port)
+
         def connected(o: Outcome) -> None:
             self.local, self.remote = o.value
-        return await self._call("connect", address=address, port=port, then=connected)
+        out = await self._call("connect", address=address, port=port, then=connected)
+        if not out.ok:  # the attempt still had a 4-tuple: its events stay matchable
+            self.remote = (address, port)
+            named = await self._driver.call("sockname", h=self._h)
+            if named.ok and named.value[1]:
+                self.local = named.value
+        return out
 
     async def listen(self, backlog: int = 128) -> Outcome:
         wildcard = ("0.0.0.0" if self.family == 4 else "::", 0)

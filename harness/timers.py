@@ -57,6 +57,7 @@ OPTIONAL = MappingProxyType({
     _V4 + "tcp_tw_reuse_delay": 1000,     # ms, 6.13+
     _V4 + "tcp_rto_min_us": 200000,       # 6.11+
     _V4 + "tcp_rto_max_ms": 120000,       # 6.15+
+    _V4 + "tcp_syn_linear_timeouts": 4,   # 6.5+: the first SYN retransmissions at 1 s, linear
 })
 
 FAST = MappingProxyType({
@@ -73,6 +74,12 @@ def pinned(key: str) -> bool:
     """Whether every host resets this key (so a reused host cannot carry
     an earlier lab's value)."""
     return key in DEFAULT or key in OPTIONAL
+
+
+def explicit(overrides: dict | None) -> frozenset:
+    """Keys a test asked for itself: missing on this kernel, they are a skip
+    (an OPTIONAL key pinned by default is just left out)."""
+    return frozenset(overrides or ())
 
 
 def resolve(profile: str, overrides: dict | None) -> dict[str, str]:

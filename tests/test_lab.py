@@ -333,3 +333,34 @@ async def test_a_reused_host_carries_no_sysctl_of_the_lab_before():
     async with harness.open_lab() as lab:                 # an unpinned key: not reused
         a, _ = await lab.pair()
         assert ns(a) != second and a.sysctl("net.ipv4.neigh.eth0.retrans_time_ms") == "1000"
+
+
+async def test_captures_stop_cleanly_under_traffic(lab):
+    """stop() closes the capture socket only after the reader left its wait
+    (a frame arriving during stop() used to fail that wait instead)."""
+    client, server = await lab.pair()
+    listener = await server.listen(7013)
+    conn = await client.connect(server, 7013)
+    peer = await listener.accept()
+
+    async def traffic():
+        while True:
+            await conn.send(b"x" * 100)
+            await peer.recv()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(traffic)
+        for _ in range(100):
+            cap = await lab.capture()
+            await trio.sleep(0.0005)
+            await cap.stop()
+        nursery.cancel_scope.cancel()
+    assert cap.packets(conn)
+
+
+async def test_a_failed_connect_keeps_its_addresses(lab, family):
+    client, server = await lab.pair()
+    sock = await client.socket(family)
+    out = await sock.connect(server, 7999)                     # nobody listens
+    assert out.errno == "ECONNREFUSED"
+    assert sock.remote == (server.address(family), 7999) and sock.local[1] > 0
+    await lab.timeline.wait_for(harness.rst_received(sock))   # its events still match

@@ -74,10 +74,13 @@ class Capture:
         self._cancel = trio.CancelScope()
 
     async def run(self) -> None:
-        with self._cancel:
-            while True:
-                await trio.lowlevel.wait_readable(self._sock)
-                self.drain()
+        try:
+            with self._cancel:
+                while True:
+                    await trio.lowlevel.wait_readable(self._sock)
+                    self.drain()
+        finally:
+            self._stopped.set()
 
     def drain(self) -> None:
         """Read every frame waiting in the socket (queries call it so they
@@ -138,9 +141,11 @@ class Capture:
         return path
 
     async def stop(self) -> None:
+        """Stop capturing; the socket is closed only once run() has left its
+        wait on it (closing under it would fail that wait, not cancel it)."""
         self.drain()
         self._cancel.cancel()
+        await self._stopped.wait()
         if self._sock.fileno() >= 0:
-            trio.lowlevel.notify_closing(self._sock)
             self._sock.close()
 

@@ -14,7 +14,7 @@ from typing import Mapping
 from .. import _diag, _netlink, _netns
 from .._names import Slot, check_host_name
 from ..errors import InvalidArgument, Unsupported
-from ..timers import resolve
+from ..timers import explicit, resolve
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class HostSpec:
     number: int
     profile: str = "default"
     sysctls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    explicit: frozenset = frozenset()  # sysctls the test set itself
 
     @classmethod
     def make(cls, name: str, number: int, profile: str = "default",
@@ -34,7 +35,8 @@ class HostSpec:
             raise InvalidArgument("host name 'sw' is reserved for the lab's switch")
         if not 1 <= number <= 250:
             raise InvalidArgument(f"a lab holds at most 250 hosts, got host number {number}")
-        return cls(name, number, profile, MappingProxyType(resolve(profile, sysctls)))
+        return cls(name, number, profile, MappingProxyType(resolve(profile, sysctls)),
+                   explicit(sysctls))
 
 
 def build_switch(slot: Slot) -> tuple[str, int]:
@@ -61,19 +63,23 @@ def wire_host(slot: Slot, spec: HostSpec, sw: tuple[str, int], ns: tuple[str, in
     name, fd = ns
     _netlink.attach_host(sw[1], sw[0], fd, name, spec.number, slot.v4(spec.number),
                          slot.v6(spec.number))
-    apply_sysctls(fd, name, spec.sysctls)  # after eth0 exists: per-device keys work
+    apply_sysctls(fd, name, spec.sysctls, spec.explicit)  # after eth0: per-device keys work
     _netlink.wait_links_ready([(fd, name, _netlink.HOST_IFINDEX),
                                (sw[1], sw[0], 100 + spec.number)])
 
 
-def apply_sysctls(fd: int, netns: str, sysctls: Mapping[str, str]) -> None:
+def apply_sysctls(fd: int, netns: str, sysctls: Mapping[str, str],
+                  explicit: frozenset = frozenset()) -> None:
     from ..timers import OPTIONAL
     for key, value in sysctls.items():
         try:
             _netns.write_sysctl(fd, key, value)
         except Unsupported:
-            if key in OPTIONAL:
+            if key in OPTIONAL and key not in explicit:
                 continue
+            if key in OPTIONAL:
+                raise Unsupported(f"sysctl {key} (asked for by the test) does not exist in "
+                                  f"this kernel") from None
             raise InvalidArgument(f"sysctl {key} does not exist in a host namespace on this "
                                   f"kernel (only per-namespace sysctls can be set)") from None
         except OSError as exc:
