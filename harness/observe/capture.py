@@ -88,6 +88,9 @@ class Capture:
         sock = self._sock
         if sock.fileno() < 0:
             return
+        # the kernel stamps frames with CLOCK_REALTIME; measure its offset to
+        # the monotonic clock now, not once at the start (realtime may be stepped)
+        self._offset = time.monotonic() - time.time()
         while True:
             try:
                 frame, anc, _flags, addr = sock.recvmsg(65536, 64)
