@@ -61,6 +61,24 @@ class Host(SocketFactory):
             snap = snap.where(state=state, port=port)
         return snap
 
+    def counters(self, group: str = "TcpExt") -> dict[str, int]:
+        """The namespace's SNMP counters of one group, as ``nstat`` reads them
+        (/proc/net/netstat and /proc/net/snmp): TcpExt (TCPChallengeACK,
+        PAWSEstab, TCPTimeWaitOverflow...), Tcp, Ip, Icmp, Udp..."""
+        with _netns.entered(self.ns_fd):
+            files = [os.open(f"/proc/thread-self/net/{n}", os.O_RDONLY | os.O_CLOEXEC)
+                     for n in ("netstat", "snmp")]
+        groups: dict[str, dict[str, int]] = {}
+        for fd in files:
+            with os.fdopen(fd) as f:
+                lines = f.read().splitlines()
+            for names, values in zip(lines[::2], lines[1::2]):
+                head, *keys = names.split()
+                groups[head.rstrip(":")] = dict(zip(keys, map(int, values.split()[1:])))
+        if group not in groups:
+            raise InvalidArgument(f"no counter group {group!r}; this kernel has {sorted(groups)}")
+        return groups[group]
+
     def sysctl(self, key: str, value: Any = None) -> str:
         """Read a sysctl of this host, or write it when ``value`` is given."""
         if value is not None:

@@ -32,18 +32,11 @@ def pure_ack(p):
     return p.pure_ack
 
 
-async def tcp_ext(host) -> dict[str, int]:
-    lines = (await host.run(["cat", "/proc/net/netstat"])).stdout.decode().splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            return dict(zip(names.split()[1:], map(int, values.split()[1:])))
-    raise AssertionError("no TcpExt line in /proc/net/netstat")
-
 
 async def test_server_waits_for_the_final_ack(lab, family, evidence):
     client, server = await lab.pair()
     listener = await server.listen(9000, family=family)
-    before = await tcp_ext(client)
+    before = client.counters("TcpExt")
     async with faults.drop_first(server, 1, direction="in", port=9000, when=pure_ack) as lost:
         t0 = time.monotonic()
         conn = await client.connect(server, 9000, family=family)
@@ -61,7 +54,7 @@ async def test_server_waits_for_the_final_ack(lab, family, evidence):
                 if e.local == peer.local and e.remote == peer.remote and e.new == "SYN_RECV")
     assert resend.t < made.t                                     # created by the re-ACK
     assert 1.0 <= waited < 1.2, waited
-    after = await tcp_ext(client)
+    after = client.counters("TcpExt")
     assert after["TCPSYNChallenge"] - before["TCPSYNChallenge"] == 1  # the re-ACK
     evidence("accept() returned after", waited, " s")
     evidence("client's answer to the resent SYN-ACK", "challenge ACK (TCPSYNChallenge +1)")

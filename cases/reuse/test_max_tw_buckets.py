@@ -23,14 +23,6 @@ VERDICT = "holds"
 LIMIT, CLOSES = 2, 5
 
 
-async def tcp_ext(host) -> dict[str, int]:
-    """TcpExt counters of the host's namespace."""
-    lines = (await host.run(["cat", "/proc/net/netstat"])).stdout.decode().splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            return dict(zip(names.split()[1:], map(int, values.split()[1:])))
-    raise AssertionError("no TcpExt line in /proc/net/netstat")
-
 
 async def active_closes(lab, client, server, family, *, how: str) -> list:
     listener = await server.listen(9000, family=family)
@@ -50,9 +42,9 @@ async def active_closes(lab, client, server, family, *, how: str) -> list:
 
 async def test_close_past_the_limit(lab, family, evidence):
     client, server = await lab.pair(sysctls={"net.ipv4.tcp_max_tw_buckets": LIMIT})
-    before = await tcp_ext(client)
+    before = client.counters("TcpExt")
     conns = await active_closes(lab, client, server, family, how="close")
-    after = await tcp_ext(client)
+    after = client.counters("TcpExt")
 
     assert len(client.sockets(state="TIME_WAIT")) == LIMIT
     assert (after["TW"] - before["TW"], after["TCPTimeWaitOverflow"] -
@@ -70,9 +62,9 @@ async def test_close_past_the_limit(lab, family, evidence):
 
 async def test_shutdown_past_the_limit(lab, family, evidence):
     client, server = await lab.pair(sysctls={"net.ipv4.tcp_max_tw_buckets": LIMIT})
-    before = await tcp_ext(client)
+    before = client.counters("TcpExt")
     conns = await active_closes(lab, client, server, family, how="shutdown")
-    after = await tcp_ext(client)
+    after = client.counters("TcpExt")
 
     assert len(client.sockets(state="TIME_WAIT")) == LIMIT
     assert after["TCPTimeWaitOverflow"] - before["TCPTimeWaitOverflow"] == CLOSES - LIMIT

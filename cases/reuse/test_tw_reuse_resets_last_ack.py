@@ -36,13 +36,6 @@ SYSCTLS = {"net.ipv4.tcp_tw_reuse": 1, "net.ipv4.tcp_tw_reuse_delay": 300,
            "net.ipv4.tcp_invalid_ratelimit": 500}
 
 
-async def tcp_ext(host) -> dict[str, int]:
-    lines = (await host.run(["cat", "/proc/net/netstat"])).stdout.decode().splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            return dict(zip(names.split()[1:], map(int, values.split()[1:])))
-    raise AssertionError("no TcpExt line in /proc/net/netstat")
-
 
 async def test_reuse_resets_the_last_ack_peer(lab, family, evidence):
     client, server = await lab.pair(sysctls=SYSCTLS)
@@ -50,7 +43,7 @@ async def test_reuse_resets_the_last_ack_peer(lab, family, evidence):
     conn = await client.connect(server, 9000, family=family)
     peer = await listener.accept()
     cap = await lab.capture()
-    before = await tcp_ext(server)
+    before = server.counters("TcpExt")
 
     async with faults.drop_last_ack(conn) as lost:               # every ACK of the server's FIN
         await conn.close()
@@ -79,7 +72,7 @@ async def test_reuse_resets_the_last_ack_peer(lab, family, evidence):
                                        "client:S", "server:SA", "client:A"]
     rst = lab.timeline.events(kind="rst_sent", since=out.started)
     assert [(e.local, e.reason) for e in rst] == [(conn.local, "TCP_INVALID_ACK_SEQUENCE")]
-    assert (await tcp_ext(server))["TCPSYNChallenge"] - before["TCPSYNChallenge"] == 1
+    assert (server.counters("TcpExt"))["TCPSYNChallenge"] - before["TCPSYNChallenge"] == 1
     assert out.duration < 0.5                                    # not the 1 s SYN RTO
     evidence("LAST_ACK peer", "closed by RST (its challenge ACK to the new SYN drew it)")
     evidence("new connect() took", out.duration * 1000, " ms")

@@ -48,13 +48,6 @@ def aged(raw: bytes, *, into_rst: bool = False) -> bytes:
     return bytes(p)
 
 
-async def tcp_ext(host) -> dict[str, int]:
-    lines = (await host.run(["cat", "/proc/net/netstat"])).stdout.decode().splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            return dict(zip(names.split()[1:], map(int, values.split()[1:])))
-    raise AssertionError("no TcpExt line in /proc/net/netstat")
-
 
 def first_data(p):
     return p.payload_len > 0
@@ -71,14 +64,14 @@ async def test_old_rst_passes_paws(lab, family, evidence):
     conn = await client.connect(server, 9000, family=family)
     peer = await listener.accept()
 
-    before = await tcp_ext(client)
+    before = client.counters("TcpExt")
     async with faults.packets(conn, direction="in", when=first_data, count=1,
                               action=Action.rewrite(aged)) as old_data:
         assert (await peer.send(b"stale")).value == 5
         got = await conn.recv()                                  # only the retransmission
     assert old_data.counts["rewritten"] == 1 and got.value == b"stale"
     assert got.duration > 0.15                                   # one RTO (200 ms) late
-    assert (await tcp_ext(client))["PAWSEstab"] - before["PAWSEstab"] == 1
+    assert (client.counters("TcpExt"))["PAWSEstab"] - before["PAWSEstab"] == 1
 
     async with faults.packets(conn, direction="in", when=first_data, count=1,
                               action=Action.rewrite(aged_rst)) as old_rst:
@@ -86,7 +79,7 @@ async def test_old_rst_passes_paws(lab, family, evidence):
         await lab.timeline.wait_for(harness.rst_received(conn))
     assert old_rst.counts["rewritten"] == 1
     assert (await conn.recv()).errno == "ECONNRESET"
-    assert (await tcp_ext(client))["PAWSEstab"] - before["PAWSEstab"] == 1  # not counted
+    assert (client.counters("TcpExt"))["PAWSEstab"] - before["PAWSEstab"] == 1  # not counted
     evidence("data 1 s old", f"dropped by PAWS, delivered by the retransmission after "
              f"{got.duration:.2f} s")
     evidence("RST 1 s old, at RCV.NXT", "accepted: recv() ECONNRESET")

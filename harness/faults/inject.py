@@ -43,7 +43,6 @@ undoable faults: a segment once sent cannot be taken back.
 from __future__ import annotations
 
 import fcntl
-import os
 import random
 import socket
 import struct
@@ -121,7 +120,7 @@ class Injection:
         """How much a TcpExt counter of the victim's namespace (e.g.
         TCPChallengeACK, TCPSYNChallenge) grew since just before the
         injection (after the probe)."""
-        now = _tcp_ext(self.victim.host.ns_fd)
+        now = self.victim.host.counters("TcpExt")
         if name not in now:
             raise InvalidArgument(f"TcpExt has no counter {name!r}; e.g. TCPChallengeACK, "
                                   f"TCPSYNChallenge")
@@ -215,7 +214,7 @@ async def _inject(conn, kind: str, mode: str | None) -> Injection:
             seq, flags, ack = rcv_nxt, "FA", snd_nxt
         else:
             seq, flags, ack = rcv_nxt, "S", 0
-        counters = _tcp_ext(host.ns_fd)
+        counters = host.counters("TcpExt")
         mark = tap.mark()
         t = tap.send(_frame(conn, peer_mac, victim_mac, seq, ack, flags, ts))
         sent = Segment(t, conn.remote, conn.local, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
@@ -390,14 +389,3 @@ def _mac(ns_fd: int, ifname: str = "eth0") -> str:
         s.close()
     return _mac_string(raw[18:24])
 
-
-def _tcp_ext(ns_fd: int) -> dict[str, int]:
-    """TcpExt counters of a namespace (/proc/net/netstat as its thread sees it)."""
-    with _netns.entered(ns_fd):
-        fd = os.open("/proc/thread-self/net/netstat", os.O_RDONLY | os.O_CLOEXEC)
-    with os.fdopen(fd) as f:
-        lines = f.read().splitlines()
-    for names, values in zip(lines[::2], lines[1::2]):
-        if names.startswith("TcpExt:"):
-            return dict(zip(names.split()[1:], map(int, values.split()[1:])))
-    return {}
