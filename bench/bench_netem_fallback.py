@@ -42,36 +42,9 @@ MSG = 64
 # --- roles run as processes inside the lab hosts (stdlib only: fast to start) --------
 
 def role_server() -> None:
-    import selectors
-    sel = selectors.DefaultSelector()
-    for port in (RR_PORT, BULK_PORT):
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
-        s.listen(16)
-        sel.register(s, selectors.EVENT_READ, ("listen", port))
-    counts: dict = {}
-    while True:
-        for key, _ in sel.select():
-            kind, port = key.data
-            if kind == "listen":
-                c, _ = key.fileobj.accept()
-                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sel.register(c, selectors.EVENT_READ, ("rr" if port == RR_PORT else "bulk", port))
-                counts[c] = 0
-                continue
-            c = key.fileobj
-            data = c.recv(1 << 20)
-            if not data:
-                if kind == "bulk":
-                    c.sendall(str(counts[c]).encode())
-                sel.unregister(c)
-                c.close()
-                continue
-            if kind == "rr":
-                c.sendall(data)
-            else:
-                counts[c] += len(data)
+    """The engine bench's request/response and bulk server (both families)."""
+    from bench_nfqueue_engine import role_server as serve
+    serve()
 
 
 def role_client(mode: str, addr: str, amount: float) -> None:

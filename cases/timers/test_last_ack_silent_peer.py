@@ -20,38 +20,11 @@ tolerances as in test_fin_wait1_silent_peer.py.
 
 import harness
 from harness import faults
+from retransmit_rule import ORPHAN_RETRIES, RETRIES2, SYSCTLS, gave_up
 
 SEED = "002"
 CLAIM = "LAST_ACK without the final ACK goes to CLOSED after a timeout"
 VERDICT = "holds"
-
-ORPHAN_RETRIES, RETRIES2 = 1, 0
-SYSCTLS = {"net.ipv4.tcp_orphan_retries": ORPHAN_RETRIES, "net.ipv4.tcp_retries2": RETRIES2,
-           "net.ipv4.tcp_early_retrans": 3}
-JIFFY = 0.004
-
-
-def model(n: int) -> float:
-    """tcp_model_timeout() with TCP_RTO_MIN as the base, for n <= 9."""
-    return ((2 << n) - 1) * 0.2
-
-
-def on_time(gap: float, timeout: float) -> bool:
-    return timeout - JIFFY <= gap <= timeout * (1 + 8 / 63) + 0.02
-
-
-def gave_up(lab, sock, retries: int, rto: float) -> tuple[list[float], float]:
-    """Check the retransmissions and the end of ``sock`` against the rule;
-    return (retransmission times, end time), relative to its FIN."""
-    states = lab.timeline.events(sock, kind="state")
-    fin = next(e.t for e in states if e.new == "LAST_ACK")
-    end = next(e.t for e in states if e.old == "LAST_ACK" and e.new == "CLOSE") - fin
-    retx = [e.t - fin for e in lab.timeline.events(sock, kind="retransmit")]
-    assert 0.2 - JIFFY <= retx[0] <= rto + 0.02                          # tail-loss probe
-    assert all(on_time(b - a, rto * 2 ** k) for k, (a, b) in enumerate(zip(retx, retx[1:] + [end])))
-    assert retx[-1] - retx[1] < model(retries) <= end - retx[1]          # the first expiry past it
-    assert lab.timeline.count(harness.rst_sent(sock)) == 0
-    return retx, end
 
 
 async def test_last_ack_silent_peer(lab, family, evidence):
@@ -74,8 +47,8 @@ async def test_last_ack_silent_peer(lab, family, evidence):
         await lab.wait_state(half, "CLOSED", timeout=3.0)
         await lab.wait_state(orphan, "CLOSED", timeout=3.0)
 
-    o_retx, o_end = gave_up(lab, orphan, ORPHAN_RETRIES, rto)
-    h_retx, h_end = gave_up(lab, half, RETRIES2, rto)
+    o_retx, o_end = gave_up(lab, orphan, "LAST_ACK", ORPHAN_RETRIES, rto)
+    h_retx, h_end = gave_up(lab, half, "LAST_ACK", RETRIES2, rto)
     assert (len(o_retx), len(h_retx)) == (3, 2)
     assert lab.timeline.count(harness.error_reported(half, "ETIMEDOUT")) == 1
     assert (await half.send(b"x")).errno == "ETIMEDOUT"
