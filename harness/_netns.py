@@ -61,12 +61,20 @@ def _reserve(name: str) -> str:
     return p
 
 
-def create(name: str) -> str:
-    """Create a named network namespace; returns its path."""
+def create(name: str, parent: int | None = None) -> str:
+    """Create a named network namespace; returns its path.
+
+    With ``parent`` (a namespace fd) the thread unshares from inside that
+    namespace: the kernel reads some settings of the new namespace from the
+    creating thread's current one (net.ipv4.tcp_child_ehash_entries, read by
+    tcp_set_hashinfo() at creation), so a parent of the harness's own chooses
+    them without touching the root namespace."""
     p = _reserve(name)
     orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
+            if parent is not None:
+                _check(_libc.setns(parent, CLONE_NEWNET), "setns(parent)", name)
             _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)", name)
             _check(_libc.mount(b"/proc/thread-self/ns/net", p.encode(), b"none", MS_BIND, None),
                    f"mount --bind netns {p}", name)
@@ -79,6 +87,21 @@ def create(name: str) -> str:
     finally:
         os.close(orig)
     return p
+
+
+def create_unnamed() -> int:
+    """A new network namespace held only by the returned fd: it vanishes
+    with its last fd (with the process, even after SIGKILL), so there is
+    nothing to sweep."""
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        try:
+            return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            _check(_libc.setns(orig, CLONE_NEWNET), "setns(back)")
+    finally:
+        os.close(orig)
 
 
 def attach(name: str, pid: int) -> str:
