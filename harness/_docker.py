@@ -99,6 +99,9 @@ class Container:
     id: str
     name: str
     pid: int
+    #: the json-file log driver's file ("" for another driver): the
+    #: container's output, readable without asking the daemon
+    log_path: str = ""
 
 
 # --------------------------------------------------------------------------
@@ -507,7 +510,8 @@ def run(
         with contextlib.suppress(Exception):
             remove(container.id)
         raise
-    return Container(id=container.id, name=container.name, pid=pid)
+    return Container(id=container.id, name=container.name, pid=pid,
+                     log_path=container.attrs.get("LogPath") or "")
 
 
 def _container(id: str):

@@ -141,8 +141,8 @@ def sock_destroy() -> str | None:
 
 @functools.cache
 def docker() -> str | None:
-    from . import _docker
-    return _docker.daemon_unavailable_reason()
+    from .topology import container
+    return container.KIND.unavailable()
 
 
 PROBES = {

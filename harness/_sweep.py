@@ -45,23 +45,13 @@ def remove_netns(name: str) -> None:
 def sweep() -> list[str]:
     """Remove stale namespaces, tracefs instances and containers; returns
     what was removed."""
+    from .topology import kinds
     removed = []
-    for name in stale_netns():
-        remove_netns(name)
-        removed.append(f"netns {name}")
+    for kind in kinds():  # namespaces, containers...: each kind sweeps its own
+        removed += kind.sweep()
     for inst in _tracefs.list_instances():
         pid = owner_of(inst + "-")
         if pid is not None and not pid_alive(pid):
             _tracefs.remove_instance(inst)
             removed.append(f"tracefs instance {inst}")
-    try:
-        from . import _docker
-        if _docker.daemon_unavailable_reason() is None:
-            for cid, labels in _docker.list_labelled("harness.owner"):
-                pid = labels.get("harness.owner", "")
-                if pid.isdigit() and not pid_alive(int(pid)):
-                    _docker.remove(cid)
-                    removed.append(f"container {cid[:12]}")
-    except ImportError:  # pragma: no cover
-        pass
     return removed

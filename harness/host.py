@@ -2,7 +2,9 @@
 
 A host owns sockets (in the test process, through ``listen``/``connect``),
 processes (``spawn``) and peers (``peer``: the harness's killable socket
-program).  Container hosts are the same object over a container's namespace.
+program).  Whatever realises the namespace (a bare namespace, a container)
+is the host's backend (``topology.backend.HostBackend``); nothing here
+depends on which kind it is.
 """
 
 from __future__ import annotations
@@ -24,21 +26,29 @@ from .sockets import LocalDriver, PeerDriver, SocketFactory, make_socket_in
 class Host(SocketFactory):
     """One host.  ``v4``/``v6`` are its addresses on the lab's switch."""
 
-    def __init__(self, lab, name: str, index: int, netns: str, ns_fd: int, v4: str, v6: str,
-                 *, profile: str, sysctls: dict[str, str], kind: str = "netns"):
+    def __init__(self, lab, name: str, index: int, backend, v4: str, v6: str,
+                 *, profile: str, sysctls: dict[str, str]):
         self.lab, self.name, self.index = lab, name, index
-        self.netns, self.ns_fd = netns, ns_fd
+        self.backend = backend  # topology.backend.HostBackend
         self.v4, self.v6 = v4, v6
-        self.profile, self.sysctls, self.kind = profile, sysctls, kind
+        self.profile, self.sysctls = profile, sysctls
         self.host = self
-        with _netns.entered(ns_fd):
+        with _netns.entered(backend.fd):
             self._diag = _diag.open_socket()
-        self._driver = LocalDriver(make_socket_in(ns_fd))
+        self._driver = LocalDriver(make_socket_in(backend.fd))
         self.processes: list[Process] = []
-        self.tainted = kind != "netns"  # changed beyond sockets: never reused (Lab.tainted)
+        # changed beyond sockets: never reused (Lab.tainted)
+        self.tainted = not backend.reusable
         self.generation = 0   # bumped when power_on gives the host a new namespace
-        self.container = None  # a container host's Container (id, name, pid)
-        self.container_spec = self.image_tag = None
+
+    @property
+    def netns(self) -> str:
+        """The namespace's name (``ip netns exec NAME ...``)."""
+        return self.backend.netns
+
+    @property
+    def ns_fd(self) -> int:
+        return self.backend.fd
 
     def __repr__(self) -> str:
         return f"<Host {self.name} {self.v4} {self.v6} netns={self.netns}>"
@@ -130,22 +140,22 @@ class Host(SocketFactory):
         return proc
 
     @property
-    def main(self) -> "ContainerMain":
-        """A container host's main process (kill = kill the container's main
-        process, pause = freeze the container)."""
-        if self.container is None:
-            raise InvalidArgument(f"host {self.name} is a namespace host: it has no main "
+    def main(self):
+        """The host's main process, for a kind that has one (a container:
+        kill = kill its main process, pause = freeze the container); the
+        same kill/pause/resume/wait as a Process."""
+        main = self.backend.main
+        if main is None:
+            raise InvalidArgument(f"host {self.name} ({self.backend.describe()}) has no main "
                                   f"process (use spawn() or peer())")
-        return ContainerMain(self)
+        if main.host is None:
+            main.host = self  # readiness conditions look at the process's host
+        return main
 
     def _start(self, argv: list[str], **kw) -> Process:
         self.tainted = True
-        host_binary = kw.pop("host_binary", False)
-        if self.container is not None and not host_binary:
-            # the container's filesystem and namespaces, but our own child
-            # (no pid namespace: nsenter need not fork), so kill() reaches it
-            argv = ["nsenter", f"--target={self.container.pid}", "--mount", "--uts", "--ipc",
-                    "--net", "--root", "--wd", "--", *argv]
+        if not kw.pop("host_binary", False):
+            argv = self.backend.command(argv)  # "run inside" the host's world
         n = len(self.processes)
         base = os.path.join(self.lab.artifacts, f"{self.name}.{n}")
         popen, out, err = spawn_in(self, argv, netns_fd=self.ns_fd, out_path=base + ".out",
@@ -189,71 +199,22 @@ class Host(SocketFactory):
         self._driver.abort_all()
         self._diag.close()
 
-    def _replace_namespace(self, ns_fd: int) -> None:
-        """Point this host at a fresh namespace (faults.power_on): its fd, a
-        diag socket and a socket driver of the new namespace replace the old
-        ones, which are closed.  Name, addresses and processes stay."""
-        with _netns.entered(ns_fd):
+    async def _replace_backend(self, backend) -> None:
+        """Point this host at a fresh namespace (faults.power_on): a diag
+        socket and a socket driver of the new namespace replace the old ones,
+        which are closed with the old namespace's fd.  Name, addresses and
+        processes stay."""
+        with _netns.entered(backend.fd):
             diag = _diag.open_socket()
         self.tainted = True
         self.generation += 1
-        old_fd, old_diag, old_driver = self.ns_fd, self._diag, self._driver
-        self.ns_fd, self._diag = ns_fd, diag
-        self._driver = LocalDriver(make_socket_in(ns_fd))
+        old, old_diag, old_driver = self.backend, self._diag, self._driver
+        self.backend, self._diag = backend, diag
+        self._driver = LocalDriver(make_socket_in(backend.fd))
         old_driver.abort_all()
         old_diag.close()
-        os.close(old_fd)
-
-
-class ContainerMain:
-    """The main process of a container host, through the docker daemon: the
-    same kill/pause/resume/wait as a Process."""
-
-    def __init__(self, host: Host):
-        self.host = host
-        self.pid = host.container.pid
-
-    def __repr__(self) -> str:
-        return f"<main process {self.pid} of container {self.host.container.name}>"
-
-    @property
-    def returncode(self) -> int | None:
-        from . import _docker
-        return _docker.exit_code(self.host.container.id)
-
-    async def kill(self) -> int:
-        """SIGKILL the main process: the container stops, the kernel closes
-        its sockets (FIN, or RST with unread data)."""
-        from . import _docker
-        await trio.to_thread.run_sync(_docker.kill, self.host.container.id)
-        return await self.wait()
-
-    async def wait(self, timeout: float | None = None) -> int:
-        from . import _docker
-        from .errors import ObservationTimeout
-        with trio.move_on_after(float("inf") if timeout is None else timeout):
-            while (code := _docker.exit_code(self.host.container.id)) is None:
-                await trio.sleep(0.005)
-            return code
-        raise ObservationTimeout(f"{self!r} still running after {timeout}s")
-
-    async def pause(self) -> None:
-        """Freeze the container (cgroup freezer): its kernel still ACKs."""
-        from . import _docker
-        await trio.to_thread.run_sync(_docker.pause, self.host.container.id)
-
-    async def resume(self) -> None:
-        from . import _docker
-        await trio.to_thread.run_sync(_docker.unpause, self.host.container.id)
-
-    def signal(self, sig: int) -> None:
-        from . import _docker
-        _docker.kill(self.host.container.id, sig)
-
-    def stderr(self) -> str:
-        """The container's log (stdout and stderr), its last lines."""
-        from . import _docker
-        return _docker.logs(self.host.container.id)
+        os.close(old.fd)
+        await backend.start_tasks(self.lab._nursery)
 
 
 class Peer(SocketFactory):

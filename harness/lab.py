@@ -142,20 +142,21 @@ def sweep_once() -> list[str]:
 
 
 class _Unit:
-    """A switch with its slot and idle hosts: {number: (name, netns, fd,
-    sysctls)}.  While a lab uses a host, the Host owns its namespace fd."""
+    """A switch with its slot and idle hosts: {number: (name, backend,
+    sysctls)}, only of reusable backends.  While a lab uses a host, the
+    Host owns its backend."""
 
     def __init__(self, slot: _names.Slot, switch: tuple[str, int]):
         self.slot, self.switch = slot, switch
-        self.idle: dict[int, tuple[str, str, int, dict]] = {}
+        self.idle: dict[int, tuple[str, object, dict]] = {}
 
     def names(self) -> tuple[str, ...]:
         return tuple(self.idle[n][0] for n in sorted(self.idle))
 
     def destroy(self) -> None:
         """Worker thread: every idle host, then the switch; frees the slot."""
-        for name, netns, fd, _ in self.idle.values():
-            backend.destroy_ns(netns, fd)
+        for _name, made, _ in self.idle.values():
+            made.stop()
         self.idle.clear()
         backend.destroy_ns(*self.switch)
         self.slot.release()
@@ -196,12 +197,7 @@ _pool = _Pool()
 def scrub(netns: str, fd: int) -> None:
     """Leave a host namespace as a fresh one: no socket of any kind, no
     neighbour entry, no cached per-destination TCP metrics."""
-    from . import _diag, _netns
-    with _netns.entered(fd):
-        sock = _diag.open_socket()
-    with sock:
-        _diag.destroy_all(sock)
-    backend.flush_caches(netns, fd)
+    backend.scrub(netns, fd)
 
 
 # --- the lab ------------------------------------------------------------------
@@ -281,14 +277,15 @@ class Lab:
                 self._unit = await trio.to_thread.run_sync(self._new_unit)
             _tracer.register(self)
         built = await trio.to_thread.run_sync(self._build, specs)
-        hosts = []
-        for spec, (ns_name, fd) in zip(specs, built):
-            host = Host(self, spec.name, spec.number, ns_name, fd, self.slot.v4(spec.number),
-                        self.slot.v6(spec.number), profile=spec.profile,
-                        sysctls=dict(spec.sysctls))
-            self._hosts[spec.name] = host
-            hosts.append(host)
-        return hosts
+        return [await self._adopt(spec, made) for spec, made in zip(specs, built)]
+
+    async def _adopt(self, spec, made) -> Host:
+        """The Host over a backend just created (or taken from the pool)."""
+        host = Host(self, spec.name, spec.number, made, self.slot.v4(spec.number),
+                    self.slot.v6(spec.number), profile=spec.profile, sysctls=dict(spec.sysctls))
+        self._hosts[spec.name] = host
+        await made.start_tasks(self._nursery)
+        return host
 
     async def container(self, name: str, *, image: str, command: list[str] | None = None,
                         ready=None, ready_timeout: float = 30.0, profile: str = "default",
@@ -298,7 +295,6 @@ class Lab:
         local image; it runs with ``--network none`` and the lab plumbs its
         link like any host's.  ``ready`` as for spawn (e.g.
         ``harness.listening(6379)``).  Removed with the lab."""
-        from . import _docker
         from .process import wait_ready
         from .topology import container as cbackend
         cspec = cbackend.ContainerSpec.make(image, command)
@@ -307,20 +303,17 @@ class Lab:
         spec = backend.HostSpec.make(name, len(self._hosts) + 1, profile, sysctls)
         if not (isinstance(ready_timeout, (int, float)) and ready_timeout > 0):
             raise InvalidArgument(f"ready_timeout must be seconds > 0, got {ready_timeout!r}")
-        reason = await trio.to_thread.run_sync(_docker.daemon_unavailable_reason)
+        reason = await trio.to_thread.run_sync(cbackend.KIND.unavailable)
         if reason:
-            raise Unsupported(f"container hosts need a docker daemon: {reason}")
+            raise Unsupported(reason)
         tag = await trio.to_thread.run_sync(cbackend.resolve_image, cspec.image)
         if self._unit is None:
             self._unit = await trio.to_thread.run_sync(self._new_unit)
             _tracer.register(self)
-        run = await trio.to_thread.run_sync(cbackend.start_and_wire, self.slot, spec, cspec, tag,
-                                            self._unit.switch)
-        host = Host(self, name, spec.number, run.netns, run.fd, self.slot.v4(spec.number),
-                    self.slot.v6(spec.number), profile=spec.profile, sysctls=dict(spec.sysctls),
-                    kind="container")
-        host.container, host.container_spec, host.image_tag = run.container, cspec, tag
-        self._hosts[name] = host
+        made = await trio.to_thread.run_sync(
+            lambda: cbackend.KIND.create(self.slot, spec, self._unit.switch, image=cspec,
+                                         tag=tag))
+        host = await self._adopt(spec, made)
         if ready is not None:
             await wait_ready(host.main, ready, ready_timeout)
         return host
@@ -334,29 +327,27 @@ class Lab:
             slot.release()
             raise
 
-    def _build(self, specs: list) -> list[tuple[str, int]]:
+    def _build(self, specs: list) -> list:
         """Worker thread: each host from the unit's idle ones (sysctls
-        re-pinned) or made fresh.  A failure part-way removes what this call
-        made."""
-        made: list[tuple[str, int]] = []
+        re-pinned) or made fresh by the namespace kind.  A failure part-way
+        removes what this call made."""
+        made: list = []
         unit = self._unit
         try:
             for spec in specs:
                 idle = unit.idle.pop(spec.number, None)
                 if idle is not None and idle[0] == spec.name:
-                    _, netns, fd, applied = idle
-                    made.append((netns, fd))
+                    _, host, applied = idle
+                    made.append(host)
                     if applied != dict(spec.sysctls):
-                        backend.apply_sysctls(fd, netns, spec.sysctls, spec.explicit)
+                        backend.apply_sysctls(host.fd, host.netns, spec.sysctls, spec.explicit)
                     continue
                 if idle is not None:  # pragma: no cover - take() matches names
-                    backend.destroy_ns(idle[1], idle[2])
-                ns = backend.create_host_ns(unit.slot, spec)
-                made.append(ns)
-                backend.wire_host(unit.slot, spec, unit.switch, ns)
+                    idle[1].stop()
+                made.append(backend.KIND.create(unit.slot, spec, unit.switch))
         except BaseException:
-            for name, fd in made:
-                backend.destroy_ns(name, fd)
+            for host in made:
+                host.stop()
             raise
         return made
 
@@ -382,20 +373,16 @@ class Lab:
                 try:
                     for h in hosts:
                         scrub(h.netns, h.ns_fd)
-                        unit.idle[h.index] = (h.name, h.netns, h.ns_fd, h.sysctls)
+                        unit.idle[h.index] = (h.name, h.backend, h.sysctls)
                     _pool.give(unit)
                     return
                 except Exception as exc:  # noqa: BLE001 - fall back to destroying
                     failures.append(f"scrub for reuse: {type(exc).__name__}: {exc}")
             for h in hosts:
                 recorded = unit.idle.get(h.index)
-                if recorded is None or recorded[2] != h.ns_fd:  # else unit.destroy() does it
+                if recorded is None or recorded[1] is not h.backend:  # else unit.destroy() does
                     try:
-                        if h.container is not None:
-                            from .topology import container as cbackend
-                            cbackend.stop(h.container.id, h.netns, h.ns_fd)
-                            continue
-                        backend.destroy_ns(h.netns, h.ns_fd)
+                        h.backend.stop()
                     except Exception as exc:  # noqa: BLE001
                         failures.append(f"removing host {h.name}: {type(exc).__name__}: {exc}")
             unit.destroy()
@@ -487,8 +474,8 @@ class Lab:
         lines = [f"lab slot {self.slot.index}: {self.slot.v4_network} {self.slot.v6_network}",
                  f"  switch: netns {self._switch[0] if self._switch else '(none)'}"]
         for h in self._hosts.values():
-            what = f"container {h.container.name} ({h.image_tag})" if h.container else "netns"
-            lines.append(f"  host {h.name}: {what} {h.netns}  {h.v4}  {h.v6}  profile={h.profile}")
+            lines.append(f"  host {h.name}: {h.backend.describe()}  {h.v4}  {h.v6}  "
+                         f"profile={h.profile}")
             for p in h.processes:
                 lines.append(f"    {p!r}")
         return "\n".join(lines)

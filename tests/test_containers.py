@@ -40,7 +40,7 @@ async def test_a_container_is_a_host_like_any_other(lab, family):
     cli = await server.spawn(["redis-cli", "ping"])        # a binary of the image, inside it
     assert await cli.wait(timeout=10) == 0 and cli.stdout() == "PONG\n"
     assert lab.timeline.states(conn)[:2] == ["SYN_SENT", "ESTABLISHED"]
-    assert server.container.name == server.netns and _netns.exists(server.netns)
+    assert server.backend.container.name == server.netns and _netns.exists(server.netns)
 
 
 async def test_client_power_off_server_socket_stays_established_until_keepalive(lab, family):
@@ -106,9 +106,9 @@ async def test_drop_last_ack_between_a_namespace_client_and_a_container_server(l
 async def test_reboot_a_container_host(lab):
     client, server = await redis_lab(lab)
     conn = await client.connect(server, 6379)
-    old = server.container.id
+    old = server.backend.container.id
     await faults.reboot(server)                           # a new container, same addresses
-    assert server.container.id != old
+    assert server.backend.container.id != old
     await lab.wait_state(server_side(server, await client.connect(server, 6379)), "ESTABLISHED")
     assert (await conn.send(b"PING\r\n")).ok              # stale: the new server resets it
     await lab.timeline.wait_for(harness.rst_received(conn))

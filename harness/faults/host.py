@@ -30,7 +30,7 @@ import weakref
 
 import trio
 
-from .. import _docker, _netlink, _netns
+from .. import _netlink
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ..topology import netns as _backend
 
@@ -86,8 +86,8 @@ async def power_on(host) -> None:
     # anything started while it was off (nothing should be) dies unseen too
     await host.stop_processes()
     host.abort_sockets()  # trio sockets: closed on the loop
-    fd = await trio.to_thread.run_sync(_rebuild, host)
-    host._replace_namespace(fd)
+    new = await trio.to_thread.run_sync(_rebuild, host)
+    await host._replace_backend(new)
     _off.discard(host)
 
 
@@ -125,10 +125,10 @@ def _mac(fd: int, netns: str) -> str | None:
         return links[0].get("address") if links else None
 
 
-def _rebuild(host) -> int:
-    """Worker thread: replace the namespace; return the new one's fd.  On
-    failure the host still points at its old (dead) namespace, which the
-    lab's teardown removes as usual."""
+def _rebuild(host):
+    """Worker thread: a fresh namespace of the host's kind, wired, with the
+    old MAC; returns its backend.  On failure the host still points at its
+    old (dead) namespace, which the lab's teardown removes as usual."""
     lab = host.lab
     sw_name, sw_fd = lab._switch
     spec = _backend.HostSpec.make(host.name, host.index, host.profile, host.sysctls)
@@ -137,33 +137,18 @@ def _rebuild(host) -> int:
     # kernel's cleanup_net work (60-120 ms), and the port's name and ifindex
     # are about to be reused
     _netlink.detach_port(sw_fd, sw_name, host.index)
-    _netns.delete(host.netns)   # unmount + unlink; our fd keeps the old one alive
-    old_container = host.container
-    if old_container is not None:
-        # a container host boots as a new container of the same image and
-        # command; the old one (its processes killed by power_off) goes
-        from ..topology import container as _cbackend
-        _docker.remove(old_container.id)  # frees its name; our fd keeps the namespace
-        run = _cbackend.start(lab.slot, spec, host.container_spec, host.image_tag)
-        name, fd = run.netns, run.fd
-        host.container = run.container
-    else:
-        name, fd = _backend.create_host_ns(lab.slot, spec)
+    new = host.backend.rebuild(lab.slot, spec)
     try:
-        if name != host.netns:  # pragma: no cover - names are derived from the slot
-            raise FaultError(f"power_on: namespace {name} is not the host's {host.netns}")
-        _backend.wire_host(lab.slot, spec, lab._switch, (name, fd))
+        if new.netns != host.netns:  # pragma: no cover - names are derived from the slot
+            raise FaultError(f"power_on: namespace {new.netns} is not the host's {host.netns}")
+        _backend.wire_host(lab.slot, spec, lab._switch, (new.netns, new.fd))
         if mac:
-            with _netlink.rtnl(fd, name) as ipr:
+            with _netlink.rtnl(new.fd, new.netns) as ipr:
                 ipr.link("set", index=_netlink.HOST_IFINDEX, address=mac)
     except BaseException:
         try:
             _netlink.detach_port(sw_fd, sw_name, host.index)
         finally:
-            if host.container is not None and host.container is not old_container:
-                from ..topology import container as _cbackend
-                _cbackend.stop(host.container.id, name, fd)
-            else:
-                _backend.destroy_ns(name, fd)
+            new.stop()
         raise
-    return fd
+    return new

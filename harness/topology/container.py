@@ -4,17 +4,28 @@ The container runs with ``--network none``; its network namespace is then
 named like any host's (/run/netns/fih<pid>-<slot>-<name>, a bind mount of
 /proc/<pid>/ns/net, as ``ip netns attach`` does) and wired to the lab's
 switch by the same code as a namespace host.  From there on every socket
-call, fault and observer works unchanged.  Synchronous; called from a
-worker thread.
+call, fault and observer works unchanged.
+
+This module is the only one that calls the docker wrapper (``_docker``) for
+a host, and it never does so on the trio loop: the protocol's blocking
+methods run in a worker thread, and the main process's async methods hand
+their docker calls to ``trio.to_thread.run_sync``.  Its liveness comes from
+the kernel (a pidfd of the container's main process, readable when it
+exits), so ``returncode`` and ``wait`` poll nothing.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal as _signal
+from collections import deque
 from dataclasses import dataclass
 
+import trio
+
 from .. import _docker, _names, _netns
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, ObservationTimeout, SetupError
 from .netns import HostSpec, destroy_ns, wire_host
 
 
@@ -53,14 +64,177 @@ def resolve_image(image: str) -> str:
     return image
 
 
-@dataclass
-class Running:
-    container: _docker.Container
-    netns: str
-    fd: int
+# --- the main process ---------------------------------------------------------
 
 
-def start(slot: _names.Slot, host: HostSpec, spec: ContainerSpec, tag: str) -> Running:
+class ContainerMain:
+    """The main process of a container host: the same kill/pause/resume/
+    wait/returncode as a Process (the ``MainProcess`` protocol).
+
+    The kernel tells when it exits (a pidfd, watched by a task on the lab's
+    nursery); the daemon is asked for the exit code and the log once, then,
+    from a worker thread.  ``signal`` goes through the pidfd too."""
+
+    def __init__(self, container: _docker.Container):
+        self.container = container
+        self.pid = container.pid
+        self.host = None  # the Host, set by Host.main
+        self._pidfd = -1
+        self._code: int | None = None
+        self._lost: str | None = None  # why the exit code could not be read
+        self._exited = trio.Event()
+        self._log: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<main process {self.pid} of container {self.container.name}>"
+
+    @property
+    def returncode(self) -> int | None:
+        return self._code
+
+    async def watch(self) -> None:
+        """Until the process exits: then read its exit code and its log."""
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            self._pidfd = -1  # already gone
+        try:
+            if self._pidfd >= 0:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            # docker records the exit a moment after the kernel reaped it
+            with trio.move_on_after(10):
+                while True:
+                    try:
+                        code = await trio.to_thread.run_sync(_docker.exit_code,
+                                                             self.container.id)
+                    except _docker.DockerError as exc:  # removed meanwhile (teardown)
+                        self._lost = str(exc)
+                        break
+                    if code is not None:
+                        try:
+                            self._log = await trio.to_thread.run_sync(_docker.logs,
+                                                                      self.container.id)
+                        except _docker.DockerError:
+                            pass
+                        self._code = code
+                        break
+                    await trio.sleep(0.005)
+            if self._code is None and self._lost is None:
+                self._lost = "the daemon did not report the exit within 10 s"
+            self._exited.set()
+        finally:
+            if self._pidfd >= 0:
+                trio.lowlevel.notify_closing(self._pidfd)
+                os.close(self._pidfd)
+                self._pidfd = -1
+
+    async def wait(self, timeout: float | None = None) -> int:
+        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
+            raise InvalidArgument(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            await self._exited.wait()
+            if self._code is None:
+                raise SetupError(f"{self!r} exited but its exit code is unknown: {self._lost}",
+                                 netns=self.container.name)
+            return self._code
+        raise ObservationTimeout(f"{self!r} still running after {timeout}s")
+
+    async def kill(self) -> int:
+        """SIGKILL the main process (through the daemon, which also reaches
+        a paused container): the container stops, the kernel closes its
+        sockets (FIN, or RST with unread data)."""
+        await trio.to_thread.run_sync(_docker.kill, self.container.id)
+        return await self.wait()
+
+    async def pause(self) -> None:
+        """Freeze the container (cgroup freezer): its kernel still ACKs."""
+        await trio.to_thread.run_sync(_docker.pause, self.container.id)
+
+    async def resume(self) -> None:
+        await trio.to_thread.run_sync(_docker.unpause, self.container.id)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the main process now, through its pidfd (the
+        kernel, not the daemon: a paused container's process gets it when
+        resumed)."""
+        if self._pidfd >= 0:
+            _signal.pidfd_send_signal(self._pidfd, sig)
+        elif self._code is None:  # not watched yet
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stderr(self, lines: int = 50) -> str:
+        """The container's log (stdout and stderr), its last lines: read at
+        exit from the daemon, while it runs from the log driver's file."""
+        if self._log is not None:
+            return self._log
+        path = self.container.log_path
+        if not path:
+            return "(no log file: the daemon's log driver is not json-file)"
+        try:
+            with open(path, errors="replace") as f:
+                tail = deque(f, maxlen=lines)
+        except OSError as exc:
+            return f"(log file {path} unreadable: {exc})"
+        out = []
+        for line in tail:
+            try:
+                out.append(json.loads(line).get("log", ""))
+            except ValueError:
+                continue
+        return "".join(out)
+
+
+# --- the backend ----------------------------------------------------------------
+
+
+class ContainerHost:
+    """A host whose namespace is a container's: the ``HostBackend``
+    protocol (topology.backend).  Never reused: a container has a
+    filesystem and processes beyond its namespace."""
+
+    reusable = False
+
+    def __init__(self, container: _docker.Container, netns: str, fd: int,
+                 spec: ContainerSpec, tag: str):
+        self.container, self.netns, self.fd = container, netns, fd
+        self.spec, self.tag = spec, tag
+        self.main = ContainerMain(container)
+
+    def __repr__(self) -> str:
+        return f"<ContainerHost {self.container.name} ({self.tag})>"
+
+    def command(self, argv: list[str]) -> list[str]:
+        # the container's filesystem and namespaces, but our own child (no
+        # pid namespace: nsenter need not fork), so kill() reaches it
+        return ["nsenter", f"--target={self.container.pid}", "--mount", "--uts", "--ipc",
+                "--net", "--root", "--wd", "--", *argv]
+
+    async def start_tasks(self, nursery) -> None:
+        nursery.start_soon(self.main.watch)
+
+    def stop(self) -> None:
+        """Abort its sockets, un-name its namespace, remove the container."""
+        try:
+            destroy_ns(self.netns, self.fd)
+        finally:
+            _docker.remove(self.container.id)
+
+    def rebuild(self, slot: _names.Slot, spec: HostSpec) -> "ContainerHost":
+        """A new container of the same image and command; the old one (its
+        processes killed by power_off) goes, which frees its name; our fd
+        keeps its namespace until the caller closes it."""
+        _netns.delete(self.netns)
+        _docker.remove(self.container.id)
+        return _start(slot, spec, self.spec, self.tag)
+
+    def describe(self) -> str:
+        return f"container {self.container.name} ({self.tag}) netns {self.netns}"
+
+
+def _start(slot: _names.Slot, host: HostSpec, spec: ContainerSpec, tag: str) -> ContainerHost:
     """Start the container and name its namespace (not wired yet)."""
     name = slot.netns_name(host.name)
     labels = {"harness.owner": str(os.getpid()), "harness.netns": name}
@@ -72,31 +246,50 @@ def start(slot: _names.Slot, host: HostSpec, spec: ContainerSpec, tag: str) -> R
     except BaseException:
         _docker.remove(c.id)
         raise
+    made = ContainerHost(c, name, fd, spec, tag)
     try:
         # docker turns IPv6 off in a container's namespace; a lab host has both
         for key in ("net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6",
                     "net.ipv6.conf.lo.disable_ipv6"):
             _netns.write_sysctl(fd, key, 0)
     except BaseException:
-        stop(c.id, name, fd)
+        made.stop()
         raise
-    return Running(c, name, fd)
+    return made
 
 
-def start_and_wire(slot: _names.Slot, host: HostSpec, spec: ContainerSpec, tag: str,
-                   switch: tuple[str, int]) -> Running:
-    run = start(slot, host, spec, tag)
-    try:
-        wire_host(slot, host, switch, (run.netns, run.fd))
-    except BaseException:
-        stop(run.container.id, run.netns, run.fd)
-        raise
-    return run
+class _ContainerKind:
+    """Creates ContainerHost hosts; sweeps containers of dead processes."""
+
+    name = "container"
+
+    def unavailable(self) -> str | None:
+        reason = _docker.daemon_unavailable_reason()
+        return f"container hosts need a docker daemon: {reason}" if reason else None
+
+    def create(self, slot: _names.Slot, spec: HostSpec, switch: tuple[str, int], *,
+               image: ContainerSpec, tag: str) -> ContainerHost:
+        """``image`` as validated by ContainerSpec.make, ``tag`` from
+        resolve_image (both before anything is made)."""
+        made = _start(slot, spec, image, tag)
+        try:
+            wire_host(slot, spec, switch, (made.netns, made.fd))
+        except BaseException:
+            made.stop()
+            raise
+        return made
+
+    def sweep(self) -> list[str]:
+        from .._names import pid_alive
+        if _docker.daemon_unavailable_reason() is not None:
+            return []
+        removed = []
+        for cid, labels in _docker.list_labelled("harness.owner"):
+            pid = labels.get("harness.owner", "")
+            if pid.isdigit() and not pid_alive(int(pid)):
+                _docker.remove(cid)
+                removed.append(f"container {cid[:12]}")
+        return removed
 
 
-def stop(container_id: str, netns: str, fd: int) -> None:
-    """Abort its sockets, un-name its namespace, remove the container."""
-    try:
-        destroy_ns(netns, fd)
-    finally:
-        _docker.remove(container_id)
+KIND = _ContainerKind()

@@ -154,8 +154,80 @@ def destroy_ns(name: str, fd: int, diag_sock=None) -> int:
     return n
 
 
+def scrub(netns: str, fd: int) -> None:
+    """Leave a host namespace as a fresh one: no socket of any kind, no
+    neighbour entry, no cached per-destination TCP metrics."""
+    with _netns.entered(fd):
+        sock = _diag.open_socket()
+    with sock:
+        _diag.destroy_all(sock)
+    flush_caches(netns, fd)
+
+
 def flush_caches(netns: str, fd: int) -> None:
     """Neighbour entries and cached per-destination TCP metrics (which seed a
     new connection's RTT and ssthresh) go, as in a fresh namespace."""
     _netlink.flush_neighbours(fd, netns)
     _netlink.flush_tcp_metrics(fd, netns)
+
+
+# --- the backend: a host that is just a namespace ------------------------------
+
+
+class NamespaceHost:
+    """A host that is a bare network namespace (the default kind).  The
+    ``HostBackend`` protocol (topology.backend)."""
+
+    reusable = True
+    main = None
+
+    def __init__(self, netns: str, fd: int):
+        self.netns, self.fd = netns, fd
+
+    def __repr__(self) -> str:
+        return f"<NamespaceHost {self.netns}>"
+
+    def command(self, argv: list[str]) -> list[str]:
+        return argv
+
+    async def start_tasks(self, nursery) -> None:
+        return None
+
+    def stop(self) -> None:
+        destroy_ns(self.netns, self.fd)
+
+    def rebuild(self, slot: Slot, spec: HostSpec) -> "NamespaceHost":
+        _netns.delete(self.netns)  # unmount + unlink; self.fd keeps the old one alive
+        return NamespaceHost(*create_host_ns(slot, spec))
+
+    def describe(self) -> str:
+        return f"netns {self.netns}"
+
+
+class _NamespaceKind:
+    """Creates NamespaceHost hosts; sweeps namespaces of dead processes."""
+
+    name = "netns"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def create(self, slot: Slot, spec: HostSpec, switch: tuple[str, int]) -> NamespaceHost:
+        ns = create_host_ns(slot, spec)
+        try:
+            wire_host(slot, spec, switch, ns)
+        except BaseException:
+            destroy_ns(*ns)
+            raise
+        return NamespaceHost(*ns)
+
+    def sweep(self) -> list[str]:
+        from .. import _sweep
+        removed = []
+        for name in _sweep.stale_netns():
+            _sweep.remove_netns(name)
+            removed.append(f"netns {name}")
+        return removed
+
+
+KIND = _NamespaceKind()
