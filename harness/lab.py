@@ -181,10 +181,14 @@ class _Pool:
                 return self.units.pop(i)
         return None
 
-    def give(self, unit: _Unit) -> None:
+    def give(self, unit: _Unit) -> list[_Unit]:
+        """Keep ``unit``; returns the oldest ones beyond ``size``, for the
+        caller to destroy (in a worker thread)."""
         self.units.append(unit)
+        evicted = []
         while len(self.units) > self.size:
-            self.units.pop(0).destroy()
+            evicted.append(self.units.pop(0))
+        return evicted
 
     def close(self) -> None:
         while self.units:
@@ -206,10 +210,10 @@ def scrub(netns: str, fd: int) -> None:
 class Lab:
     """Hosts on one switch, with a shared timeline.  Create with open_lab()."""
 
-    def __init__(self, nursery: trio.Nursery, artifacts: str):
+    def __init__(self, nursery: trio.Nursery, artifacts: str | None):
         from ._undo import UndoStack
 
-        self._nursery, self.artifacts = nursery, artifacts
+        self._nursery, self._artifacts = nursery, artifacts
         self.undo = UndoStack()
         self._hosts: dict[str, Host] = {}
         self._unit: _Unit | None = None
@@ -219,6 +223,18 @@ class Lab:
         self.keep = False  # set True to leave the lab in place at exit
         self.failed = False  # set by the pytest plugin when the test fails
         self.captures: list = []
+
+    @property
+    def artifacts(self) -> str:
+        """The directory of the lab's process output and captures; a
+        temporary one is made on first use when open_lab() was given none
+        (most labs write nothing: a reused lab then costs no mkdir/rmdir)."""
+        if self._artifacts is None:
+            self._artifacts = tempfile.mkdtemp(prefix="fih-")
+            self._own_artifacts = True
+        return self._artifacts
+
+    _own_artifacts = False
 
     # --- hosts ------------------------------------------------------------
     @property
@@ -276,7 +292,9 @@ class Lab:
             if self._unit is None:
                 self._unit = await trio.to_thread.run_sync(self._new_unit)
             _tracer.register(self)
-        built = await trio.to_thread.run_sync(self._build, specs)
+        built = self._reuse(specs)  # nothing blocking to do: no thread hop
+        if built is None:
+            built = await trio.to_thread.run_sync(self._build, specs)
         return [await self._adopt(spec, made) for spec, made in zip(specs, built)]
 
     async def _adopt(self, spec, made) -> Host:
@@ -327,6 +345,16 @@ class Lab:
             slot.release()
             raise
 
+    def _reuse(self, specs: list) -> list | None:
+        """The unit's idle hosts for ``specs`` when each is there under its
+        name with the same sysctls already applied; else None (and nothing
+        taken)."""
+        idle = self._unit.idle
+        if not all(spec.number in idle and idle[spec.number][0] == spec.name and
+                   idle[spec.number][2] == dict(spec.sysctls) for spec in specs):
+            return None
+        return [idle.pop(spec.number)[1] for spec in specs]
+
     def _build(self, specs: list) -> list:
         """Worker thread: each host from the unit's idle ones (sysctls
         re-pinned) or made fresh by the namespace kind.  A failure part-way
@@ -368,16 +396,24 @@ class Lab:
                 failures.append(f"stopping host {host.name}: {type(exc).__name__}: {exc}")
         hosts = list(self._hosts.values())
 
+        if not (tainted or failures):
+            # on the loop, like a snapshot: a scrub is a few inet_diag and
+            # rtnetlink requests per host (~0.3 ms with a private table),
+            # cheaper than the worker thread's hand-off on a busy machine
+            try:
+                for h in hosts:
+                    scrub(h.netns, h.ns_fd)
+                    unit.idle[h.index] = (h.name, h.backend, h.sysctls)
+            except Exception as exc:  # noqa: BLE001 - fall back to destroying
+                failures.append(f"scrub for reuse: {type(exc).__name__}: {exc}")
+            else:
+                evicted = _pool.give(unit)
+                if evicted:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(lambda: [u.destroy() for u in evicted])
+                return failures
+
         def finish() -> None:
-            if not (tainted or failures):
-                try:
-                    for h in hosts:
-                        scrub(h.netns, h.ns_fd)
-                        unit.idle[h.index] = (h.name, h.backend, h.sysctls)
-                    _pool.give(unit)
-                    return
-                except Exception as exc:  # noqa: BLE001 - fall back to destroying
-                    failures.append(f"scrub for reuse: {type(exc).__name__}: {exc}")
             for h in hosts:
                 recorded = unit.idle.get(h.index)
                 if recorded is None or recorded[1] is not h.backend:  # else unit.destroy() does
@@ -488,9 +524,8 @@ async def open_lab(*, artifacts: str | None = None, keep: bool = False,
     ``keep=True`` leaves it in place (for debugging with ``ip netns exec``)."""
     from .errors import CleanupError
     sweep_once()
-    own_artifacts = artifacts is None
-    artifacts = artifacts or tempfile.mkdtemp(prefix="fih-")
-    os.makedirs(artifacts, exist_ok=True)
+    if artifacts is not None:
+        os.makedirs(artifacts, exist_ok=True)
     failures: list[str] = []
     error: BaseException | None = None
     lab: Lab | None = None
@@ -513,8 +548,8 @@ async def open_lab(*, artifacts: str | None = None, keep: bool = False,
     finally:
         if lab is not None and lab.slot is not None:
             _tracer.unregister(lab.slot.index)
-        if own_artifacts and not (lab is not None and lab.keep):
-            shutil.rmtree(artifacts, ignore_errors=True)
+        if lab is not None and lab._own_artifacts and not lab.keep:
+            shutil.rmtree(lab._artifacts, ignore_errors=True)
     if error is not None:
         if failures:
             error.add_note(str(CleanupError(failures)))

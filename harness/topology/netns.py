@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from .. import _diag, _netlink, _netns
+from .. import _diag, _netlink, _netns, _rtnl
 from .._names import Slot, check_host_name
-from ..errors import InvalidArgument, Unsupported
+from ..errors import InvalidArgument, SetupError, Unsupported
 from ..timers import explicit, resolve
 
 
@@ -107,23 +108,40 @@ def create_host_ns(slot: Slot, spec: HostSpec) -> tuple[str, int]:
     return name, _netns.open_fd(_netns.path(name))
 
 
-def wire_host(slot: Slot, spec: HostSpec, sw: tuple[str, int], ns: tuple[str, int]) -> None:
-    """Link, addresses and sysctls; then wait until the links pass traffic."""
+def wire_host(slot: Slot, spec: HostSpec, sw: tuple[str, int], ns: tuple[str, int],
+              timeout: float = 5.0) -> None:
+    """A veth from the switch (port ``p<n>``, ifindex 100+n) to the host's
+    eth0, its addresses, lo and eth0 up, sysctls; then wait until both ends
+    pass traffic.  Raw rtnetlink (_rtnl): the per-host hot path of a fresh
+    lab, where pyroute2 cost more than the kernel work."""
     name, fd = ns
-    _netlink.attach_host(sw[1], sw[0], fd, name, spec.number, slot.v4(spec.number),
-                         slot.v6(spec.number))
-    apply_sysctls(fd, name, spec.sysctls, spec.explicit)  # after eth0: per-device keys work
-    _netlink.wait_links_ready([(fd, name, _netlink.HOST_IFINDEX),
-                               (sw[1], sw[0], 100 + spec.number)])
+    port = 100 + spec.number
+    with _rtnl.Rtnl(sw[1], sw[0]) as switch:
+        switch.veth(port, f"p{spec.number}", _netlink.BRIDGE_INDEX, _netlink.HOST_IFINDEX,
+                    "eth0", fd)
+        with _rtnl.Rtnl(fd, name) as host:
+            host.address(_netlink.HOST_IFINDEX, slot.v4(spec.number), 24)
+            host.address(_netlink.HOST_IFINDEX, slot.v6(spec.number), 64)
+            host.up(_netlink.HOST_IFINDEX)
+            host.up(1)
+            apply_sysctls(fd, name, spec.sysctls, spec.explicit)  # after eth0: per-device keys
+            # until linkwatch attaches the qdisc a veth drops everything: without
+            # this wait ~2% of fresh labs lose the first ARP and stall 1 s
+            deadline = time.monotonic() + timeout
+            for rt, index in ((host, _netlink.HOST_IFINDEX), (switch, port)):
+                while not rt.link_ready(index):
+                    if time.monotonic() > deadline:
+                        raise SetupError(f"link {index} not ready after {timeout}s (qdisc not "
+                                         f"attached or not up)", netns=rt.netns)
+                    time.sleep(0.0001)
 
 
 def apply_sysctls(fd: int, netns: str, sysctls: Mapping[str, str],
                   explicit: frozenset = frozenset()) -> None:
     from ..timers import OPTIONAL
-    for key, value in sysctls.items():
-        try:
-            _netns.write_sysctl(fd, key, value)
-        except Unsupported:
+    errors = _netns.write_sysctls(fd, sysctls.items())
+    for key, exc in errors.items():  # in the order given: the first one is reported
+        if isinstance(exc, Unsupported):
             if key in OPTIONAL and key not in explicit:
                 continue
             if key in OPTIONAL:
@@ -131,9 +149,8 @@ def apply_sysctls(fd: int, netns: str, sysctls: Mapping[str, str],
                                   f"this kernel") from None
             raise InvalidArgument(f"sysctl {key} does not exist in a host namespace on this "
                                   f"kernel (only per-namespace sysctls can be set)") from None
-        except OSError as exc:
-            raise InvalidArgument(f"sysctl {key}={value!r} rejected by the kernel: "
-                                  f"{os.strerror(exc.errno or 0)}") from None
+        raise InvalidArgument(f"sysctl {key}={sysctls[key]!r} rejected by the kernel: "
+                              f"{os.strerror(getattr(exc, 'errno', 0) or 0)}") from None
 
 
 def destroy_ns(name: str, fd: int, diag_sock=None) -> int:
@@ -167,7 +184,8 @@ def scrub(netns: str, fd: int) -> None:
 def flush_caches(netns: str, fd: int) -> None:
     """Neighbour entries and cached per-destination TCP metrics (which seed a
     new connection's RTT and ssthresh) go, as in a fresh namespace."""
-    _netlink.flush_neighbours(fd, netns)
+    with _rtnl.Rtnl(fd, netns) as rt:
+        rt.flush_neighbours()
     _netlink.flush_tcp_metrics(fd, netns)
 
 
