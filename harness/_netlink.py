@@ -87,14 +87,14 @@ def wait_links_ready(checks: list[tuple[int, str, int]], timeout: float = 5.0) -
     is operationally up.  Until the kernel's linkwatch attaches the qdisc a
     veth drops everything: without this wait ~2% of fresh labs lose the first
     ARP request and stall 1 s on the first connect."""
+    from ._poll import until_sync
     deadline = time.monotonic() + timeout
     for fd, name, index in checks:
         with rtnl(fd, name) as ipr:
-            while not _link_ready(ipr, index):
-                if time.monotonic() > deadline:
-                    raise SetupError(f"link {index} not ready after {timeout}s "
-                                     f"(qdisc not attached or not up)", netns=name)
-                time.sleep(0.0001)
+            until_sync(lambda: _link_ready(ipr, index), deadline, longest=0.0005,
+                       timeout=lambda _: SetupError(f"link {index} not ready after {timeout}s "
+                                                    f"(qdisc not attached or not up)",
+                                                    netns=name))
 
 
 def flush_neighbours(fd: int, netns: str) -> None:

@@ -467,21 +467,18 @@ class Lab:
             raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
         if ep.local is None:
             raise InvalidArgument(f"{ep!r} is not bound or connected: no state to wait for")
-        deadline = time.monotonic() + timeout
-        delay = 0.0002
-        while True:
-            mine = self._observe(ep)
-            if st == CLOSED and not mine:
-                return None
-            for s in mine:
-                if s.state == st:
-                    return s
-            if time.monotonic() >= deadline:
-                seen = mine[0].state if mine else CLOSED
-                raise ObservationTimeout(f"{ep!r} not {st} within {timeout}s; it is {seen}",
-                                         last=mine)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 0.01)
+        from ._poll import until
+
+        def reached(mine) -> bool:
+            return (st == CLOSED and not mine) or any(s.state == st for s in mine)
+
+        def late(mine) -> ObservationTimeout:
+            seen = mine[0].state if mine else CLOSED
+            return ObservationTimeout(f"{ep!r} not {st} within {timeout}s; it is {seen}",
+                                      last=mine)
+        mine = await until(lambda: self._observe(ep), time.monotonic() + timeout,
+                           done=reached, timeout=late)
+        return next((s for s in mine if s.state == st), None)
 
     async def capture(self):
         """Start capturing every TCP segment that crosses the switch; returns

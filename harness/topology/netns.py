@@ -15,6 +15,7 @@ from typing import Mapping
 
 from .. import _diag, _netlink, _netns, _rtnl
 from .._names import Slot, check_host_name
+from .._poll import until_sync
 from ..errors import InvalidArgument, SetupError, Unsupported
 from ..timers import explicit, resolve
 
@@ -129,11 +130,10 @@ def wire_host(slot: Slot, spec: HostSpec, sw: tuple[str, int], ns: tuple[str, in
             # this wait ~2% of fresh labs lose the first ARP and stall 1 s
             deadline = time.monotonic() + timeout
             for rt, index in ((host, _netlink.HOST_IFINDEX), (switch, port)):
-                while not rt.link_ready(index):
-                    if time.monotonic() > deadline:
-                        raise SetupError(f"link {index} not ready after {timeout}s (qdisc not "
-                                         f"attached or not up)", netns=rt.netns)
-                    time.sleep(0.0001)
+                until_sync(lambda: rt.link_ready(index), deadline, longest=0.0005,
+                           timeout=lambda _: SetupError(
+                               f"link {index} not ready after {timeout}s (qdisc not attached "
+                               f"or not up)", netns=rt.netns))
 
 
 def apply_sysctls(fd: int, netns: str, sysctls: Mapping[str, str],
