@@ -151,7 +151,10 @@ def live_namespaces() -> int:
 def wait_kernel_cleanup(baseline: int, timeout: float = 60.0) -> float:
     """Wait until the kernel has freed the namespaces deleted so far: the
     live count is back at ``baseline``, or (other processes making namespaces
-    too) it has stopped falling for 0.5 s."""
+    too) it has stopped falling for 0.5 s.  Returns when the cleanup was
+    seen to end (time.perf_counter()): the moment the count reached the
+    baseline or last fell, not the end of the 0.5 s it took to be sure, so
+    the window does not inflate a short run (a reused lab deletes nothing)."""
     t = last_fall = time.perf_counter()
     count = live_namespaces()
     while count > baseline and time.perf_counter() - t < timeout:
@@ -160,6 +163,6 @@ def wait_kernel_cleanup(baseline: int, timeout: float = 60.0) -> float:
         if now < count:
             last_fall = time.perf_counter()
         elif time.perf_counter() - last_fall > 0.5:
-            break
+            return last_fall
         count = now
-    return time.perf_counter() - t
+    return time.perf_counter()

@@ -1,17 +1,21 @@
-"""Links and addresses through pyroute2: the only module that imports it.
+"""Links and queueing disciplines through pyroute2: the only module that
+imports it.
 
-Synchronous on purpose: the lab runs a whole build in one worker thread
+Building and scrubbing a host, the hot paths, go through the lean
+rtnetlink client ``_rtnl`` instead (measured: pyroute2's socket set-up and
+decoding cost more than the kernel work there); this module keeps what
+pyroute2 does well and is not on a per-lab path: switch ports (power_on),
+link state, qdiscs (netem), the tcp_metrics flush.
+Synchronous on purpose: called from a worker thread
 (``trio.to_thread.run_sync``), so the trio loop never blocks on netlink.
 Sockets are opened after ``setns`` (pyroute2's own ``IPRoute(netns=...)``
 forks a helper per call: 27 ms for a two-host lab against 8.5 ms this way).
-Interface indexes are chosen by us in the create request, so no lookups.
 Foreign errors become SetupError with the call and the namespace.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import Iterator
 
 from . import _netns
@@ -19,7 +23,6 @@ from .errors import SetupError
 
 BRIDGE_INDEX = 2
 HOST_IFINDEX = 2          # eth0 inside every host
-IFA_F_NODAD = 0x02        # usable at once: no duplicate address detection
 
 
 @contextlib.contextmanager
@@ -37,33 +40,6 @@ def rtnl(fd: int, netns: str) -> Iterator[object]:
         ipr.close()
 
 
-def make_switch(fd: int, netns: str) -> None:
-    with rtnl(fd, netns) as ipr:
-        # multicast snooping off: the switch floods multicast like a hub, so an
-        # IPv6 neighbour solicitation never waits on an MLD report that was sent
-        # before the port forwarded (measured: ~1 in 300 fresh labs stalled 1 s)
-        ipr.link("add", index=BRIDGE_INDEX, ifname="br0", kind="bridge", state="up",
-                 br_mcast_snooping=0)
-
-
-def attach_host(sw_fd: int, sw_name: str, host_fd: int, host_name: str, port: int,
-                v4: str, v6: str) -> None:
-    """A veth from the switch (port ``p<port>``, ifindex 100+port) to the
-    host's eth0, with the host's addresses; lo up."""
-    with rtnl(sw_fd, sw_name) as ipr:
-        ipr.link("add", index=100 + port, ifname=f"p{port}", kind="veth", master=BRIDGE_INDEX,
-                 state="up", peer={"ifname": "eth0", "index": HOST_IFINDEX, "net_ns_fd": host_fd})
-    configure_host(host_fd, host_name, v4, v6)
-
-
-def configure_host(host_fd: int, host_name: str, v4: str, v6: str) -> None:
-    with rtnl(host_fd, host_name) as ipr:
-        ipr.addr("add", index=HOST_IFINDEX, address=v4, prefixlen=24)
-        ipr.addr("add", index=HOST_IFINDEX, address=v6, prefixlen=64, flags=IFA_F_NODAD)
-        ipr.link("set", index=HOST_IFINDEX, state="up")
-        ipr.link("set", index=1, state="up")
-
-
 def detach_port(sw_fd: int, sw_name: str, port: int) -> None:
     """Delete the switch end of a host's veth (the host end goes with it)."""
     try:
@@ -72,40 +48,6 @@ def detach_port(sw_fd: int, sw_name: str, port: int) -> None:
     except SetupError as exc:
         if exc.errno != "ENODEV":  # already gone with the host's namespace
             raise
-
-
-def _link_ready(ipr, index: int) -> bool:
-    links = ipr.get_links(index)
-    if not links:
-        return False
-    link = links[0]
-    return link.get("qdisc") not in (None, "noop") and link.get("operstate") == "UP"
-
-
-def wait_links_ready(checks: list[tuple[int, str, int]], timeout: float = 5.0) -> None:
-    """Wait until each (ns fd, ns name, ifindex) has its qdisc attached and
-    is operationally up.  Until the kernel's linkwatch attaches the qdisc a
-    veth drops everything: without this wait ~2% of fresh labs lose the first
-    ARP request and stall 1 s on the first connect."""
-    from ._poll import until_sync
-    deadline = time.monotonic() + timeout
-    for fd, name, index in checks:
-        with rtnl(fd, name) as ipr:
-            until_sync(lambda: _link_ready(ipr, index), deadline, longest=0.0005,
-                       timeout=lambda _: SetupError(f"link {index} not ready after {timeout}s "
-                                                    f"(qdisc not attached or not up)",
-                                                    netns=name))
-
-
-def flush_neighbours(fd: int, netns: str) -> None:
-    with rtnl(fd, netns) as ipr:
-        for n in ipr.get_neighbours():
-            dst = n.get_attr("NDA_DST")
-            if dst:
-                try:
-                    ipr.neigh("del", ifindex=n["ifindex"], dst=dst, family=n["family"])
-                except SetupError:
-                    pass  # already expired
 
 
 # --- queueing disciplines (faults.netem) -------------------------------------

@@ -95,7 +95,8 @@ def build_switch(slot: Slot) -> tuple[str, int]:
     _netns.create(name)
     fd = _netns.open_fd(_netns.path(name))
     try:
-        _netlink.make_switch(fd, name)
+        with _rtnl.Rtnl(fd, name) as rt:
+            rt.bridge(_netlink.BRIDGE_INDEX, "br0")
     except BaseException:
         os.close(fd)
         _netns.delete(name)
