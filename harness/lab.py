@@ -287,12 +287,14 @@ class Lab:
                 raise InvalidArgument(f"host {name!r} already exists in this lab")
             specs.append(backend.HostSpec.make(name, len(self._hosts) + len(specs) + 1,
                                                profile, sysctls))
+        built = None
         if self._unit is None:
             self._unit = _pool.take(tuple(s.name for s in specs))
-            if self._unit is None:
-                self._unit = await trio.to_thread.run_sync(self._new_unit)
+            if self._unit is None:  # a new switch and its hosts: one worker thread
+                self._unit, built = await trio.to_thread.run_sync(self._new_unit_with, specs)
             _tracer.register(self)
-        built = self._reuse(specs)  # nothing blocking to do: no thread hop
+        if built is None:
+            built = self._reuse(specs)  # nothing blocking to do: no thread hop
         if built is None:
             built = await trio.to_thread.run_sync(self._build, specs)
         return [await self._adopt(spec, made) for spec, made in zip(specs, built)]
@@ -345,6 +347,16 @@ class Lab:
             slot.release()
             raise
 
+    def _new_unit_with(self, specs: list) -> tuple[_Unit, list]:
+        """Worker thread: a new unit, and ``specs`` built on it; on failure
+        nothing is left."""
+        unit = self._new_unit()
+        try:
+            return unit, self._build(specs, unit)
+        except BaseException:
+            unit.destroy()
+            raise
+
     def _reuse(self, specs: list) -> list | None:
         """The unit's idle hosts for ``specs`` when each is there under its
         name with the same sysctls already applied; else None (and nothing
@@ -355,12 +367,12 @@ class Lab:
             return None
         return [idle.pop(spec.number)[1] for spec in specs]
 
-    def _build(self, specs: list) -> list:
+    def _build(self, specs: list, unit: _Unit | None = None) -> list:
         """Worker thread: each host from the unit's idle ones (sysctls
         re-pinned) or made fresh by the namespace kind.  A failure part-way
         removes what this call made."""
         made: list = []
-        unit = self._unit
+        unit = unit or self._unit
         try:
             for spec in specs:
                 idle = unit.idle.pop(spec.number, None)

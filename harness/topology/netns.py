@@ -91,8 +91,10 @@ _parent = _Parent()
 
 
 def build_switch(slot: Slot) -> tuple[str, int]:
+    """The switch: a bridge in a namespace of its own (from the parent too:
+    its teardown's socket dump then walks a small private table)."""
     name = slot.netns_name("sw")
-    _netns.create(name)
+    _netns.create(name, parent=_parent.get())
     fd = _netns.open_fd(_netns.path(name))
     try:
         with _rtnl.Rtnl(fd, name) as rt:
