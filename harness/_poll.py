@@ -14,6 +14,7 @@ from the last answer, so it can say what was seen instead.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Callable, TypeVar
 
@@ -37,11 +38,14 @@ async def until(poll: Callable[[], T], deadline: float, *,
     """Call ``poll()`` until ``done(answer)``; return that answer.  Once
     ``deadline`` (time.monotonic()) has passed with the condition false,
     raise ``timeout(last answer)``.  ``poll`` runs on the loop: it must be
-    quick (an inet_diag dump, a file read), as every caller's is."""
+    quick (an inet_diag dump, a file read), as every caller's is; it may be
+    async (its answer is then awaited)."""
     _check(deadline)
     delay = first
     while True:
         answer = poll()
+        if inspect.isawaitable(answer):
+            answer = await answer
         if done(answer):
             return answer
         if time.monotonic() >= deadline:

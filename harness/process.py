@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from typing import Awaitable, Callable
 
 import trio
@@ -136,21 +137,20 @@ Ready = Callable[[object], "bool | Awaitable[bool]"]
 async def wait_ready(proc: Process, ready: Ready, timeout: float) -> None:
     """Poll ``ready(host)`` until true; fail if the process exits first or
     the deadline passes (the caller then kills it)."""
-    delay = 0.0005
-    with trio.move_on_after(timeout):
-        while True:
-            result = ready(proc.host)
-            if hasattr(result, "__await__"):
-                result = await result
-            if result:
-                return
-            if proc.returncode is not None:
-                raise SetupError(f"{proc!r} exited with {proc.returncode} before it was ready "
-                                 f"({ready!r}); stderr: {proc.stderr()[-500:]!r}",
-                                 netns=proc.host.netns)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 0.02)
-    raise ObservationTimeout(f"{proc!r} not ready within {timeout}s: {ready!r} never held")
+    from ._poll import until
+
+    async def poll() -> bool:
+        result = ready(proc.host)
+        if hasattr(result, "__await__"):
+            result = await result
+        if not result and proc.returncode is not None:
+            raise SetupError(f"{proc!r} exited with {proc.returncode} before it was ready "
+                             f"({ready!r}); stderr: {proc.stderr()[-500:]!r}",
+                             netns=proc.host.netns)
+        return bool(result)
+    await until(poll, time.monotonic() + timeout, first=0.0005, longest=0.02,
+                timeout=lambda _: ObservationTimeout(
+                    f"{proc!r} not ready within {timeout}s: {ready!r} never held"))
 
 
 class listening:

@@ -55,6 +55,7 @@ import ipaddress
 import itertools
 import shutil
 import subprocess
+import time
 import weakref
 
 import trio
@@ -324,19 +325,12 @@ class Firewall(Fault):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidArgument(f"timeout must be seconds >= 0, got timeout={timeout!r} from "
                                   f"wait_packets()")
-        delay = 0.001
-        with trio.move_on_after(timeout):
-            while True:
-                got = await self.packets(family)
-                if got >= n:
-                    return got
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.02)
-        got = await self.packets(family)
-        if got >= n:
-            return got
-        raise ObservationTimeout(f"{self.label} matched {got} packet(s), not {n}, within "
-                                 f"{timeout}s", last=got)
+        from .._poll import until
+        return await until(lambda: self.packets(family), time.monotonic() + timeout,
+                           done=lambda got: got >= n, first=0.001, longest=0.02,
+                           timeout=lambda got: ObservationTimeout(
+                               f"{self.label} matched {got} packet(s), not {n}, within "
+                               f"{timeout}s", last=got))
 
 
 # --- validation -------------------------------------------------------------------

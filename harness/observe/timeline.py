@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import trio
 
 from ..errors import InvalidArgument, ObservationTimeout
 from .states import canonical
@@ -252,15 +251,10 @@ class Timeline:
         """Wait until an event satisfying ``cond`` is in the timeline."""
         if not (isinstance(timeout, (int, float)) and timeout >= 0):
             raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
-        deadline = time.monotonic() + timeout
-        delay = 0.0005
-        while True:
-            for e in self.events(since=since):
-                if cond(e):
-                    return e
-            if time.monotonic() >= deadline:
-                raise ObservationTimeout(
-                    f"no event {cond!r} within {timeout}s; last events: {self._events[-5:]}",
-                    last=self._events[-5:])
-            await trio.sleep(delay)
-            delay = min(delay * 2, 0.02)
+        from .._poll import until
+        return await until(
+            lambda: next((e for e in self.events(since=since) if cond(e)), None),
+            time.monotonic() + timeout, done=lambda e: e is not None, first=0.0005,
+            longest=0.02, timeout=lambda _: ObservationTimeout(
+                f"no event {cond!r} within {timeout}s; last events: {self._events[-5:]}",
+                last=self._events[-5:]))
