@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-
 from ..errors import InvalidArgument, ObservationTimeout
 from .states import canonical
 
