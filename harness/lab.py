@@ -314,8 +314,8 @@ class Lab:
         context under containers/ (built locally, cached by content) or a
         local image; it runs with ``--network none`` and the lab plumbs its
         link like any host's.  ``ready`` as for spawn (e.g.
-        ``harness.listening(6379)``).  Removed with the lab."""
-        from .process import wait_ready
+        ``harness.listening(6379)``), awaited again after each
+        ``faults.power_on``.  Removed with the lab."""
         from .topology import container as cbackend
         cspec = cbackend.ContainerSpec.make(image, command)
         if name in self._hosts:
@@ -332,10 +332,9 @@ class Lab:
             _tracer.register(self)
         made = await trio.to_thread.run_sync(
             lambda: cbackend.KIND.create(self.slot, spec, self._unit.switch, image=cspec,
-                                         tag=tag))
+                                         tag=tag, ready=ready, ready_timeout=ready_timeout))
         host = await self._adopt(spec, made)
-        if ready is not None:
-            await wait_ready(host.main, ready, ready_timeout)
+        await made.booted(host)
         return host
 
     @staticmethod

@@ -84,19 +84,17 @@ class Process:
         await self._wait_stat(lambda s: s not in "Tt", "running")
 
     async def _wait_stat(self, ok: Callable[[str], bool], what: str, timeout: float = 5.0) -> None:
-        with trio.move_on_after(timeout):
-            delay = 0.0002
-            while True:
-                try:
-                    with open(f"/proc/{self.pid}/stat") as f:
-                        state = f.read().rsplit(")", 1)[1].split()[0]
-                except FileNotFoundError:
-                    return
-                if ok(state) or self.returncode is not None:
-                    return
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.01)
-        raise ObservationTimeout(f"{self!r} not {what} after {timeout}s")
+        from ._poll import until
+
+        def reached() -> bool:
+            try:
+                with open(f"/proc/{self.pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except FileNotFoundError:
+                return True  # gone
+            return ok(state) or self.returncode is not None
+        await until(reached, time.monotonic() + timeout,
+                    timeout=lambda _: ObservationTimeout(f"{self!r} not {what} after {timeout}s"))
 
     def close(self) -> None:
         """Close the pidfd (idempotent: a second close must not hit whatever

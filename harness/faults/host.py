@@ -75,7 +75,8 @@ async def power_off(host) -> None:
 async def power_on(host) -> None:
     """Boot a powered-off host: a fresh namespace, same name, addresses, MAC,
     switch port and sysctls, no TCP state.  Returns when its link passes
-    traffic."""
+    traffic and, for a container host created with ``ready=``, when that
+    condition holds again."""
     _check_host(host, "power_on")
     if host not in _off:
         raise InvalidArgument(f"host {host.name} is not powered off; use reboot() to restart "
@@ -89,6 +90,7 @@ async def power_on(host) -> None:
     new = await trio.to_thread.run_sync(_rebuild, host)
     await host._replace_backend(new)
     _off.discard(host)
+    await new.booted(host)  # e.g. a container's server listens again
 
 
 async def reboot(host) -> None:

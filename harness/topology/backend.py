@@ -92,6 +92,12 @@ class HostBackend(Protocol):
     def main(self) -> MainProcess | None:
         """The host's main process, or None for a kind without one."""
 
+    async def booted(self, host) -> None:
+        """Return once ``host`` (the Host holding this backend) is up, after
+        create or rebuild: a container host whose ``lab.container()`` named
+        a readiness condition waits for it again after a reboot; a namespace
+        host is up at once.  On the loop, after ``start_tasks``."""
+
     async def start_tasks(self, nursery: "trio.Nursery") -> None:
         """Start the background tasks this host needs on the lab's nursery
         (a container: the watcher of its main process).  Called once, on

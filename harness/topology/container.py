@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import os
 import signal as _signal
+import time
 from collections import deque
 from dataclasses import dataclass
 
 import trio
 
 from .. import _docker, _names, _netns
+from .._poll import until
 from ..errors import InvalidArgument, ObservationTimeout, SetupError
 from .netns import HostSpec, destroy_ns, wire_host
 
@@ -102,31 +104,27 @@ class ContainerMain:
             if self._pidfd >= 0:
                 await trio.lowlevel.wait_readable(self._pidfd)
             # docker records the exit a moment after the kernel reaped it
-            with trio.move_on_after(10):
-                while True:
-                    try:
-                        code = await trio.to_thread.run_sync(_docker.exit_code,
-                                                             self.container.id)
-                    except _docker.DockerError as exc:  # removed meanwhile (teardown)
-                        self._lost = str(exc)
-                        break
-                    if code is not None:
-                        try:
-                            self._log = await trio.to_thread.run_sync(_docker.logs,
-                                                                      self.container.id)
-                        except _docker.DockerError:
-                            pass
-                        self._code = code
-                        break
-                    await trio.sleep(0.005)
-            if self._code is None and self._lost is None:
-                self._lost = "the daemon did not report the exit within 10 s"
+            try:
+                code = await until(self._exit_code, time.monotonic() + 10,
+                                   done=lambda c: c is not None, first=0.005, longest=0.05,
+                                   timeout=lambda _: _docker.DockerError(
+                                       "the daemon did not report the exit within 10 s"))
+                try:
+                    self._log = await trio.to_thread.run_sync(_docker.logs, self.container.id)
+                except _docker.DockerError:
+                    pass  # removed meanwhile: stderr() reads the log file
+                self._code = code
+            except _docker.DockerError as exc:  # removed meanwhile (teardown), or late
+                self._lost = str(exc)
             self._exited.set()
         finally:
             if self._pidfd >= 0:
                 trio.lowlevel.notify_closing(self._pidfd)
                 os.close(self._pidfd)
                 self._pidfd = -1
+
+    async def _exit_code(self) -> int | None:
+        return await trio.to_thread.run_sync(_docker.exit_code, self.container.id)
 
     async def wait(self, timeout: float | None = None) -> int:
         if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
@@ -202,6 +200,7 @@ class ContainerHost:
         self.container, self.netns, self.fd = container, netns, fd
         self.spec, self.tag = spec, tag
         self.main = ContainerMain(container)
+        self.ready, self.ready_timeout = None, 30.0  # lab.container(ready=...)
 
     def __repr__(self) -> str:
         return f"<ContainerHost {self.container.name} ({self.tag})>"
@@ -214,6 +213,13 @@ class ContainerHost:
 
     async def start_tasks(self, nursery) -> None:
         nursery.start_soon(self.main.watch)
+
+    async def booted(self, host) -> None:
+        """Its readiness condition holds (e.g. the server listens again
+        after a reboot); fails if the main process exits first."""
+        if self.ready is not None:
+            from ..process import wait_ready
+            await wait_ready(host.main, self.ready, self.ready_timeout)
 
     def stop(self) -> None:
         """Abort its sockets, un-name its namespace, remove the container."""
@@ -228,7 +234,9 @@ class ContainerHost:
         keeps its namespace until the caller closes it."""
         _netns.delete(self.netns)
         _docker.remove(self.container.id)
-        return _start(slot, spec, self.spec, self.tag)
+        new = _start(slot, spec, self.spec, self.tag)
+        new.ready, new.ready_timeout = self.ready, self.ready_timeout
+        return new
 
     def describe(self) -> str:
         return f"container {self.container.name} ({self.tag}) netns {self.netns}"
@@ -268,10 +276,13 @@ class _ContainerKind:
         return f"container hosts need a docker daemon: {reason}" if reason else None
 
     def create(self, slot: _names.Slot, spec: HostSpec, switch: tuple[str, int], *,
-               image: ContainerSpec, tag: str) -> ContainerHost:
+               image: ContainerSpec, tag: str, ready=None,
+               ready_timeout: float = 30.0) -> ContainerHost:
         """``image`` as validated by ContainerSpec.make, ``tag`` from
-        resolve_image (both before anything is made)."""
+        resolve_image (both before anything is made); ``ready`` the
+        condition ``booted`` waits for, after creation and every reboot."""
         made = _start(slot, spec, image, tag)
+        made.ready, made.ready_timeout = ready, ready_timeout
         try:
             wire_host(slot, spec, switch, (made.netns, made.fd))
         except BaseException:

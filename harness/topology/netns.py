@@ -214,6 +214,9 @@ class NamespaceHost:
     async def start_tasks(self, nursery) -> None:
         return None
 
+    async def booted(self, host) -> None:
+        return None
+
     def stop(self) -> None:
         destroy_ns(self.netns, self.fd)
 
