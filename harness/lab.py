@@ -531,7 +531,8 @@ async def open_lab(*, artifacts: str | None = None, keep: bool = False,
     """Create a lab; tear it down on exit, even on error or cancellation.
     ``keep=True`` leaves it in place (for debugging with ``ip netns exec``)."""
     from .errors import CleanupError
-    sweep_once()
+    if not _swept:  # a worker thread: the sweep asks the docker daemon too
+        await trio.to_thread.run_sync(sweep_once)
     if artifacts is not None:
         os.makedirs(artifacts, exist_ok=True)
     failures: list[str] = []
