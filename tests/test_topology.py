@@ -183,3 +183,29 @@ async def test_snapshots_leave_out_bound_only_sockets(lab):
         listening.bind(("0.0.0.0", 9101))
         listening.listen()
         assert [(s.state, s.sport) for s in host.sockets()] == [("LISTEN", 9101)]
+
+
+def test_only_the_container_backend_talks_to_docker():
+    """One place for docker: no module of harness/ but the container backend
+    imports the docker wrapper; the host, the lab, the faults and the sweep
+    never look at a host's container or kind (they call the protocol)."""
+    import ast
+    import pathlib
+    root = pathlib.Path(harness.__file__).parent
+    protocol_users = {"host.py", "lab.py", "_sweep.py", "faults/host.py", "topology/netns.py"}
+    importers, peeks = set(), []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n.split(".")[-1] == "_docker" for n in names):
+                importers.add(rel)
+            if rel in protocol_users and isinstance(node, ast.Attribute) and \
+                    node.attr in ("container", "kind", "image_tag", "container_spec"):
+                peeks.append(f"{rel}:{node.lineno} .{node.attr}")
+    assert importers == {"topology/container.py"}
+    assert peeks == []
