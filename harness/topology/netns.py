@@ -73,7 +73,9 @@ class _Parent:
 
     def get(self) -> int | None:
         with self._lock:
-            if self.pid != os.getpid():  # first use, or a forked child
+            if self.pid != os.getpid():  # first use, or a forked child (which makes its own)
+                if self.fd is not None:
+                    os.close(self.fd)
                 self.pid, self.fd, self.unavailable = os.getpid(), None, None
                 fd = _netns.create_unnamed()
                 try:
