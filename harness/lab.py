@@ -370,25 +370,30 @@ class Lab:
         """Worker thread: each host from the unit's idle ones (sysctls
         re-pinned) or made fresh by the namespace kind.  A failure part-way
         removes what this call made."""
-        made: list = []
+        made: dict = {}
         unit = unit or self._unit
         try:
+            fresh = []
             for spec in specs:
                 idle = unit.idle.pop(spec.number, None)
                 if idle is not None and idle[0] == spec.name:
                     _, host, applied = idle
-                    made.append(host)
+                    made[spec.name] = host
                     if applied != dict(spec.sysctls):
                         backend.apply_sysctls(host.fd, host.netns, spec.sysctls, spec.explicit)
                     continue
                 if idle is not None:  # pragma: no cover - take() matches names
                     idle[1].stop()
-                made.append(backend.KIND.create(unit.slot, spec, unit.switch))
+                fresh.append(spec)
+            if fresh:  # plumbed together, then waited for together
+                for spec, host in zip(fresh, backend.KIND.create_many(unit.slot, fresh,
+                                                                      unit.switch)):
+                    made[spec.name] = host
         except BaseException:
-            for host in made:
+            for host in made.values():
                 host.stop()
             raise
-        return made
+        return [made[spec.name] for spec in specs]
 
     async def _release(self) -> list[str]:
         """End of the lab: stop processes, abort sockets, then either scrub

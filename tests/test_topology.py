@@ -209,3 +209,17 @@ def test_only_the_container_backend_talks_to_docker():
                 peeks.append(f"{rel}:{node.lineno} .{node.attr}")
     assert importers == {"topology/container.py"}
     assert peeks == []
+
+
+@pytest.mark.parametrize("sysctls, message", [
+    ({"net.ipv4.tcp_fin_timeout": "soon"}, "tcp_fin_timeout='soon' rejected by the kernel"),
+    ({"net.ipv4.tcp_no_such_thing": 1}, "tcp_no_such_thing does not exist in a host namespace"),
+])
+async def test_a_host_that_cannot_be_built_leaves_nothing(lab, sysctls, message):
+    """Both hosts are plumbed before either is waited for; a failure on the
+    way removes every namespace of the call, the switch and the slot."""
+    mine = lambda: [n for n in _netns.list_names() if n.startswith(f"fih{os.getpid()}-")]  # noqa: E731
+    before = mine()
+    with pytest.raises(InvalidArgument, match=message):
+        await lab.pair(sysctls=sysctls)
+    assert mine() == before and lab.hosts == {} and lab.slot is None
