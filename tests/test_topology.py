@@ -220,6 +220,6 @@ async def test_a_host_that_cannot_be_built_leaves_nothing(lab, sysctls, message)
     way removes every namespace of the call, the switch and the slot."""
     mine = lambda: [n for n in _netns.list_names() if n.startswith(f"fih{os.getpid()}-")]  # noqa: E731
     before = mine()
-    with pytest.raises(InvalidArgument, match=message):
-        await lab.pair(sysctls=sysctls)
+    with pytest.raises(InvalidArgument, match=message):  # names no pooled unit has: built anew
+        await lab.pair(sysctls=sysctls, names=("unbuilt1", "unbuilt2"))
     assert mine() == before and lab.hosts == {} and lab.slot is None
