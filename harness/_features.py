@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import uuid
 
+from ._names import owner_tag
+
 
 def _run(argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
@@ -26,7 +28,7 @@ def netns() -> str | None:
     if root():
         return root()
     from . import _netns
-    name = f"fih{os.getpid()}-probe-{uuid.uuid4().hex[:6]}"
+    name = f"{owner_tag()}-probe-{uuid.uuid4().hex[:6]}"
     try:
         _netns.create(name)
     except Exception as exc:  # noqa: BLE001
@@ -60,7 +62,7 @@ def _probe_in_scratch_ns(argv: list[str]) -> str | None:
     if netns():
         return netns()
     from . import _netns
-    name = f"fih{os.getpid()}-probe-{uuid.uuid4().hex[:6]}"
+    name = f"{owner_tag()}-probe-{uuid.uuid4().hex[:6]}"
     _netns.create(name)
     try:
         r = _run(["ip", "netns", "exec", name, *argv])
@@ -121,7 +123,7 @@ def sock_destroy() -> str | None:
         return netns()
     import socket
     from . import _diag, _netns
-    name = f"fih{os.getpid()}-probe-{uuid.uuid4().hex[:6]}"
+    name = f"{owner_tag()}-probe-{uuid.uuid4().hex[:6]}"
     _netns.create(name)
     fd = _netns.open_fd(_netns.path(name))
     try:

@@ -1,8 +1,13 @@
 """Names and address blocks, unique across concurrent pytest processes.
 
-Every object the harness creates carries the owning process id (``fih<pid>``)
-so that a later run can remove what a SIGKILLed run left, and nothing else:
-we never sweep by a broad name.
+Every object the harness creates carries its owner (``fih<pid>``) so that a
+later run can remove what a SIGKILLed run left, and nothing else: we never
+sweep by a broad name.  A pid alone is ambiguous where jobs run in pid
+namespaces of their own (CI containers share the host kernel's tracefs,
+docker daemon and sometimes /run): there the owner is ``fih<pid>p<ino>``,
+``ino`` naming the owner's pid namespace (unique on the machine while it
+lives).  ``owner_alive`` answers only what it can prove: an owner in a pid
+namespace we cannot see into is never declared dead.
 
 Each lab leases a slot: a /24 of 198.18.0.0/15 (RFC 2544, benchmarking) and a
 /64 of the ULA prefix fd66:6968::/48.  The lease is an flock on a file under
@@ -28,17 +33,72 @@ SLOTS = 512  # 198.18.0.0/15 holds 512 /24s
 V6_PREFIX = "fd66:6968:0"
 
 _HOST_NAME = re.compile(r"^[a-z][a-z0-9_]{0,23}$")
-_OWNED = re.compile(rf"^{PREFIX}(\d+)-")
+_OWNED = re.compile(rf"^{PREFIX}(\d+)(?:p(\d+))?-")
+INIT_PIDNS = 0xEFFFFFFC  # PROC_PID_INIT_INO: the initial pid namespace's inode, fixed
 
 
-def owner_tag(pid: int | None = None) -> str:
-    return f"{PREFIX}{os.getpid() if pid is None else pid}"
+def pidns_of(pid: int | str = "self") -> int:
+    """The inode of a process's pid namespace (the initial one's if /proc
+    does not say)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return INIT_PIDNS
+
+
+_tag: tuple[int, str] | None = None  # (pid, tag): a process never changes pid namespace
+
+
+def owner_tag() -> str:
+    """This process's owner tag: ``fih<pid>``, or ``fih<pid>p<ino>`` outside
+    the initial pid namespace."""
+    global _tag
+    pid = os.getpid()
+    if _tag is None or _tag[0] != pid:
+        ns = pidns_of()
+        _tag = (pid, f"{PREFIX}{pid}" if ns == INIT_PIDNS else f"{PREFIX}{pid}p{ns}")
+    return _tag[1]
+
+
+def lock_path(name: str) -> str:
+    """A lock file shared by every harness process on the machine."""
+    os.makedirs(LEASE_DIR, exist_ok=True)
+    return f"{LEASE_DIR}/{name}.lock"
 
 
 def owner_of(name: str) -> int | None:
     """The pid encoded in a harness object's name, or None if not ours."""
     m = _OWNED.match(name)
     return int(m.group(1)) if m else None
+
+
+def owner_alive(name: str) -> bool | None:
+    """Whether the process that owns the object ``name`` (``fih<pid>[p<ino>]-...``)
+    still lives: True, False, or None when the name is not a harness owner's or
+    the answer cannot be proved from here (its pid namespace is not ours and we
+    are not in the initial one, which alone sees every process)."""
+    m = _OWNED.match(name)
+    if not m:
+        return None
+    pid, ns = int(m.group(1)), int(m.group(2) or INIT_PIDNS)
+    mine = pidns_of()
+    if ns == mine:
+        return pid_alive(pid)
+    if mine != INIT_PIDNS:
+        return None  # another container's job, or the host's: not provably dead
+    # From the initial pid namespace every process is visible, with its pid in
+    # each nested namespace (the last NSpid field is the innermost one).
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or pidns_of(entry) != ns:
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+        except OSError:
+            continue
+        if nspid and int(nspid[-1]) == pid:
+            return True
+    return False
 
 
 def pid_alive(pid: int) -> bool:

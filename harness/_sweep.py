@@ -1,27 +1,52 @@
 """Remove what dead harness processes left: only objects whose name or label
-carries the pid of a process that no longer exists.  Never by a broad name."""
+carries the owner tag of a process provably gone (``_names.owner_alive``).
+Never by a broad name.
+
+Many runs may start at once (xdist workers, parallel CI jobs after a
+cancelled one), so the sweep holds an exclusive lock while it works, and each
+removal tolerates the object vanishing under it anyway (a sweeper in another
+mount namespace that does not share the lock, a half-removed object):
+ENOENT, ENODEV (a tracefs instance being removed), EINVAL (a /run/netns
+file whose namespace was just unmounted).  EBUSY means someone still uses
+it, so it stays.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import re
+import shutil
 import signal
+import tempfile
 
 from . import _diag, _netns, _tracefs
-from ._names import owner_of, pid_alive
+from ._names import PREFIX, lock_path, owner_alive
+from .errors import SetupError
+
+_GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)
+# open_lab()'s own artifact directories: tempfile.mkdtemp(prefix="fih<owner>-")
+_TMP_DIR = re.compile(rf"^{PREFIX}\d+(?:p\d+)?-[a-z0-9_]{{8}}$")
+
+
+def _dead(name: str) -> bool:
+    return owner_alive(name) is False
 
 
 def stale_netns() -> list[str]:
-    return [n for n in _netns.list_names()
-            if (pid := owner_of(n)) is not None and not pid_alive(pid)]
+    return [n for n in _netns.list_names() if _dead(n)]
 
 
-def remove_netns(name: str) -> None:
-    """Kill every process in it, abort every socket, delete it."""
+def remove_netns(name: str) -> bool:
+    """Kill every process in it, abort every socket, delete it.  False if it
+    was already gone (someone else removed it)."""
     path = _netns.path(name)
     try:
         ino = _netns.inode(path)
     except FileNotFoundError:
-        return
+        return False
     for pid in _netns.pids_in(ino):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -31,27 +56,67 @@ def remove_netns(name: str) -> None:
         fd = _netns.open_fd(path)
     except Exception:  # noqa: BLE001 - the mount may be half gone
         _netns.delete(name)
-        return
+        return True
     try:
         with _netns.entered(fd):
             sock = _diag.open_socket()
         with sock:
             _diag.destroy_all(sock)
+    except SetupError as exc:
+        if exc.errno != "EINVAL":  # EINVAL: no longer a namespace (just unmounted)
+            raise
     finally:
         os.close(fd)
     _netns.delete(name)
+    return True
+
+
+def remove_instance(name: str) -> bool:
+    """Remove a dead owner's tracefs instance; False if it was gone or is
+    still in use (EBUSY: then its owner was not dead after all)."""
+    try:
+        os.rmdir(f"{_tracefs.ROOT}/instances/{name}")
+    except OSError as exc:
+        if exc.errno in _GONE or exc.errno == errno.EBUSY:
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def _locked():
+    """The machine-wide sweep lock (blocking: a concurrent sweep finishes
+    first, then ours finds nothing of what it removed)."""
+    try:
+        fd = os.open(lock_path("sweep"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:  # no writable lock directory: removals still tolerate races
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def sweep() -> list[str]:
-    """Remove stale namespaces, tracefs instances and containers; returns
-    what was removed."""
+    """Remove dead owners' namespaces, containers, tracefs instances and
+    artifact directories; returns what was removed."""
     from .topology import kinds
     removed = []
-    for kind in kinds():  # namespaces, containers...: each kind sweeps its own
-        removed += kind.sweep()
-    for inst in _tracefs.list_instances():
-        pid = owner_of(inst + "-")
-        if pid is not None and not pid_alive(pid):
-            _tracefs.remove_instance(inst)
-            removed.append(f"tracefs instance {inst}")
+    with _locked():
+        for kind in kinds():  # namespaces, containers...: each kind sweeps its own
+            removed += kind.sweep()
+        for inst in _tracefs.list_instances():
+            if _dead(inst + "-") and remove_instance(inst):
+                removed.append(f"tracefs instance {inst}")
+        tmp = tempfile.gettempdir()
+        try:
+            entries = os.listdir(tmp)
+        except OSError:
+            entries = []
+        for entry in entries:
+            if _TMP_DIR.match(entry) and _dead(entry):
+                shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
+                removed.append(f"directory {tmp}/{entry}")
     return removed

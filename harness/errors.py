@@ -42,6 +42,13 @@ class Unsupported(HarnessError):
     with this message, which names the missing feature)."""
 
 
+class LabClosed(HarnessError):
+    """You used an object (host, socket, process, peer, fault, capture) of a
+    lab that has been closed.  Raised before anything is touched: a closed
+    lab's namespaces may have been handed, same names and same fds, to the
+    next lab, so nothing of the old one may reach them."""
+
+
 class SetupError(HarnessError):
     """Building a lab, a host or a process failed in the kernel or the OS."""
 

@@ -17,9 +17,9 @@ from typing import Any
 import trio
 
 from . import _diag, _netns
-from .errors import InvalidArgument, SetupError
+from .errors import InvalidArgument, SetupError, Unsupported
 from .observe import snapshot as _snapshot
-from .process import Process, Ready, spawn_in, wait_ready
+from .process import Process, Ready, check_argv, clean_signals, spawn_in, wait_ready
 from .sockets import LocalDriver, PeerDriver, SocketFactory, make_socket_in
 
 
@@ -53,6 +53,9 @@ class Host(SocketFactory):
     def __repr__(self) -> str:
         return f"<Host {self.name} {self.v4} {self.v6} netns={self.netns}>"
 
+    def _check_open(self) -> None:
+        self.lab.check_open(f"host {self.name} ({self.netns})")
+
     def address(self, family: int = 4) -> str:
         if family == 4 and self.v4:
             return self.v4
@@ -66,6 +69,7 @@ class Host(SocketFactory):
     def sockets(self, *, state: str | None = None, port: int | None = None) -> _snapshot.Snapshot:
         """A frozen snapshot of every TCP socket in the host (TIME_WAIT
         included), optionally filtered."""
+        self._check_open()
         snap = _snapshot.take(self._diag, self.name)
         if state is not None or port is not None:
             snap = snap.where(state=state, port=port)
@@ -75,6 +79,7 @@ class Host(SocketFactory):
         """The namespace's SNMP counters of one group, as ``nstat`` reads them
         (/proc/net/netstat and /proc/net/snmp): TcpExt (TCPChallengeACK,
         PAWSEstab, TCPTimeWaitOverflow...), Tcp, Ip, Icmp, Udp..."""
+        self._check_open()
         with _netns.entered(self.ns_fd):
             files = [os.open(f"/proc/thread-self/net/{n}", os.O_RDONLY | os.O_CLOEXEC)
                      for n in ("netstat", "snmp")]
@@ -90,10 +95,27 @@ class Host(SocketFactory):
         return groups[group]
 
     def sysctl(self, key: str, value: Any = None) -> str:
-        """Read a sysctl of this host, or write it when ``value`` is given."""
-        if value is not None:
-            self.tainted = True
-            _netns.write_sysctl(self.ns_fd, key, value)
+        """Read a sysctl of this host, or write it when ``value`` is given.
+        Only per-namespace keys (net.*, and only those the kernel shows in a
+        host namespace): nothing machine-wide can be reached from a lab."""
+        from . import _sysctls
+        where = f"host {self.name}.sysctl()"
+        _sysctls.check_name(key, where)
+        self._check_open()
+        try:
+            current = _netns.read_sysctl(self.ns_fd, key)
+        except Unsupported:
+            raise _sysctls._missing(key, where, optional=False) from None
+        if value is None:
+            return current
+        text = _sysctls.check_value(key, value, where)
+        self.tainted = True
+        try:
+            _netns.write_sysctl(self.ns_fd, key, text)
+        except OSError as exc:
+            raise InvalidArgument(f"sysctl {key}={value!r} is refused by the kernel "
+                                  f"({os.strerror(exc.errno or 0)}), from {where}",
+                                  netns=self.netns) from None
         return _netns.read_sysctl(self.ns_fd, key)
 
     # --- commands and processes -------------------------------------------
@@ -106,12 +128,13 @@ class Host(SocketFactory):
 
     def run_sync(self, argv: list[str], input: bytes | None = None, check: bool = True,
                  timeout: float = 30.0) -> subprocess.CompletedProcess:
-        if not argv or not all(isinstance(a, str) for a in argv):
-            raise InvalidArgument(f"argv must be a non-empty list of strings, got {argv!r}")
+        check_argv(argv, f"host {self.name}.run()")
+        self._check_open()
         self.tainted = True
         try:
             with _netns.entered(self.ns_fd):
-                res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+                res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
+                                     **clean_signals())
         except FileNotFoundError as exc:
             raise SetupError(f"cannot run {argv[0]!r} in host {self.name}: not found",
                              netns=self.netns, call=" ".join(argv)) from exc
@@ -127,6 +150,7 @@ class Host(SocketFactory):
                     cwd: str | None = None) -> Process:
         """Run ``argv`` in this host; with ``ready``, return once it holds
         (e.g. ``harness.listening(8080)``).  Stopped at teardown."""
+        check_argv(argv, f"host {self.name}.spawn()")
         if not (isinstance(ready_timeout, (int, float)) and ready_timeout > 0):
             raise InvalidArgument(f"ready_timeout must be seconds > 0, got {ready_timeout!r}")
         proc = self._start(argv, env=env, cwd=cwd)
@@ -153,6 +177,7 @@ class Host(SocketFactory):
         return main
 
     def _start(self, argv: list[str], **kw) -> Process:
+        self._check_open()
         self.tainted = True
         if not kw.pop("host_binary", False):
             argv = self.backend.command(argv)  # "run inside" the host's world
@@ -190,6 +215,7 @@ class Host(SocketFactory):
     def abort_sockets(self) -> int:
         """Abort every socket: the test's (linger 0) then every other one in
         the namespace, TIME_WAIT included (inet_diag destroy)."""
+        self._check_open()
         self._driver.abort_all()
         return _diag.destroy_all(self._diag)
 

@@ -26,7 +26,7 @@ from typing import AsyncIterator
 import trio
 
 from . import _names, _sweep, _tracefs
-from .errors import InvalidArgument, ObservationTimeout, Unsupported
+from .errors import InvalidArgument, LabClosed, ObservationTimeout, Unsupported
 from .host import Host
 from .observe.snapshot import Snapshot
 from .observe.states import CLOSED, canonical
@@ -62,7 +62,12 @@ class _Tracer:
     def keep(self, fields: dict) -> bool:
         return self.slot_of(fields.get("saddr")) in self.labs
 
+    @trio.lowlevel.enable_ki_protection
     def register(self, lab: "Lab") -> None:
+        """Make the process's instances with the first lab.  Protected from
+        KeyboardInterrupt (trio delivers a Ctrl-C at the next checkpoint
+        instead): an instance interrupted half-made could hold a file open
+        and answer EBUSY to every later attempt."""
         if self.session is None and self.unavailable is None:
             atexit.register(self.close)
             try:
@@ -75,8 +80,9 @@ class _Tracer:
                 pass  # the timeline then has no syscall events
         self.labs[lab.slot.index] = lab
 
-    def unregister(self, index: int) -> None:
-        self.labs.pop(index, None)
+    def unregister(self, lab: "Lab") -> None:
+        for index in [i for i, known in self.labs.items() if known is lab]:
+            del self.labs[index]
 
     def watch(self, pid: int, host: Host) -> None:
         """Record the failing socket calls of a spawned process (from a few
@@ -223,6 +229,15 @@ class Lab:
         self.keep = False  # set True to leave the lab in place at exit
         self.failed = False  # set by the pytest plugin when the test fails
         self.captures: list = []
+        self.closed = False  # set when open_lab() has torn it down
+
+    def check_open(self, what: str | None = None) -> None:
+        """Refuse any use of a closed lab's objects: its pooled namespaces
+        (same names, same fds) may already belong to another lab."""
+        if self.closed:
+            subject = f"{what} belongs to a lab that" if what else "this lab"
+            raise LabClosed(f"{subject} has been closed (its namespaces may now serve another "
+                            f"lab); use objects of the current lab")
 
     @property
     def artifacts(self) -> str:
@@ -230,7 +245,8 @@ class Lab:
         temporary one is made on first use when open_lab() was given none
         (most labs write nothing: a reused lab then costs no mkdir/rmdir)."""
         if self._artifacts is None:
-            self._artifacts = tempfile.mkdtemp(prefix="fih-")
+            # the owner in the name: a SIGKILLed run's directory is swept like its namespaces
+            self._artifacts = tempfile.mkdtemp(prefix=f"{_names.owner_tag()}-")
             self._own_artifacts = True
         return self._artifacts
 
@@ -281,6 +297,7 @@ class Lab:
         return a, b
 
     async def _add(self, wanted: list) -> list[Host]:
+        self.check_open()
         specs = []
         for name, profile, sysctls in wanted:
             if name in self._hosts or any(s.name == name for s in specs):
@@ -317,6 +334,7 @@ class Lab:
         ``harness.listening(6379)``), awaited again after each
         ``faults.power_on``.  Removed with the lab."""
         from .topology import container as cbackend
+        self.check_open()
         cspec = cbackend.ContainerSpec.make(image, command)
         if name in self._hosts:
             raise InvalidArgument(f"host {name!r} already exists in this lab")
@@ -478,6 +496,10 @@ class Lab:
         the kernel) and return its SocketInfo (None for CLOSED).  ``ep`` is a
         Socket, or a SocketInfo from a snapshot for a socket a process owns
         (e.g. a server's accepted connection)."""
+        self.check_open()
+        if not (hasattr(ep, "local") and hasattr(ep, "remote") and hasattr(ep, "host")):
+            raise InvalidArgument(f"wait_state() takes a Socket or a SocketInfo (from a "
+                                  f"snapshot), got {ep!r} ({type(ep).__name__})")
         st = canonical(state)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
@@ -501,6 +523,7 @@ class Lab:
         the Capture (see harness.observe.capture).  Saved as a pcap in the
         lab's artifacts at teardown."""
         from .observe.capture import Capture
+        self.check_open()
         if self._switch is None:
             raise InvalidArgument("the lab has no hosts yet: add hosts before capturing")
         ports = {f"p{h.index}": h.name for h in self._hosts.values()}
@@ -517,10 +540,14 @@ class Lab:
         return cap
 
     def snapshots(self) -> dict[str, Snapshot]:
+        self.check_open()
         return {name: h.sockets() for name, h in self._hosts.items()}
 
     def describe(self) -> str:
-        lines = [f"lab slot {self.slot.index}: {self.slot.v4_network} {self.slot.v6_network}",
+        slot = self.slot
+        lines = [f"lab slot {slot.index}: {slot.v4_network} {slot.v6_network}" if slot else
+                 "lab (closed: its slot and namespaces are released)" if self.closed else
+                 "lab (no hosts yet: no address slot)",
                  f"  switch: netns {self._switch[0] if self._switch else '(none)'}"]
         for h in self._hosts.values():
             lines.append(f"  host {h.name}: {h.backend.describe()}  {h.v4}  {h.v6}  "
@@ -560,8 +587,9 @@ async def open_lab(*, artifacts: str | None = None, keep: bool = False,
                         failures += await lab._release()
                 nursery.cancel_scope.cancel()
     finally:
-        if lab is not None and lab.slot is not None:
-            _tracer.unregister(lab.slot.index)
+        if lab is not None:
+            lab.closed = True
+            _tracer.unregister(lab)
         if lab is not None and lab._own_artifacts and not lab.keep:
             shutil.rmtree(lab._artifacts, ignore_errors=True)
     if error is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 
 import pytest
 
@@ -51,6 +52,26 @@ def pytest_configure(config: pytest.Config) -> None:
     if artifacts not in _KEEP_CHOICES:
         raise pytest.UsageError(f"harness_artifacts must be one of {_KEEP_CHOICES}, got "
                                 f"{artifacts!r}")
+    _sigterm_as_ctrl_c(config)
+
+
+def _sigterm_as_ctrl_c(config: pytest.Config) -> None:
+    """SIGTERM (timeout(1), docker stop, a cancelled CI job) takes Ctrl-C's
+    path: the running test is interrupted, every lab torn down, the session
+    stopped with exit code 2.  Only where nobody else handles SIGTERM."""
+    import threading
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)  # trio's while a test runs, else Python's
+        if not callable(handler):  # SIGINT ignored (started in the background)
+            handler = signal.default_int_handler
+        handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -70,6 +91,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             reason = missing(feature)
             if reason:
                 pytest.skip(f"requires {feature}: {reason}")
+
+
+def _interrupt_leaf(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt inside an exception group, if any."""
+    if isinstance(exc, KeyboardInterrupt):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            if (found := _interrupt_leaf(e)) is not None:
+                return found
+    return None
 
 
 def _unsupported_leaf(exc: BaseException):
@@ -99,6 +131,8 @@ def pytest_runtest_call(item: pytest.Item):
             __tracebackhide__ = True
             try:
                 await fn(**kwargs)
+            except (pytest.skip.Exception, pytest.xfail.Exception):
+                raise  # not a failure: nothing to describe
             except BaseException:
                 lab = getattr(item, "_harness_lab", None)
                 if lab is not None:
@@ -107,11 +141,33 @@ def pytest_runtest_call(item: pytest.Item):
                 raise
         item.obj = observed
         try:
-            yield
+            outcome = yield
         finally:
             item.obj = fn
     else:
-        yield
+        outcome = yield
+    # Ctrl-C (or SIGTERM) under trio arrives wrapped in the test's exception
+    # group; pytest stops the session only for a bare KeyboardInterrupt (the
+    # lab's teardown has already run inside the trio run)
+    # and so does a pytest.skip() or xfail(), which pytest-trio re-raises
+    # without its reason: report the test's own, from the group
+    exc = outcome.exception
+    if isinstance(exc, (pytest.skip.Exception, pytest.xfail.Exception)) and \
+            isinstance(exc.__context__, BaseExceptionGroup):
+        exc = exc.__context__
+    if isinstance(exc, BaseExceptionGroup):
+        interrupt = _interrupt_leaf(exc)
+        if interrupt is not None:
+            outcome.force_exception(KeyboardInterrupt().with_traceback(interrupt.__traceback__))
+        elif len(leaves := _leaves(exc)) == 1 and \
+                isinstance(leaves[0], (pytest.skip.Exception, pytest.xfail.Exception)):
+            outcome.force_exception(leaves[0])
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -130,8 +186,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 def _describe(lab) -> str:
-    parts = [lab.describe()]
+    parts = []
     try:
+        parts.append(lab.describe())
+        if lab.slot is None:
+            return parts[0]
         parts.extend(repr(snap) for snap in lab.snapshots().values())
         events = lab.timeline.events()[-25:]
         parts.append("last timeline events:\n  " + ("\n  ".join(map(repr, events)) or "(none)"))

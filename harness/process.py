@@ -48,6 +48,8 @@ class Process:
             return f.read()
 
     def signal(self, sig: int) -> None:
+        # a closed lab's processes were reaped: the pid may be another's now
+        self.host.lab.check_open(repr(self))
         if self.returncode is None:
             try:
                 os.kill(self.pid, sig)
@@ -104,18 +106,55 @@ class Process:
             os.close(fd)
 
 
+def check_argv(argv: object, where: str) -> list[str]:
+    """An argv is a non-empty list (or tuple) of strings: a string would be
+    taken for a sequence of one-letter arguments, or run through no shell."""
+    if not isinstance(argv, (list, tuple)) or not argv or \
+            not all(isinstance(a, str) for a in argv):
+        hint = f" (write [{argv!r}] or {argv.split()!r})" if isinstance(argv, str) else ""
+        raise InvalidArgument(f"argv must be a non-empty list of strings, got argv={argv!r} "
+                              f"({type(argv).__name__}) from {where}{hint}")
+    return list(argv)
+
+
+# restore_signals=True (Popen's default) already resets these that Python ignores itself
+_RESTORED = {signal.SIGPIPE, signal.SIGXFSZ}
+
+
+def clean_signals() -> dict:
+    """Popen arguments that start the child with every signal at its default
+    action and an empty signal mask, as a fresh login would.  exec(2) resets
+    caught signals but keeps ignored ones and the mask: a runner started in
+    the background (SIGINT ignored) or from a thread that blocks signals
+    would hand that on to the servers it spawns.  Empty (and Popen keeps its
+    fast vfork path) when the calling thread has nothing to hand on."""
+    ignored = [s for s in signal.valid_signals()
+               if s not in _RESTORED and s not in (signal.SIGKILL, signal.SIGSTOP)
+               and signal.getsignal(s) == signal.SIG_IGN]
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    if not ignored and not blocked:
+        return {}
+
+    def reset() -> None:  # in the child, between fork and exec
+        for s in ignored:
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    return {"preexec_fn": reset}
+
+
 def spawn_in(host, argv: list[str], *, netns_fd: int, out_path: str, err_path: str,
              env: dict | None = None, cwd: str | None = None, stdin=subprocess.DEVNULL,
              stdout=None) -> tuple[subprocess.Popen, str, str]:
-    """Fork ``argv`` inside the namespace.  Synchronous (fork+exec is ~1 ms)."""
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise InvalidArgument(f"argv must be a non-empty list of strings, got {argv!r}")
+    """Fork ``argv`` inside the namespace, with default signal dispositions
+    and an empty mask.  Synchronous (fork+exec is ~1 ms)."""
+    argv = check_argv(argv, f"host {host.name}")
     out = open(out_path, "wb") if stdout is None else None
     err = open(err_path, "wb")
     try:
         with _netns.entered(netns_fd):
             popen = subprocess.Popen(argv, stdin=stdin, stdout=stdout if out is None else out,
-                                     stderr=err, env=env, cwd=cwd, start_new_session=True)
+                                     stderr=err, env=env, cwd=cwd, start_new_session=True,
+                                     **clean_signals())
     except FileNotFoundError as exc:
         raise SetupError(f"cannot spawn {argv[0]!r} in host {host.name}: no such file or "
                          f"directory", netns=host.netns, call="execve") from exc

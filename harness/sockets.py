@@ -144,6 +144,7 @@ class Socket:
     async def _call(self, op: str, *, then=None, **args: Any) -> Outcome:
         """Make the call; ``then(outcome)`` updates this socket's addresses
         before the outcome is written to the timeline."""
+        self.host.lab.check_open(repr(self))
         out = await self._driver.call(op, h=self._h, **args)
         if then is not None and out.ok:
             then(out)
@@ -269,6 +270,7 @@ class SocketFactory:
 
     async def socket(self, family: int = 4) -> Socket:
         """An unconnected TCP socket (set options, bind, then connect)."""
+        self.host.lab.check_open(f"{self!r}")
         check_family(family)
         self.host.address(family)  # the host must have this family
         out = await self._driver.call("socket", family=family)

@@ -170,7 +170,7 @@ CONTAINER_TESTS = textwrap.dedent('''
 def containers_of(pid: int) -> list[str]:
     from harness import _docker
     return [cid for cid, labels in _docker.list_labelled("harness.owner")
-            if labels.get("harness.owner") == str(pid)]
+            if owner_of(labels.get("harness.owner", "") + "-") == pid]
 
 
 @pytest.mark.requires("docker")

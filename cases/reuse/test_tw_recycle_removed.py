@@ -27,7 +27,7 @@ async def test_tw_recycle_does_not_exist(lab, evidence):
     assert "tcp_tw_reuse" in names and "tcp_tw_recycle" not in names
     cmd = await client.run(["sysctl", "-w", "net.ipv4.tcp_tw_recycle=1"], check=False)
     assert cmd.returncode != 0 and b"No such file or directory" in cmd.stderr
-    with pytest.raises(harness.Unsupported):
+    with pytest.raises(harness.InvalidArgument, match="tcp_tw_recycle does not exist"):
         client.sysctl("net.ipv4.tcp_tw_recycle", 1)
     assert not os.path.exists("/proc/sys/net/ipv4/tcp_tw_recycle")   # nor in the machine's
     evidence("sysctl -w net.ipv4.tcp_tw_recycle=1", cmd.stderr.decode().strip())

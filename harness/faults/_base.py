@@ -33,6 +33,7 @@ class Fault:
     async def start(self) -> "Fault":
         if self._undo is not None:
             raise FaultError(f"{self.label} was already applied; make a new one")
+        self.lab.check_open(self.label)  # before anything: its namespaces may be another lab's
         try:
             await self._apply()
         except HarnessError:

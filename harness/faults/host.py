@@ -48,6 +48,7 @@ def _check_host(host, what: str):
     from ..host import Host
     if not isinstance(host, Host):
         raise InvalidArgument(f"{what}() takes a Host (e.g. from lab.pair()), got {host!r}")
+    host.lab.check_open(f"{what}(): host {host.name}")
     if host.lab._hosts.get(host.name) is not host:
         raise InvalidArgument(f"{what}(): host {host.name!r} is not (or no longer) in its lab")
     return host

@@ -171,6 +171,7 @@ def _check_conn(conn, what: str) -> None:
     if not isinstance(conn, Socket):
         raise InvalidArgument(f"{what}() takes a connected Socket (from connect() or accept()), "
                               f"got {conn!r}")
+    conn.host.lab.check_open(f"{what}(): {conn!r}")
     if conn.closed:
         raise InvalidArgument(f"{what}(): {conn!r} was closed by the test; there is no "
                               f"connection to inject into")

@@ -42,8 +42,10 @@ _PURE_ACK_MAX = 80
 class DropLastAck(PacketFault):
     """The fault ``drop_last_ack`` returns.  ``peer_fin_seq`` is the peer's
     FIN sequence number once seen, ``fins`` how many of its FINs (original
-    and retransmitted) reached the host, ``counts["dropped"]`` how many ACKs
-    of it were dropped."""
+    and retransmitted) reached the host's queue (not yet its TCP: the
+    verdict lets each in), ``acks`` how many ACKs of it the host sent (each
+    proves TCP has processed the FIN copy it answers, e.g. restarted
+    TIME_WAIT), ``counts["dropped"]`` how many of those were dropped."""
 
     def __init__(self, conn: Any, count: int | None = None):
         where = "drop_last_ack()"
@@ -51,6 +53,7 @@ class DropLastAck(PacketFault):
         self.count = check_count(count, where)
         self.peer_fin_seq: int | None = None
         self.fins = 0
+        self.acks = 0
         flows = [Flow("in", tcp_flags=("FIN", "FIN")),
                  Flow("out", tcp_flags=("SYN,FIN,RST,ACK", "ACK"), max_len=_PURE_ACK_MAX)]
         super().__init__(conn, flows=flows, decide=self._decide, where=where,
@@ -62,10 +65,11 @@ class DropLastAck(PacketFault):
                 self.peer_fin_seq = (p.seq + p.payload_len) & _U32
                 self.fins += 1
             return None
-        if (self.peer_fin_seq is not None and p.pure_ack
-                and p.ack == (self.peer_fin_seq + 1) & _U32
-                and (self.count is None or self._counts["dropped"] < self.count)):
-            return Action.drop
+        if self.peer_fin_seq is not None and p.pure_ack and \
+                p.ack == (self.peer_fin_seq + 1) & _U32:
+            self.acks += 1
+            if self.count is None or self._counts["dropped"] < self.count:
+                return Action.drop
         return None
 
 

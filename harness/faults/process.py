@@ -36,6 +36,7 @@ def _process(target: object, where: str) -> Process:
     else:
         raise InvalidArgument(f"target must be a Process (host.spawn) or a Peer (host.peer()), "
                               f"got target={target!r} ({type(target).__name__}) from {where}()")
+    proc.host.lab.check_open(f"{where}(): {proc!r}")
     if proc.returncode is not None:
         raise InvalidArgument(f"{proc!r} has already exited (returncode {proc.returncode}); "
                               f"nothing to {where} (from {where}())")

@@ -37,6 +37,7 @@ def destroy(sock: Socket) -> Awaitable[SocketInfo]:
     if not isinstance(sock, Socket):
         raise InvalidArgument(f"sock must be a Socket (from connect, listen or accept), got "
                               f"sock={sock!r} ({type(sock).__name__}) from destroy()")
+    sock.host.lab.check_open(f"destroy(): {sock!r}")
     if sock.closed:
         raise InvalidArgument(f"{sock!r} was closed by the test; there is nothing to destroy "
                               f"(from destroy())")

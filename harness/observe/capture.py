@@ -118,6 +118,7 @@ class Capture:
     def packets(self, conn=None, *, flags: str | None = None) -> list[Packet]:
         """Segments seen so far, in time order; of one connection (either
         direction) when ``conn`` is a Socket; with exactly ``flags`` if given."""
+        self.lab.check_open(f"capture {self!r}")
         self.drain()
         out = self._packets
         if conn is not None:

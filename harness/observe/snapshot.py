@@ -38,7 +38,7 @@ class SocketInfo(tuple):
     __slots__ = ()
 
     # 0-7: _diag.RECORD (len, type, family, state, timer, retrans, sport,
-    # dport), then the buffer, the record's offset, host, time
+    # dport), then the buffer, the record's offset, host, time, [time done]
     family = property(lambda self: _FAM.get(self[2], self[2]), doc="4 or 6")
     state = property(lambda self: BY_NUMBER.get(self[3], str(self[3])),
                      doc="kernel state name, e.g. TIME_WAIT")
@@ -49,7 +49,13 @@ class SocketInfo(tuple):
     sport = property(lambda self: _ntohs(self[6]))
     dport = property(lambda self: _ntohs(self[7]))
     host = property(_I(10))
-    snapshot_time = property(_I(11))
+    snapshot_time = property(_I(11), doc="time.monotonic() just before the dump")
+    snapshot_done = property(lambda self: self[12][0],
+                             doc="time.monotonic() just after the dump: the kernel read this "
+                                 "socket (its timer too) at some instant in [snapshot_time, "
+                                 "snapshot_done].  A bound on time elapsed since an event "
+                                 "uses snapshot_done (a busy machine may preempt the test "
+                                 "between the two)")
 
     def _rest(self) -> tuple:
         return _diag.REST.unpack_from(self[8], self[9] + 24)
@@ -165,6 +171,8 @@ class Snapshot(tuple):
 def take(diag_sock: socket.socket, host: str, families: Iterator[int] | None = None) -> Snapshot:
     t = time.monotonic()
     items: list = []
+    done = [t]  # shared by the records: set once the dumps have returned
     for family in families or (socket.AF_INET, socket.AF_INET6):
-        items += _diag.records(diag_sock, family, SocketInfo, (host, t))
+        items += _diag.records(diag_sock, family, SocketInfo, (host, t, done))
+    done[0] = time.monotonic()
     return Snapshot(items, host, t)

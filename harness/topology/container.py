@@ -245,7 +245,7 @@ class ContainerHost:
 def _start(slot: _names.Slot, host: HostSpec, spec: ContainerSpec, tag: str) -> ContainerHost:
     """Start the container and name its namespace (not wired yet)."""
     name = slot.netns_name(host.name)
-    labels = {"harness.owner": str(os.getpid()), "harness.netns": name}
+    labels = {"harness.owner": _names.owner_tag(), "harness.netns": name}
     c = _docker.run(tag, name=name, command=list(spec.command) if spec.command else None,
                     labels=labels)
     try:
@@ -291,13 +291,15 @@ class _ContainerKind:
         return made
 
     def sweep(self) -> list[str]:
-        from .._names import pid_alive
+        from .._names import PREFIX, owner_alive
         if _docker.daemon_unavailable_reason() is not None:
             return []
         removed = []
         for cid, labels in _docker.list_labelled("harness.owner"):
-            pid = labels.get("harness.owner", "")
-            if pid.isdigit() and not pid_alive(int(pid)):
+            owner = labels.get("harness.owner", "")
+            if owner.isdigit():  # written before owners carried their pid namespace
+                owner = PREFIX + owner
+            if owner_alive(owner + "-") is False:  # another pid namespace's: not provable
                 _docker.remove(cid)
                 removed.append(f"container {cid[:12]}")
         return removed

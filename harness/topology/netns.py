@@ -277,8 +277,8 @@ class _NamespaceKind:
         from .. import _sweep
         removed = []
         for name in _sweep.stale_netns():
-            _sweep.remove_netns(name)
-            removed.append(f"netns {name}")
+            if _sweep.remove_netns(name):  # False: someone else removed it meanwhile
+                removed.append(f"netns {name}")
         return removed
 
 
