@@ -6,7 +6,7 @@ The public surface is this list; everything else is private.
 
 from ._sockops import Outcome
 from .errors import (CallFailed, CleanupError, FaultError, HarnessError, InvalidArgument,
-                     ObservationTimeout, SetupError, Unsupported)
+                     LabClosed, ObservationTimeout, SetupError, Unsupported)
 from .host import Host, Peer
 from .lab import Lab, open_lab
 from .observe.snapshot import SocketInfo, Snapshot
@@ -17,7 +17,7 @@ from .sockets import Socket
 
 __all__ = [
     "CallFailed", "CleanupError", "Event", "FaultError", "HarnessError", "Host",
-    "InvalidArgument", "Lab", "ObservationTimeout", "Outcome", "Peer", "Process",
+    "InvalidArgument", "Lab", "LabClosed", "ObservationTimeout", "Outcome", "Peer", "Process",
     "SetupError", "Snapshot", "Socket", "SocketInfo", "Timeline", "Unsupported", "entered",
     "error_reported", "listening", "open_lab", "retransmitted", "rst_received", "rst_sent",
     "syscall_failed",

@@ -16,7 +16,7 @@ import trio
 import harness
 from harness import _netns, _sweep, _tracefs, faults
 from harness._names import owner_alive, owner_of, owner_tag
-from harness.errors import InvalidArgument, LabClosed
+from harness import InvalidArgument, LabClosed
 
 pytest_plugins = ["pytester"]
 

@@ -506,7 +506,11 @@ class PacketFault(Fault):
         self.queue_num = self._q.queue_num
         try:
             self._done = trio.Event()
-            await self.lab._nursery.start(self._run)
+            try:
+                await self.lab._nursery.start(self._run)
+            except BaseException:
+                self._done = None  # the loop never ran: nothing to wait for
+                raise
             async with _lock(host):
                 for family in self._target.families:
                     specs = [f"{_CHAIN[d]} {self._target.match(fl, d, family)} -m comment --comment "

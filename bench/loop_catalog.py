@@ -1,0 +1,117 @@
+"""Run the catalog N times and print the failures per case: the check that
+the catalog is deterministic (issue 9: 100 runs out of 100, half of them with
+every core busy).
+
+    python bench/loop_catalog.py --runs 50                 # idle machine
+    python bench/loop_catalog.py --runs 50 --busy          # every core busy
+    python bench/loop_catalog.py --runs 5 -- -k time_wait  # extra pytest arguments
+
+Each run is ``pytest cases -n 4 -m 'not slow'`` (the CI's run-catalog) with a
+junit XML report, from which every test case's outcome is read.  ``--busy``
+starts one CPU burner per core for the whole loop and stops it at the end (a
+busy loop, at normal priority, in processes of its own).  The load average
+before and after is printed: the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _burn() -> None:  # pragma: no cover - runs in a burner process
+    while True:
+        pass
+
+
+def _outcomes(junit: str) -> dict[str, str]:
+    """test id -> passed / failed / error / skipped."""
+    out = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        name = f"{case.get('classname')}::{case.get('name')}"
+        kinds = {child.tag for child in case}
+        out[name] = ("failed" if "failure" in kinds else "error" if "error" in kinds
+                     else "skipped" if "skipped" in kinds else "passed")
+    return out
+
+
+def run_once(extra: list[str], slow: bool, workers: int) -> tuple[dict[str, str], int, float]:
+    with tempfile.TemporaryDirectory(prefix="loop-catalog-") as tmp:
+        junit = os.path.join(tmp, "junit.xml")
+        argv = [sys.executable, "-m", "pytest", "cases", "-q", "-p", "no:cacheprovider",
+                f"--junitxml={junit}", *(["-n", str(workers)] if workers else []),
+                *([] if slow else ["-m", "not slow"]), *extra]
+        t0 = time.monotonic()
+        res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        took = time.monotonic() - t0
+        if not os.path.exists(junit):
+            sys.stderr.write(res.stdout[-3000:] + res.stderr[-3000:])
+            raise SystemExit(f"pytest wrote no report (exit {res.returncode})")
+        return _outcomes(junit), res.returncode, took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--busy", action="store_true", help="keep every core busy meanwhile")
+    ap.add_argument("--slow", action="store_true", help="include the slow cases")
+    ap.add_argument("-n", "--workers", type=int, default=4, help="xdist workers (0: none)")
+    ap.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
+    args = ap.parse_args()
+    if args.runs < 1:
+        ap.error(f"--runs must be >= 1, got {args.runs}")
+
+    burners = []
+    if args.busy:
+        for _ in range(os.cpu_count() or 1):
+            p = multiprocessing.Process(target=_burn, daemon=True)
+            p.start()
+            burners.append(p)
+    failures: collections.Counter[str] = collections.Counter()
+    seen: collections.Counter[str] = collections.Counter()
+    bad_runs, took = 0, []
+    load_before = os.getloadavg()
+    try:
+        for n in range(1, args.runs + 1):
+            outcomes, code, t = run_once(args.extra, args.slow, args.workers)
+            took.append(t)
+            failed = sorted(k for k, v in outcomes.items() if v in ("failed", "error"))
+            for k, v in outcomes.items():
+                seen[k] += v != "skipped"
+            failures.update(failed)
+            bad_runs += bool(failed) or code not in (0, 5)
+            print(f"run {n}/{args.runs}: {len(outcomes)} cases, {len(failed)} failed, "
+                  f"{t:.1f} s, exit {code}" + (f": {', '.join(failed)}" if failed else ""),
+                  flush=True)
+    finally:
+        for p in burners:
+            p.terminate()
+        for p in burners:
+            p.join()
+    load_after = os.getloadavg()
+
+    print(f"\n{args.runs} runs ({'every core busy' if args.busy else 'no extra load'}, "
+          f"{os.cpu_count()} cores, -n {args.workers}): {args.runs - bad_runs} clean, "
+          f"{bad_runs} with failures; {min(took):.1f}-{max(took):.1f} s per run")
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}")
+    if failures:
+        width = max(map(len, failures))
+        print(f"\n{'case'.ljust(width)}  failed/ran")
+        for case, count in failures.most_common():
+            print(f"{case.ljust(width)}  {count}/{seen[case]}")
+    else:
+        print("no case failed")
+    return 1 if bad_runs else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
