@@ -147,10 +147,10 @@ def pytest_runtest_call(item: pytest.Item):
     else:
         outcome = yield
     # Ctrl-C (or SIGTERM) under trio arrives wrapped in the test's exception
-    # group; pytest stops the session only for a bare KeyboardInterrupt (the
-    # lab's teardown has already run inside the trio run)
-    # and so does a pytest.skip() or xfail(), which pytest-trio re-raises
-    # without its reason: report the test's own, from the group
+    # group, but pytest stops the session only for a bare KeyboardInterrupt
+    # (the lab's teardown has already run inside the trio run).  A
+    # pytest.skip()/xfail() in the group is re-raised by pytest-trio without
+    # its reason: report the test's own.
     exc = outcome.exception
     if isinstance(exc, (pytest.skip.Exception, pytest.xfail.Exception)) and \
             isinstance(exc.__context__, BaseExceptionGroup):

@@ -11,11 +11,17 @@ the case makes the crossing certain: every segment of the connection is held
 50 ms on the client's side, in and out.  Both close() calls happen well
 within those 50 ms, so each FIN is built before the other arrives (neither
 acknowledges the other's FIN), and each end gets the other's FIN before the
-ACK of its own.  50 ms stays far below the 200 ms tail-loss probe, so no
-retransmission blurs the picture.  Without the hold, a FIN that arrives
+ACK of its own.  The hold is the test process's (NFQUEUE), and a busy
+machine can stretch 50 ms past the 200 ms tail-loss probe and minimum RTO
+(measured: 107 ms per hold at a load average of 10 on 2 cores), so the
+hosts keep retransmissions out of the picture by more than that slack: no
+tail-loss probe (tcp_early_retrans=0) and, where the kernel has it (6.11+),
+a 1 s minimum RTO (tcp_rto_min_us).  Without the hold, a FIN that arrives
 first makes that end skip CLOSING (FIN_WAIT1 -> FIN_WAIT2 -> TIME_WAIT);
 both still end in TIME_WAIT.
 """
+
+import os
 
 from harness import faults
 
@@ -24,10 +30,13 @@ CLAIM = "a FIN received in FIN_WAIT_1 leads to CLOSING (simultaneous close)"
 VERDICT = "holds"
 
 HOLD = 0.05
+QUIET = {"net.ipv4.tcp_early_retrans": 0}
+if os.path.exists("/proc/sys/net/ipv4/tcp_rto_min_us"):  # per namespace, 6.11+
+    QUIET["net.ipv4.tcp_rto_min_us"] = 1_000_000
 
 
 async def test_simultaneous_close(lab, family, evidence):
-    client, server = await lab.pair()
+    client, server = await lab.pair(sysctls=QUIET)
     listener = await server.listen(9000, family=family)
     conn = await client.connect(server, 9000, family=family)
     peer = await listener.accept()
