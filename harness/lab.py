@@ -465,6 +465,10 @@ class Lab:
         from .sockets import check_family, resolve_address
         check_family(family)
         if isinstance(target, Host):
+            if target.lab is not self:  # a closed lab's host may share this lab's addresses
+                target.lab.check_open(f"host {target.name}")
+                raise InvalidArgument(f"host {target.name} belongs to another lab; a lab's "
+                                      f"hosts reach only hosts of the same lab")
             return target.address(family)
         if isinstance(target, str):
             if target in self._hosts:

@@ -77,21 +77,25 @@ def test_a_second_ctrl_c_leaves_nothing_the_next_start_cannot_remove(suite, tmp_
 
 
 def test_ctrl_c_during_tracer_set_up_leaves_no_busy_instance(tmp_path):
-    """The Ctrl-C lands while the process's tracefs instance is being made
-    (the signal is raised from inside the set-up): it takes effect once the
-    instance is complete, and the next lab in the same process works."""
+    """The Ctrl-C lands at the worst moment of making the process's tracefs
+    instance: its trace_pipe just opened, the fd not yet recorded (unguarded,
+    the fd leaks and the instance answers EBUSY for ever).  It takes effect
+    once the instance is complete, and the next lab in the same process works."""
     script = tmp_path / "interrupt_tracer.py"
     script.write_text(textwrap.dedent('''
         import os, signal, trio
         import harness
         from harness import _tracefs
 
-        write = _tracefs._write
-        def interrupting_write(path, value):
-            if path.endswith("buffer_size_kb"):
-                os.kill(os.getpid(), signal.SIGINT)
-            write(path, value)
-        _tracefs._write = interrupting_write
+        real_open = os.open
+        def interrupting_open(path, *args, **kw):
+            fd = real_open(path, *args, **kw)
+            if str(path).endswith("/trace_pipe") and not interrupting_open.done:
+                interrupting_open.done = True
+                os.kill(os.getpid(), signal.SIGINT)   # delivered before this returns
+            return fd
+        interrupting_open.done = False
+        _tracefs.os.open = interrupting_open
 
         async def one_lab():
             async with harness.open_lab() as lab:
@@ -104,7 +108,6 @@ def test_ctrl_c_during_tracer_set_up_leaves_no_busy_instance(tmp_path):
             trio.run(one_lab)
         except KeyboardInterrupt:
             print("interrupted", flush=True)
-        _tracefs._write = write
         trio.run(one_lab)
         print("second lab ok", flush=True)
     '''))
@@ -264,6 +267,8 @@ async def test_every_object_of_a_closed_lab_refuses_use():
         assert "closed" in lab1.describe()  # describing stays possible
         # lab2 is untouched: no listener of lab1, no rule of lab1, it connects
         assert [s.sport for s in server2.sockets(state="LISTEN")] == [9001]
+        with pytest.raises(LabClosed):
+            await client2.connect(server, 9001)    # lab1's host as a target: same address
         conn2 = await client2.connect(server2, 9001)
         assert (await conn2.send(b"x")).ok
 
