@@ -17,6 +17,7 @@ namespaces or the tracefs instance exist.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import threading
@@ -93,14 +94,21 @@ def check(key: object, value: object, where: str, *, optional: bool = False) -> 
     m = _DEVICE.match(key)
     if m and m.group(2) not in ("all", "default", "lo"):
         probe = f"{m.group(1)}.lo.{m.group(3)}"
+    path = f"/proc/sys/{probe.replace('.', '/')}"
     with _netns.entered(_scratch_fd()):
         try:
-            fd = os.open(f"/proc/sys/{probe.replace('.', '/')}", os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             raise _missing(key, where, optional) from None
-        except (PermissionError, IsADirectoryError) as exc:
-            raise InvalidArgument(f"sysctl {key} cannot be written in a network namespace "
-                                  f"({exc.strerror}), from {where}") from None
+        except IsADirectoryError:
+            raise InvalidArgument(f"{key} is a group of sysctls, not one, from {where}") from None
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise InvalidArgument(f"sysctl {key} cannot be written in a network namespace "
+                                      f"({exc.strerror}), from {where}") from None
+            # /proc/sys mounted read-only here (a container): the name is known to
+            # exist; the value is left to the write that sets it for real
+            return text
     try:
         os.write(fd, text.encode())
     except OSError as exc:
