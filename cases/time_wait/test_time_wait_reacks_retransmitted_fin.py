@@ -70,7 +70,7 @@ async def test_time_wait_reacks_and_restarts(lab, family, evidence):
 
     await lab.wait_state(peer, "CLOSED", timeout=2.0)        # the third copy's ACK passed
     await acks.stop()
-    assert acks.fins == 4 and acks.counts["dropped"] == 3    # FIN, copies 1-2 ACKed (dropped)
+    assert acks.fins == acks.acks == 4 and acks.counts["dropped"] == 3  # FIN, copies 1-2: dropped
     assert lab.timeline.count(harness.rst_received(peer)) == 0
     assert conn.info().state == "TIME_WAIT"
     for copy, (left, unrestarted) in enumerate(restarts, 1):
