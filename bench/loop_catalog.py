@@ -33,18 +33,23 @@ def _burn() -> None:  # pragma: no cover - runs in a burner process
         pass
 
 
-def _outcomes(junit: str) -> dict[str, str]:
-    """test id -> passed / failed / error / skipped."""
-    out = {}
+def _outcomes(junit: str) -> tuple[dict[str, str], dict[str, str]]:
+    """test id -> passed / failed / error / skipped; test id -> failure message."""
+    out, why = {}, {}
     for case in ET.parse(junit).getroot().iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
-        kinds = {child.tag for child in case}
+        kinds = {child.tag: child for child in case}
         out[name] = ("failed" if "failure" in kinds else "error" if "error" in kinds
                      else "skipped" if "skipped" in kinds else "passed")
-    return out
+        bad = kinds.get("failure", kinds.get("error"))
+        if bad is not None:
+            lines = [ln.strip() for ln in (bad.text or bad.get("message", "")).splitlines()]
+            why[name] = next((ln for ln in reversed(lines) if ln.startswith(("E ", "| ", "|"))
+                              and "Error" in ln), (bad.get("message") or "")[:300])
+    return out, why
 
 
-def run_once(extra: list[str], slow: bool, workers: int) -> tuple[dict[str, str], int, float]:
+def run_once(extra: list[str], slow: bool, workers: int) -> tuple[tuple, int, float]:
     with tempfile.TemporaryDirectory(prefix="loop-catalog-") as tmp:
         junit = os.path.join(tmp, "junit.xml")
         argv = [sys.executable, "-m", "pytest", "cases", "-q", "-p", "no:cacheprovider",
@@ -82,7 +87,7 @@ def main() -> int:
     load_before = os.getloadavg()
     try:
         for n in range(1, args.runs + 1):
-            outcomes, code, t = run_once(args.extra, args.slow, args.workers)
+            (outcomes, why), code, t = run_once(args.extra, args.slow, args.workers)
             took.append(t)
             failed = sorted(k for k, v in outcomes.items() if v in ("failed", "error"))
             for k, v in outcomes.items():
@@ -92,6 +97,8 @@ def main() -> int:
             print(f"run {n}/{args.runs}: {len(outcomes)} cases, {len(failed)} failed, "
                   f"{t:.1f} s, exit {code}" + (f": {', '.join(failed)}" if failed else ""),
                   flush=True)
+            for k in failed:
+                print(f"    {k}: {why.get(k, '?')[:400]}", flush=True)
     finally:
         for p in burners:
             p.terminate()

@@ -13,7 +13,10 @@ synchronized connection and answers with a challenge ACK
 acknowledges the server's ISN all the same, and tcp_check_req() creates the
 socket.  Any client segment with that ACK does the same, so data sent right
 after connect() is accepted and delivered with no delay (RFC 9293 3.5: the
-ACK may ride on data).
+ACK may ride on data).  "At once" is told apart from the only other way in,
+the SYN-ACK resent after 1 s, by the timeline (no SYN-ACK retransmission)
+and by accept() returning before that second, not by a guessed budget that
+a busy machine can exceed.
 """
 
 import time
@@ -67,11 +70,11 @@ async def test_data_carries_the_final_ack(lab, family, evidence):
         t0 = time.monotonic()
         conn = await client.connect(server, 9000, family=family)
         assert (await conn.send(b"hello")).value == 5            # carries ack = ISN(server) + 1
-        with trio.fail_after(0.5):
+        with trio.fail_after(2):
             peer = await listener.accept()
         waited = time.monotonic() - t0
         assert (await peer.recv()).value == b"hello"
     assert lost.counts["dropped"] == 1
     assert lab.timeline.events(kind="synack_retransmit") == []   # no timeout was needed
-    assert waited < 0.1, waited
+    assert waited < 1.0, waited                                  # before the SYN-ACK's 1 s
     evidence("accept() returned after", waited * 1000, " ms")
