@@ -13,7 +13,10 @@ tcp_clock_ms() > tw_entry_stamp + tcp_tw_reuse_delay (a sysctl since 6.13,
 starts at tw_snd_nxt + 65537, above anything the old one sent, while PAWS
 rejects the old connection's segments by their timestamps.  With no port
 left, connect() fails with EADDRNOTAVAIL (not EADDRINUSE).  The delay is
-pinned at 200 ms here to keep the case fast.
+pinned at 200 ms here to keep the case fast.  The rule is checked from both
+sides, each free of the test's own scheduling: every refusal started before
+the delay ended, the success ended after it (how soon after depends only on
+when the test tried again).
 """
 
 import os
@@ -75,7 +78,7 @@ async def test_reuse_after_the_delay(lab, family, evidence):
     assert refused and {o.errno for o in refused} == {"EADDRNOTAVAIL"}
     assert refused[-1].started - entered < DELAY + 0.002         # (ms clock)
     assert taken.ok and taken.value[0] == conn.local             # the same 4-tuple
-    assert DELAY - 0.002 <= taken.ended - entered < DELAY + 0.05
+    assert DELAY - 0.002 <= taken.ended - entered              # not before the delay
     assert [s.state for s in client.sockets(port=41000)] == ["ESTABLISHED"]  # TIME_WAIT gone
     evidence("last EADDRNOTAVAIL / first success after TIME_WAIT began",
              f"{refused[-1].started - entered:.3f} / {taken.ended - entered:.3f} s "
