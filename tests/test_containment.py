@@ -414,3 +414,17 @@ def test_owner_tag_names_this_process():
     assert owner_of(owner_tag() + "-x") == os.getpid()
     assert owner_alive(owner_tag() + "-x") is True
     assert owner_alive("not-ours") is None
+
+
+# --- determinism: what a snapshot's time means -------------------------------------------
+
+async def test_a_snapshot_brackets_the_dump_that_read_it(lab):
+    """A bound on time elapsed since an event uses the end of the dump: the
+    test may be preempted between taking the time and the kernel's read."""
+    client, server = await lab.pair()
+    listener = await server.listen(9000, family=6)
+    before = time.monotonic()
+    (info,) = server.sockets(state="LISTEN")
+    after = time.monotonic()
+    assert before <= info.snapshot_time <= info.snapshot_done <= after
+    assert info.family == 6 and info.snapshot_done > info.snapshot_time  # read after the v4 dump
