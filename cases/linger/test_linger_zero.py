@@ -22,7 +22,7 @@ async def test_linger_zero_resets_and_discards(lab, stalled, evidence):
     s = stalled                                  # peer not reading, window zero
 
     closed = await s.conn.close(linger=0)
-    assert closed.ok and closed.duration < 0.05
+    assert closed.ok and closed.duration < 1.0   # a wait would be whole seconds (l_linger)
     rst = await lab.timeline.wait_for(harness.rst_sent(s.conn))
     assert rst.reason == "TCP_STATE"             # tcp_disconnect()'s, not an abort on close
     await lab.wait_state(s.conn, "CLOSED", timeout=0)            # gone: no TIME_WAIT
