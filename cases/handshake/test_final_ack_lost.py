@@ -55,8 +55,10 @@ async def test_server_waits_for_the_final_ack(lab, family, evidence):
         lambda e: e.kind == "synack_retransmit" and e.local == peer.local)
     made = next(e for e in lab.timeline.events(kind="state")
                 if e.local == peer.local and e.remote == peer.remote and e.new == "SYN_RECV")
-    assert resend.t < made.t                                     # created by the re-ACK
-    assert 1.0 <= waited < 1.2, waited
+    resends = [e for e in lab.timeline.events(kind="synack_retransmit")
+               if e.local == peer.local and e.t < made.t]
+    assert resends == [resend]                                   # made by the first re-ACK
+    assert 1.0 <= waited < 3.0, waited                           # after the 1 s resend, before 3 s
     after = client.counters("TcpExt")
     assert after["TCPSYNChallenge"] - before["TCPSYNChallenge"] == 1  # the re-ACK
     evidence("accept() returned after", waited, " s")

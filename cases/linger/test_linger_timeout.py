@@ -25,8 +25,11 @@ VERDICT = "false"
 
 LINGER = 1  # seconds: the unit of l_linger
 # sk_stream_wait_close() sleeps on the timer wheel, which fires a timer of
-# 250 jiffies up to one level-1 bucket (8 jiffies) late; plus the thread hop
-LATE = 0.1
+# 250 jiffies up to one level-1 bucket (8 jiffies) late; the rest of the
+# measured time is the test's own thread hop and scheduling, unbounded on a
+# busy machine.  What tells l_linger's unit is the order of magnitude: at
+# least N seconds, and short of the next whole second.
+LATE = LINGER
 
 
 async def test_close_blocks_for_seconds_and_keeps_the_data(lab, stalled, evidence):
