@@ -12,7 +12,9 @@ server's first FIN is held 0.5 s on its way to the client; the retransmitted
 FIN completes the close, and the late original then arrives at the
 TIME_WAIT as an old duplicate: the TIME_WAIT ACKs it (TCP_TW_ACK), the server
 has no socket left and resets (tcp_v4_send_reset(), seq = that ACK's ack =
-the TIME_WAIT's rcv_nxt).
+the TIME_WAIT's rcv_nxt).  The TIME_WAIT's start is read off the wire (its
+ACK of the resent FIN), not from a snapshot: on a busy machine the test may
+not look before the late FIN ends it.
 """
 
 import pytest
@@ -43,7 +45,12 @@ async def test_rst_to_time_wait(lab, family, rfc1337, evidence):
         await lab.wait_state(peer, "CLOSE_WAIT")
         await lab.timeline.wait_for(harness.entered(conn, "FIN_WAIT2"))
         await peer.close()                                       # FIN held; resent after ~0.2 s
-        await lab.wait_state(conn, "TIME_WAIT")
+        with trio.fail_after(5):                                 # TIME_WAIT: it ACKs the resent FIN
+            while not (fins := [p for p in cap.packets(conn)
+                                if p.ingress == "server" and "F" in p.flags]) or \
+                    not any(p.ingress == "client" and p.flags == "A" and
+                            p.ack == (fins[0].seq + 1) % 2**32 for p in cap.packets(conn)):
+                await trio.sleep(0.002)
         await lab.wait_state(peer, "CLOSED")
         rst = await lab.timeline.wait_for(harness.rst_sent(peer, "NO_SOCKET"), timeout=2)
     assert late.counts["delayed"] == 1
