@@ -4,8 +4,8 @@ of the ACK it was waiting for, and the new connection opens a few ms late.
 
 Seed 004 (快速复用): "tcp_tw_reuse ... 而且也无法保证被动关闭方正常关闭".  Holds.  The
 client's ACKs of the server's FIN are dropped, so the server sits in
-LAST_ACK resending its FIN while the client's TIME_WAIT re-ACKs each one in
-vain.  After tcp_tw_reuse_delay, tcp_twsk_unique() hands the 4-tuple to a
+LAST_ACK, its FIN unacknowledged (resent on its RTO, which the client's
+TIME_WAIT would re-ACK in vain).  After tcp_tw_reuse_delay, tcp_twsk_unique() hands the 4-tuple to a
 new connect(); its SYN reaches the LAST_ACK socket, which answers with a
 challenge ACK (tcp_validate_incoming(), RFC 5961 §4: TcpExt TCPSYNChallenge).
 In SYN_SENT that ACK acks nothing the client sent: tcp_rcv_synsent_state_process()
@@ -29,11 +29,14 @@ VERDICT = "holds"
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/sys/net/ipv4/tcp_tw_reuse_delay"),
                                 reason="tcp_tw_reuse_delay is new in Linux 6.13")
 
-# 300 ms: between the LAST_ACK's FIN resends (~0.2 and ~0.4 s), so that no
-# resent FIN meets the new connection
+# reuse after 300 ms, while the LAST_ACK's first FIN resend waits for its
+# RTO, pinned at 1 s (tcp_rto_min_us, 6.11+): no resent FIN meets the new
+# connection, even when a busy machine delays the test's connect() attempts
+# (with the default 200 ms minimum the resends at ~0.2 and ~0.6 s leave a
+# window the test could miss)
 SYSCTLS = {"net.ipv4.tcp_tw_reuse": 1, "net.ipv4.tcp_tw_reuse_delay": 300,
            "net.ipv4.tcp_timestamps": 1, "net.ipv4.ip_local_port_range": "41000 41000",
-           "net.ipv4.tcp_invalid_ratelimit": 500}
+           "net.ipv4.tcp_invalid_ratelimit": 500, "net.ipv4.tcp_rto_min_us": 1_000_000}
 
 
 
