@@ -43,7 +43,9 @@ async def test_half_closed_closer_reads(lab, family, evidence):
     assert refused.errno == "EPIPE"
     assert one.value == b"one" and fw1.state == "FIN_WAIT1"
 
-    await lab.wait_state(conn, "FIN_WAIT2", timeout=2.0)       # a retransmitted FIN passes
+    resend = conn.info()        # the FIN's retransmit timer, backed off by every drop
+    left = resend.timer_left if resend.timer == "retransmit" else 0.0
+    await lab.wait_state(conn, "FIN_WAIT2", timeout=left + 2.0)  # the resent FIN passes
     assert (await peer.recv()).value == b""                     # the peer: CLOSE_WAIT, EOF
     assert (await peer.send(b"two")).value == 3
     two = await conn.recv()
