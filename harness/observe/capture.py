@@ -128,6 +128,14 @@ class Capture:
             out = [p for p in out if p.flags == flags]
         return list(out)
 
+    async def expect(self, conn, line: str, *, within=None, after=None):
+        """Wait for the next segment a line describes (packetdrill notation,
+        relative seq/ack; see harness.observe.expect) and return it; a
+        mismatch fails with the expected line beside what was seen."""
+        __tracebackhide__ = True
+        from .expect import expect_captured
+        return await expect_captured(self, conn, line, within=within, after=after)
+
     def summary(self, conn=None) -> list[str]:
         """Flags per segment, prefixed by who sent it: ['client:S', 'server:SA', ...]."""
         return [f"{p.ingress}:{p.flags}" for p in self.packets(conn)]
