@@ -9,7 +9,8 @@ sender puts on the wire for this connection after ``after`` (a time on
 time.monotonic(), an Outcome — its end —, or an earlier segment; default:
 now).  Sequence and acknowledgment numbers are relative to each side's ISN,
 learnt from the SYNs seen (so the capture must have been running before the
-handshake).  ``within=(lo, hi)`` bounds, in seconds after ``after``, when it
+handshake); a side whose SYN was never seen (the kernel's RST for a 4-tuple
+with no socket) has its numbers compared as they are.  ``within=(lo, hi)`` bounds, in seconds after ``after``, when it
 may be seen (packetdrill's ``+.3~+.4``); a number is an upper bound only
 (default 1 s).  Times are the kernel's stamps at the switch, not when the
 test looked.
@@ -106,28 +107,27 @@ class Isns:
         if seg.flags & 0x02 and seg.src not in self.of:
             self.of[seg.src] = seg.seq
 
-    def rel(self, end: tuple[str, int], n: int) -> int | None:
+    def rel(self, end: tuple[str, int], n: int) -> int:
+        """``n`` relative to ``end``'s ISN; absolute when no SYN of that
+        end is known (a RST from a 4-tuple with no socket, say)."""
         isn = self.of.get(end)
-        return None if isn is None else (n - isn) & 0xFFFFFFFF
+        return n if isn is None else (n - isn) & 0xFFFFFFFF
 
     def abs(self, end: tuple[str, int], n: int) -> int:
-        return (self.of[end] + n) & 0xFFFFFFFF
+        """The inverse of rel (absolute when no ISN of ``end`` is known)."""
+        return (self.of.get(end, 0) + n) & 0xFFFFFFFF
 
 
 def render(seg: Seg, names: dict, isns: Isns, t0: float | None = None) -> str:
-    """A seen segment in the line notation, relative numbers where the ISN
-    is known (``#N`` marks an absolute number where it is not)."""
+    """A seen segment in the line notation (numbers relative to the ISNs
+    known, see Isns.rel)."""
     def rel(end, n):
-        r = isns.rel(end, n)
-        return f"#{n}" if r is None else str(r)
+        return str(isns.rel(end, n))
 
     def side(a):
         return f"{names.get(a[0], a[0])}:{a[1]}"
-    start = rel(seg.src, seg.seq)
-    if start.startswith("#"):
-        seq = f"#{seg.seq}:#{(seg.seq + seg.length) & 0xFFFFFFFF}({seg.length})"
-    else:
-        seq = f"{start}:{(int(start) + seg.length) & 0xFFFFFFFF}({seg.length})"
+    start = isns.rel(seg.src, seg.seq)
+    seq = f"{start}:{(start + seg.length) & 0xFFFFFFFF}({seg.length})"
     text = f"{side(seg.src)} > {side(seg.dst)} {seg.flag_text} {seq}"
     if seg.flags & 0x10:
         text += f" ack {rel(seg.dst, seg.ack)}"

@@ -1,0 +1,455 @@
+"""Scripted segments: packetdrill's ``<`` and ``>`` lines against a host of the lab.
+
+A ``Wire`` taps the victim's switch port (an AF_PACKET socket in the
+switch's namespace, as faults.inject does), records every TCP segment to
+and from the victim with its kernel timestamp and decoded options, and
+sends any segment *to* the victim as if the other end had sent it:
+
+    async with faults.scripted_peer(server, client, port=9000) as wire:
+        listener = await server.listen(9000)
+        await wire.send("client > server S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>")
+        await wire.expect("server > client S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 7>")
+        await wire.send("client > server . 1:1(0) ack 1 win 257", wait=0.1)
+        conn = await listener.accept()
+
+Lines are harness._tcpline's notation (packetdrill's, with host names).
+Sequence numbers are relative to each side's ISN: the ISN of a side the
+script speaks for is drawn at random when its SYN is sent; the victim's is
+learnt from its SYN; the numbers of a side whose SYN the wire has not seen
+(a 4-tuple with no socket) are absolute.  Ports left out of a line are the wire's connection
+(set by the first SYN, or by the connection the wire was attached to).
+In a line to send, ``*`` (or a field left out) means what the real peer
+would put now: ``seq`` its SND.NXT, ``ack`` the victim's SND.NXT, ``win`` the
+last window that side advertised (65535 before any), ``TS val *`` its last
+TSval, ``TS ecr *`` the victim's last TSval; a left-out ``<...>`` sends no
+option.  ``wait=`` sends that many seconds after the wire's last event
+(the previous line: packetdrill's ``+0.1``); ``at=`` at a time on
+time.monotonic().
+
+Two ways to get a wire:
+
+- ``scripted_peer(victim, remote, port=...)``: the remote host's kernel is
+  silenced for that TCP port (an iptables drop on its input), so the
+  script is the only other end, as packetdrill's tun device is.  ``port``
+  is the victim's listening port, or the remote port the victim connects
+  to.  A line may name any 4-tuple of the two hosts, including one with no
+  socket at all (the victim answers with a RST).
+- ``await wire(conn)``: attach to a live connection whose real peer keeps
+  talking; SND.NXT/RCV.NXT are learnt with a probe (faults.inject's) and
+  both ISNs from them and the victim's tcp_info (bytes sent and received),
+  so relative numbers work on it, and keep working after it is closed
+  (TIME_WAIT, or no socket left).
+
+``reset_at(conn, at=...)`` is one use: the sequence is learnt when it is
+called (a probe answered in ~0.1 ms), tracked from what crosses the port,
+and the RST leaves at its time (within a timer slack of ~1 ms under trio).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import time
+
+import trio
+
+from .. import _netns, _tcpline
+from .._nfqueue import fix_checksums
+from ..errors import FaultError, InvalidArgument, ObservationTimeout
+from ..observe.expect import Isns, Seg, decode_frame, time_of, wait_segment
+from ._base import Fault
+
+ETH_P_ALL = 0x0003
+SO_TIMESTAMPNS = 35
+PROBE_WAIT = 0.5
+ACK, SYN, FIN = 0x10, 0x02, 0x01
+# states in which the victim has sent / received a FIN (for ISNs from byte counts)
+FIN_SENT = frozenset({"FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "TIME_WAIT"})
+FIN_RECEIVED = frozenset({"CLOSE_WAIT", "LAST_ACK", "CLOSING", "TIME_WAIT"})
+
+
+class Wire:
+    """A tap on one host's switch port that sends and expects scripted
+    segments (see the module docstring)."""
+
+    def __init__(self, victim, remote, family: int, port: int | None = None):
+        from .inject import _mac
+        self.victim, self.remote, self.family, self.port = victim, remote, family, port
+        self.lab = victim.lab
+        self._addr = {victim.name: victim.address(family), remote.name: remote.address(family)}
+        self._names = {a: n for n, a in self._addr.items()}
+        self._victim_mac = _mac(victim.ns_fd)
+        self._remote_mac = _mac(remote.ns_fd)
+        with _netns.entered(self.lab._switch[1]):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                                 | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.bind((f"p{victim.index}", 0))
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self._segs: list[Seg] = []
+        self.isns = Isns()
+        self.ends: dict[str, tuple[str, int]] = {}   # host name -> (address, port) of the flow
+        self.last = time.monotonic()                  # the wire's last event
+
+    def __repr__(self) -> str:
+        flow = " ".join(f"{n}:{e[1]}" for n, e in self.ends.items())
+        return f"<Wire {self.victim.name}<->{self.remote.name} {flow}>"
+
+    # --- what crossed the port -----------------------------------------
+    def _drain(self) -> None:
+        if self._sock.fileno() < 0:
+            return
+        offset = time.monotonic() - time.time()
+        victim = self._addr[self.victim.name]
+        while True:
+            try:
+                frame, anc, _flags, _addr = self._sock.recvmsg(65536, 64)
+            except BlockingIOError:
+                return
+            t = time.monotonic()
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("qq", data[:16])
+                    t = sec + nsec / 1e9 + offset
+            seg = decode_frame(frame, t)
+            if seg is not None and victim in (seg.src[0], seg.dst[0]):
+                self._record(seg)
+
+    def _record(self, seg: Seg) -> None:
+        self.isns.learn(seg)
+        if seg.flags & SYN and not self.ends and {seg.src[0], seg.dst[0]} <= set(self._names):
+            self.ends = {self._names[seg.src[0]]: seg.src, self._names[seg.dst[0]]: seg.dst}
+        self._segs.append(seg)
+
+    def segments(self, *, flow_only: bool = True) -> list[Seg]:
+        """Segments seen and sent so far, in order; of the wire's flow only
+        unless ``flow_only=False``."""
+        self._drain()
+        segs = sorted(self._segs, key=lambda s: s.t)
+        if flow_only and self.ends:
+            pair = set(self.ends.values())
+            segs = [s for s in segs if s.src in pair and s.dst in pair]
+        return segs
+
+    # --- resolving a line ------------------------------------------------
+    def _end(self, name: str, port: int | None, text: str) -> tuple[str, int]:
+        if name not in self._addr:
+            raise InvalidArgument(f"{name!r} in {text!r} is neither {self.victim.name!r} nor "
+                                  f"{self.remote.name!r}, the hosts of {self!r}")
+        if port is not None:
+            return (self._addr[name], port)
+        if name in self.ends:
+            return self.ends[name]
+        if name == self.victim.name and self.port is not None:
+            return (self._addr[name], self.port)  # before any flow: the victim's service port
+        return (self._addr[name], None)
+
+    def _next(self, sender: tuple[str, int], receiver: tuple[str, int]) -> int:
+        """The sequence number ``sender`` would send next: past everything it
+        sent, and at least what the receiver acknowledged."""
+        best = None
+        for s in self.segments(flow_only=False):
+            if s.src == sender and s.dst == receiver:
+                cand = s.end()
+            elif s.src == receiver and s.dst == sender and s.flags & ACK:
+                cand = s.ack
+            else:
+                continue
+            if best is None or ((cand - best) & 0xFFFFFFFF) < 2**31:
+                best = cand
+        if best is None:
+            raise InvalidArgument(f"nothing seen from {self._label(sender)} nor acknowledged "
+                                  f"to it: give seq/ack explicitly")
+        return best
+
+    def _last(self, sender, pred):
+        for s in reversed(self.segments(flow_only=False)):
+            if s.src == sender and pred(s):
+                return s
+        return None
+
+    def _label(self, end) -> str:
+        return f"{self._names.get(end[0], end[0])}:{end[1]}"
+
+    # --- sending ---------------------------------------------------------
+    async def send(self, line: str, *, payload: bytes | None = None, wait: float | None = None,
+                   at: float | None = None) -> Seg:
+        """Send the segment the line describes to the victim; returns it
+        (with its send time).  ``wait``: seconds after the wire's last
+        event; ``at``: a time.monotonic() instant."""
+        parsed = _tcpline.parse(line)
+        if wait is not None and at is not None:
+            raise InvalidArgument("give wait= or at=, not both")
+        if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float))
+                                 or wait < 0):
+            raise InvalidArgument(f"wait must be seconds >= 0, got {wait!r}")
+        if parsed.dst != self.victim.name:
+            raise InvalidArgument(f"a wire sends only to its victim {self.victim.name!r} (it "
+                                  f"speaks for {self.remote.name!r}); got {line!r}")
+        src = self._end(parsed.src, parsed.sport, line)
+        dst = self._end(parsed.dst, parsed.dport, line)
+        if src[1] is None:
+            src = (src[0], random.randint(32768, 60999))
+        if dst[1] is None:
+            raise InvalidArgument(f"{line!r}: no port for {parsed.dst!r} and the wire has no "
+                                  f"connection yet; write {parsed.dst}:PORT")
+        if payload is not None and not isinstance(payload, (bytes, bytearray)):
+            raise InvalidArgument(f"payload must be bytes, got {type(payload).__name__}")
+        length = parsed.length
+        if payload is not None and length is not None and len(payload) != length:
+            raise InvalidArgument(f"payload has {len(payload)} bytes, the line says "
+                                  f"({length}): {line!r}")
+        data = bytes(payload) if payload is not None else b"\0" * (length or 0)
+        seq, ack = self._numbers(parsed, src, dst, line)
+        window = parsed.window
+        if window is None:
+            prev = self._last(src, lambda s: True)
+            window = prev.window if prev is not None else 65535
+        options = self._options(parsed.options or (), src, dst)
+        frame = self._frame(src, dst, seq, ack, parsed.flags, window, options, data)
+        when = at if at is not None else (self.last + wait if wait is not None else None)
+        if when is not None:
+            await _until(when)
+        t = time.monotonic()
+        self._sock.send(frame)
+        seg = Seg(t, src, dst, seq, ack, parsed.flags, window, len(data),
+                  _tcpline.decode_options(_tcpline.encode_options(options)) if options else (),
+                  data)
+        self._record(seg)
+        self.last = t
+        return seg
+
+    def _numbers(self, parsed, src, dst, line) -> tuple[int, int]:
+        if parsed.flags & SYN and src not in self.isns.of:
+            self.isns.of[src] = random.getrandbits(32)
+        if parsed.seq is not None:
+            seq = self.isns.abs(src, parsed.seq)
+        else:
+            seq = self._next(src, dst)
+        ack = 0
+        if parsed.flags & ACK:
+            if parsed.ack is not None:
+                ack = self.isns.abs(dst, parsed.ack)
+            else:
+                ack = self._next(dst, src)
+        return seq, ack
+
+    def _options(self, options: tuple, src, dst) -> tuple:
+        out = []
+        for o in options:
+            if o[0] == "TS":
+                val, ecr = o[1], o[2]
+                if val is None:
+                    prev = self._last(src, lambda s: s.tsval is not None)
+                    val = prev.tsval if prev is not None else 1
+                if ecr is None:
+                    prev = self._last(dst, lambda s: s.tsval is not None)
+                    ecr = prev.tsval if prev is not None else 0
+                out.append(("TS", val, ecr))
+            elif o[0] == "sack":
+                out.append(("sack", tuple((self.isns.abs(dst, a), self.isns.abs(dst, b))
+                                          for a, b in o[1])))
+            elif len(o) > 1 and o[1] is None:
+                raise InvalidArgument(f"option {o[0]} needs a value to be sent, got *")
+            else:
+                out.append(o)
+        return tuple(out)
+
+    def _frame(self, src, dst, seq, ack, flags, window, options, data) -> bytes:
+        opts = _tcpline.encode_options(options) if options else b""
+        tcp = struct.pack("!HHIIBBHHH", src[1], dst[1], seq, ack, (20 + len(opts)) // 4 << 4,
+                          flags, window, 0, 0) + opts + data
+        if self.family == 4:
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
+                             socket.inet_pton(socket.AF_INET, src[0]),
+                             socket.inet_pton(socket.AF_INET, dst[0]))
+            eth_type = 0x0800
+        else:
+            ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64,
+                             socket.inet_pton(socket.AF_INET6, src[0]),
+                             socket.inet_pton(socket.AF_INET6, dst[0]))
+            eth_type = 0x86DD
+        eth = (bytes.fromhex(self._victim_mac.replace(":", ""))
+               + bytes.fromhex(self._remote_mac.replace(":", "")) + struct.pack("!H", eth_type))
+        return eth + fix_checksums(ip + tcp)
+
+    # --- expecting ------------------------------------------------------
+    async def expect(self, line: str, *, within=None, after=None) -> Seg:
+        """Wait for the victim's next segment to the other end after
+        ``after`` (default: the wire's last event) and check it against the
+        line (see harness.observe.expect); returns it."""
+        __tracebackhide__ = True
+        parsed = _tcpline.parse(line)
+        if parsed.src != self.victim.name:
+            raise InvalidArgument(f"a wire expects segments from its victim "
+                                  f"{self.victim.name!r}; got {line!r}")
+        sender = self._end(parsed.src, parsed.sport, line)
+        receiver = self._end(parsed.dst, parsed.dport, line)
+        t0 = time_of(after, self.last)
+        if not self.ends and (parsed.sport is None or parsed.dport is None):
+            # the first SYN on the port names the flow
+            deadline = time.monotonic() + (within[1] if isinstance(within, tuple) else
+                                           (within or 1.0)) + 0.05
+            while not self.ends:
+                self._drain()
+                if not self.ends:
+                    if time.monotonic() > deadline:
+                        raise ObservationTimeout(f"no segment from {self.victim.name} opened a "
+                                                 f"flow for {line!r}", last=self._segs[-3:])
+                    await trio.sleep(0.001)
+            sender, receiver = self.ends[parsed.src], self.ends[parsed.dst]
+        seg = await wait_segment(lambda: self.segments(flow_only=False), parsed, sender,
+                                 receiver, lambda: self.isns, self._names, within, t0,
+                                 time.monotonic())
+        self.last = seg.t
+        return seg
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            try:
+                trio.lowlevel.notify_closing(self._sock)
+            except RuntimeError:
+                pass
+            self._sock.close()
+
+
+SPIN = 0.02  # the last stretch before a scheduled send is spun, not slept
+
+
+async def _until(when: float) -> None:
+    """Return at ``when`` (time.monotonic()).  trio's sleep wakes up to ~8 ms
+    late on a loaded 2-core machine (measured at load 9.7), so it sleeps
+    until SPIN before and spins the rest without yielding to other tasks."""
+    early = when - SPIN - time.monotonic()
+    if early > 0:
+        await trio.sleep(early)
+    while time.monotonic() < when:
+        pass
+
+
+# --- the two ways in ---------------------------------------------------------------
+
+class ScriptedPeer(Fault):
+    """The remote host's kernel silenced for one TCP port; its ``wire``
+    speaks for it."""
+
+    def __init__(self, victim, remote, port: int, family: int):
+        from .firewall import drop
+        super().__init__(victim.lab)
+        self.label = f"scripted_peer({victim.name}, {remote.name}, port={port})"
+        self._fw = drop(remote, direction="in", peer=victim, port=port, protocol="tcp",
+                        family=family)
+        self._args = (victim, remote, family, port)
+        self.wire: Wire | None = None
+
+    async def _apply(self) -> None:
+        await self._fw.start()
+        try:
+            self.wire = Wire(*self._args)
+        except BaseException:
+            await self._fw.stop()
+            raise
+
+    async def _revert(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
+        await self._fw.stop()
+
+    async def __aenter__(self) -> Wire:
+        await self.start()
+        return self.wire
+
+
+def scripted_peer(victim, remote, *, port: int, family: int = 4) -> ScriptedPeer:
+    """Let a test speak for ``remote`` to ``victim`` on TCP ``port`` (the
+    victim's listening port, or the remote port it connects to):
+    ``async with scripted_peer(server, client, port=9000) as wire``."""
+    from ..host import Host
+    from ..sockets import check_family, check_port
+    for h, what in ((victim, "victim"), (remote, "remote")):
+        if not isinstance(h, Host):
+            raise InvalidArgument(f"scripted_peer(): {what} must be a Host of the lab, got {h!r}")
+    if victim is remote or victim.lab is not remote.lab:
+        raise InvalidArgument("scripted_peer(): victim and remote must be two hosts of one lab")
+    check_port(port)
+    check_family(family)
+    return ScriptedPeer(victim, remote, port, family)
+
+
+async def wire(conn) -> Wire:
+    """Attach a wire to a live connection (its peer stays real): the flow is
+    conn's 4-tuple, both ISNs are learnt (see the module docstring).  The
+    tap stays until the lab ends or ``wire.close()``."""
+    from .inject import _check_conn
+    _check_conn(conn, "wire")
+    lab = conn.host.lab
+    remote = next((h for h in lab.hosts.values() if h is not conn.host
+                   and h.address(conn.family) == conn.remote[0]), None)
+    if remote is None:
+        raise InvalidArgument(f"wire(): the peer of {conn!r} is not a host of this lab")
+    w = Wire(conn.host, remote, conn.family)
+    lab.undo.push(f"close wire on p{conn.host.index}", w.close)
+    w.ends = {conn.host.name: conn.local, remote.name: conn.remote}
+    try:
+        await _learn_isns(w, conn)
+    except BaseException:
+        w.close()
+        raise
+    return w
+
+
+async def _learn_isns(w: Wire, conn) -> None:
+    """SND.NXT and RCV.NXT from the victim's answer to an out-of-window probe
+    (faults.inject explains why it answers), then
+    ISS = SND.NXT - 1 - data bytes sent once - FIN, IRS = RCV.NXT - 1 -
+    bytes received - FIN, from tcp_info (bytes_sent counts retransmissions
+    too, bytes_retrans only them)."""
+    info = conn.info()
+    probe_seq = random.getrandbits(32)
+    for _ in range(2):
+        t0 = time.monotonic()
+        w._sock.send(w._frame(conn.remote, conn.local, probe_seq, random.getrandbits(32), ACK,
+                              65535, (), b"\0"))
+        deadline = t0 + PROBE_WAIT
+        while time.monotonic() < deadline:
+            reply = next((s for s in w.segments() if s.t >= t0 and s.src == conn.local), None)
+            if reply is not None:
+                break
+            await trio.sleep(0.0005)
+        else:
+            probe_seq ^= 0x80000000
+            continue
+        info = conn.info() or info
+        ti = info.tcp_info if info is not None else {}
+        if "bytes_sent" not in ti:
+            raise FaultError(f"wire(): no tcp_info for {conn!r}; cannot learn its ISNs")
+        sent = ti["bytes_sent"] - ti.get("bytes_retrans", 0)
+        w.isns.of[conn.local] = (reply.seq - 1 - sent - (info.state in FIN_SENT)) & 0xFFFFFFFF
+        w.isns.of[conn.remote] = (reply.ack - 1 - ti["bytes_received"]
+                                  - (info.state in FIN_RECEIVED)) & 0xFFFFFFFF
+        w.last = reply.t
+        return
+    raise FaultError(f"{conn!r} did not answer two probes within {PROBE_WAIT}s each",
+                     netns=conn.host.netns)
+
+
+async def reset_at(conn, *, at: float | None = None, delay: float | None = None,
+                   wire_: Wire | None = None) -> Seg:
+    """Send ``conn`` a RST at RCV.NXT (it dies with ECONNRESET) at time ``at``
+    (time.monotonic()) or ``delay`` seconds from now, on a quiet connection
+    too: the sequence is learnt now and tracked until then."""
+    if (at is None) == (delay is None):
+        raise InvalidArgument("reset_at(): give exactly one of at= (time.monotonic()) or "
+                              "delay= (seconds from now)")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, (int, float))
+                              or delay < 0):
+        raise InvalidArgument(f"reset_at(): delay must be seconds >= 0, got {delay!r}")
+    when = at if at is not None else time.monotonic() + delay
+    w = wire_ or await wire(conn)
+    return await w.send(f"{w.remote.name} > {conn.host.name} R. * ack *", at=when)

@@ -1,0 +1,125 @@
+"""Scripted inbound segments (harness.faults.segments) against the real kernel.
+
+The script speaks for a host whose kernel is silenced (scripted_peer), or
+for the real peer of a live connection (wire); what the victim's kernel
+answers is asserted with expected lines.
+"""
+
+import time
+
+import pytest
+import trio
+
+from harness import InvalidArgument, rst_received
+from harness.faults.segments import reset_at, scripted_peer, wire
+from helpers import still_works
+
+
+async def test_scripted_handshake_options_and_data(lab, family):
+    client, server = await lab.pair()
+    async with scripted_peer(server, client, port=9000, family=family) as w:
+        listener = await server.listen(9000, family=family)
+        await w.send("client > server S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop,nop,wscale 7>")
+        # the victim's SYN-ACK echoes what it understood: MSS of its own link,
+        # SACK permitted, window scale 7 (tcp_rmem's 131072 default needs 7; 6.18)
+        synack = await w.expect("server > client S. 0:0(0) ack 1 <mss *,nop,nop,sackOK,nop,"
+                                "wscale 7>", within=0.05)
+        assert synack.option("mss") == ("mss", 1460 if family == 4 else 1440)
+        ack = await w.send("client > server . 1:1(0) ack 1 win 257", wait=0.1)
+        assert 0.1 <= ack.t - synack.t < 0.11
+        conn = await listener.accept()
+        await lab.wait_state(conn, "ESTABLISHED")
+        # SYN-ACK to ACK is the first RTT sample (tcp_synack_rtt_meas(), µs
+        # clock), as packetdrill's "+.1 < ." sets it
+        rtt = conn.info().tcp_info["rtt_us"] / 1e6
+        assert abs(rtt - (ack.t - synack.t)) < 0.001
+        await w.send("client > server P. 1:6(5) ack 1 win 257", payload=b"hello")
+        assert (await conn.recv()).value == b"hello"
+        await w.expect("server > client . 1:1(0) ack 6", within=0.05)
+        # our peer announced mss 1000: the victim's segments carry at most that
+        # (the tap sees what veth carries: a GSO packet of several segments
+        # is one frame here, so this is read from tcp_info)
+        assert conn.info().tcp_info["snd_mss"] == 1000
+        out = await conn.send(b"x" * 1000)
+        await w.expect("server > client P. 1:1001(1000) ack 6", after=out.started, within=0.05)
+
+
+async def test_segment_to_a_tuple_with_no_socket_draws_a_rst(lab, family):
+    client, server = await lab.pair()
+    async with scripted_peer(server, client, port=9999, family=family) as w:
+        syn = await w.send("client:5555 > server:9999 S 0:0(0) win 1000")
+        # tcp_v4_send_reset(): no socket, so RST|ACK acking the SYN (RFC 9293 §3.10.7.1)
+        rst = await w.expect("server:9999 > client:5555 R. 0:0(0) ack 1 win 0", after=syn,
+                             within=0.05)
+        assert rst.seq == 0
+        # an ACK with no socket: a bare RST whose seq is the ACK's ack number
+        ack = await w.send("client:5556 > server:9999 . 0:0(0) ack 0 win 1000")
+        await w.expect("server:9999 > client:5556 R 0:0(0) win 0", after=ack, within=0.05)
+
+
+async def test_live_wire_learns_both_isns(lab, family):
+    client, server = await lab.pair()
+    cap = await lab.capture()
+    listener = await server.listen(9000, family=family)
+    conn = await client.connect(server, 9000, family=family)
+    peer = await listener.accept()
+    assert (await conn.send(b"hello")).value == 5
+    assert (await peer.recv()).value == b"hello"
+    assert (await peer.send(b"ab")).value == 2
+    assert (await conn.recv()).value == b"ab"
+    w = await wire(conn)
+    syn = cap.packets(conn, flags="S")[0]
+    synack = cap.packets(conn, flags="SA")[0]
+    assert w.isns.of[conn.local] == syn.seq and w.isns.of[conn.remote] == synack.seq
+    # speak for the server: its next byte is 3, the client's next is 6
+    data = await w.send("server > client P. 3:6(3) ack 6 win 502", payload=b"xyz")
+    assert (await conn.recv()).value == b"xyz"
+    await w.expect("client > server . 6:6(0) ack 6", after=data, within=0.05)
+
+
+async def test_time_wait_answers_a_stray_segment_with_its_ack(lab, family):
+    client, server = await lab.pair()
+    listener = await server.listen(9000, family=family)
+    conn = await client.connect(server, 9000, family=family)
+    peer = await listener.accept()
+    w = await wire(conn)
+    await conn.close()
+    await lab.wait_state(peer, "CLOSE_WAIT")
+    await peer.close()
+    await lab.wait_state(conn, "TIME_WAIT")
+    # an old duplicate of the server's FIN: tcp_timewait_state_process() re-ACKs it
+    fin = await w.send("server > client F. 1:1(0) ack 2")
+    await w.expect("client > server . 2:2(0) ack 2", after=fin, within=0.05)
+
+
+async def test_reset_at_a_chosen_time_on_a_quiet_connection(lab, family):
+    client, server = await lab.pair()
+    listener = await server.listen(9000, family=family)
+    conn = await client.connect(server, 9000, family=family)
+    peer = await listener.accept()
+    target = time.monotonic() + 0.2
+    sent = await reset_at(conn, at=target)
+    ev = await lab.timeline.wait_for(rst_received(conn))
+    # issue 12: within 10 ms of its time, on a connection that sends nothing
+    assert 0 <= sent.t - target < 0.010 and 0 <= ev.t - target < 0.010
+    assert (await conn.recv()).errno == "ECONNRESET"
+
+
+async def test_bad_lines_and_targets_are_refused(lab):
+    client, server = await lab.pair()
+    with pytest.raises(InvalidArgument, match="port must be an int"):
+        scripted_peer(server, client, port=0)
+    with pytest.raises(InvalidArgument, match="two hosts of one lab"):
+        scripted_peer(server, server, port=9000)
+    async with scripted_peer(server, client, port=9000) as w:
+        with pytest.raises(InvalidArgument, match="sends only to its victim"):
+            await w.send("server > client S 0:0(0)")
+        with pytest.raises(InvalidArgument, match="payload has 2 bytes"):
+            await w.send("client > server S 0:1(1)", payload=b"ab")
+        with pytest.raises(InvalidArgument, match="neither 'server' nor 'client'"):
+            await w.send("router > server S 0:0(0)")
+        w.port = None  # a wire attached to nothing yet, with no service port
+        with pytest.raises(InvalidArgument, match="no port for 'server'"):
+            await w.send("client > server . 1:1(0)")
+    with pytest.raises(InvalidArgument, match="exactly one of at="):
+        await reset_at(None)
