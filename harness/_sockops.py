@@ -40,7 +40,29 @@ OPTIONS: dict[str, tuple[int, int, str]] = {
     "TCP_QUICKACK": (socket.IPPROTO_TCP, 12, "bool"),
     "TCP_LINGER2": (socket.IPPROTO_TCP, 8, "seconds"),
     "TCP_SYNCNT": (socket.IPPROTO_TCP, 7, "int"),
+    "TCP_MAXSEG": (socket.IPPROTO_TCP, 2, "int"),
+    "TCP_CORK": (socket.IPPROTO_TCP, 3, "bool"),
+    "TCP_DEFER_ACCEPT": (socket.IPPROTO_TCP, 9, "seconds"),
+    "TCP_WINDOW_CLAMP": (socket.IPPROTO_TCP, 10, "int"),
+    "TCP_CONGESTION": (socket.IPPROTO_TCP, 13, "str"),
+    "TCP_NOTSENT_LOWAT": (socket.IPPROTO_TCP, 25, "int"),
+    "TCP_FASTOPEN": (socket.IPPROTO_TCP, 23, "int"),
+    "SO_RCVLOWAT": (socket.SOL_SOCKET, socket.SO_RCVLOWAT, "int"),
+    "SO_OOBINLINE": (socket.SOL_SOCKET, socket.SO_OOBINLINE, "bool"),
 }
+# read-only options (getsockopt only): name -> (level, optname, decoder)
+READ_ONLY: dict[str, tuple[int, int, str]] = {
+    "SO_ERROR": (socket.SOL_SOCKET, socket.SO_ERROR, "errno"),
+    "SO_TYPE": (socket.SOL_SOCKET, socket.SO_TYPE, "int"),
+    "SO_ACCEPTCONN": (socket.SOL_SOCKET, socket.SO_ACCEPTCONN, "bool"),
+    "SO_LINGER": (socket.SOL_SOCKET, socket.SO_LINGER, "linger"),
+    "TCP_INFO": (socket.IPPROTO_TCP, 11, "bytes"),
+}
+# ioctls on a TCP socket (linux/sockios.h): bytes queued
+IOCTLS = {"SIOCINQ": 0x541B, "SIOCOUTQ": 0x5411, "SIOCOUTQNSD": 0x894B}
+# poll(2) event bits (poll.h) by name; POLLRDHUP is Linux's
+POLL_EVENTS = {"in": 0x001, "pri": 0x002, "out": 0x004, "err": 0x008, "hup": 0x010,
+               "rdhup": 0x2000}
 
 
 def errno_name(code: int) -> str:
@@ -97,6 +119,11 @@ def encode_option(name: str, value: Any) -> tuple[int, int, int]:
         if not isinstance(value, bool):
             raise ValueError(f"{name} takes True/False, got {value!r}")
         return level, opt, int(value)
+    if kind == "str":
+        if not isinstance(value, str) or not value.isascii() or not 0 < len(value) < 16:
+            raise ValueError(f"{name} takes a name of 1..15 ASCII characters (e.g. 'cubic', "
+                             f"'reno'), got {value!r}")
+        return level, opt, value.encode()  # type: ignore[return-value]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} takes a number >= 0 ({kind}), got {value!r}")
     if kind == "seconds":
@@ -116,6 +143,43 @@ def _sockaddr(family: int, address: str, port: int):
 
 def _name(sockname) -> tuple[str, int]:
     return (sockname[0], sockname[1])
+
+
+def decode_option(name: str, raw: bytes) -> Any:
+    """A getsockopt result in the unit setsockopt takes (seconds, bools,
+    names); SO_ERROR as an errno name or None; TCP_INFO as raw bytes."""
+    kind = OPTIONS[name][2] if name in OPTIONS else READ_ONLY[name][2]
+    if kind == "bytes":
+        return raw
+    if kind == "str":
+        return raw.split(b"\0", 1)[0].decode()
+    if kind == "linger":
+        onoff, secs = struct.unpack("ii", raw[:8])
+        return None if not onoff else secs
+    v = struct.unpack("i", raw[:4])[0]
+    if kind == "errno":
+        return errno_name(v) if v else None
+    if kind == "bool":
+        return bool(v)
+    if kind == "milliseconds":
+        return v / 1000
+    return v
+
+
+def poll_names(mask: int) -> tuple[str, ...]:
+    return tuple(n for n, bit in POLL_EVENTS.items() if mask & bit)
+
+
+def poll_mask(events: Any) -> int:
+    """("in", "out") or "in,out" -> a poll(2) mask; ValueError names the choices."""
+    names = events.split(",") if isinstance(events, str) else list(events)
+    mask = 0
+    for n in names:
+        n = n.strip().lower()
+        if n not in POLL_EVENTS:
+            raise ValueError(f"poll events must be among {sorted(POLL_EVENTS)}, got {events!r}")
+        mask |= POLL_EVENTS[n]
+    return mask
 
 
 class SocketTable:
@@ -205,6 +269,62 @@ class SocketTable:
             await trio.to_thread.run_sync(os.close, fd)
         else:
             os.close(fd)
+
+    # --- non-blocking calls and queries (a dup of the descriptor, so the
+    # trio socket object is untouched; the flags live on the shared file)
+    def _dup(self, h: int) -> socket.socket:
+        s = self._get(h)
+        return socket.socket(s.family, s.type, fileno=os.dup(s.fileno()))
+
+    async def op_connect_nb(self, h: int, address: str, port: int) -> tuple:
+        """connect(2) on a non-blocking socket: EINPROGRESS, result later
+        through poll and SO_ERROR."""
+        s = self._get(h)
+        with self._dup(h) as d:
+            d.setblocking(False)
+            code = d.connect_ex(_sockaddr(s.family, address, port))
+            if code:
+                raise OSError(code, os.strerror(code))
+            return (_name(d.getsockname()), _name(d.getpeername()))
+
+    async def op_recv_nb(self, h: int, size: int = 65536) -> bytes:
+        with self._dup(h) as d:
+            return d.recv(size, socket.MSG_DONTWAIT)
+
+    async def op_send_nb(self, h: int, data: bytes) -> int:
+        with self._dup(h) as d:
+            return d.send(data, socket.MSG_DONTWAIT)
+
+    async def op_getsockopt(self, h: int, name: str) -> Any:
+        level, opt, _kind = OPTIONS[name] if name in OPTIONS else READ_ONLY[name]
+        size = 256 if name in ("TCP_INFO", "TCP_CONGESTION") else 8
+        return decode_option(name, self._get(h).getsockopt(level, opt, size))
+
+    async def op_ioctl(self, h: int, name: str) -> int:
+        import fcntl
+        raw = fcntl.ioctl(self._get(h).fileno(), IOCTLS[name], struct.pack("i", 0))
+        return struct.unpack("i", raw)[0]
+
+    async def op_poll(self, h: int, events: int, timeout: float = 0.0,
+                      edge: bool = False, epoll: bool = False) -> tuple:
+        """poll(2) (or epoll_wait on a fresh epoll set) for ``events``;
+        value: the names of the events ready (an empty tuple on timeout)."""
+        import select
+        fd = self._get(h).fileno()
+        if epoll:
+            ep = select.epoll()
+            try:
+                ep.register(fd, events | (select.EPOLLET if edge else 0))
+                ready = await trio.to_thread.run_sync(ep.poll, timeout) if timeout else \
+                    ep.poll(0)
+            finally:
+                ep.close()
+        else:
+            p = select.poll()
+            p.register(fd, events)
+            ms = int(timeout * 1000)
+            ready = await trio.to_thread.run_sync(p.poll, ms) if ms else p.poll(0)
+        return poll_names(ready[0][1]) if ready else ()
 
     async def op_sockname(self, h: int) -> tuple:
         return _name(self._get(h).getsockname())

@@ -157,17 +157,23 @@ class Socket:
         return out
 
     # --- calls returning outcomes ---------------------------------------
-    async def send(self, data: bytes, *, all: bool = False) -> Outcome:
-        """send(2) once (value: bytes accepted), or until all is sent."""
+    async def send(self, data: bytes, *, all: bool = False, dontwait: bool = False) -> Outcome:
+        """send(2) once (value: bytes accepted), or until all is sent.
+        ``dontwait``: MSG_DONTWAIT, EAGAIN when the send buffer is full."""
         if not isinstance(data, (bytes, bytearray)):
             raise InvalidArgument(f"data must be bytes, got {type(data).__name__}")
+        if dontwait:
+            if all:
+                raise InvalidArgument("send(): all=True waits; it cannot go with dontwait=True")
+            return await self._call("send_nb", data=bytes(data))
         return await self._call("send", data=bytes(data), all=all)
 
-    async def recv(self, size: int = 65536) -> Outcome:
-        """recv(2) once: value b"" means the peer's FIN (end of stream)."""
+    async def recv(self, size: int = 65536, *, dontwait: bool = False) -> Outcome:
+        """recv(2) once: value b"" means the peer's FIN (end of stream).
+        ``dontwait``: MSG_DONTWAIT, EAGAIN when nothing is queued."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InvalidArgument(f"size must be an int >= 1, got {size!r}")
-        return await self._call("recv", size=size)
+        return await self._call("recv_nb" if dontwait else "recv", size=size)
 
     async def shutdown(self, how: str = "w") -> Outcome:
         """shutdown(2): "w" sends FIN (half-close), "r", or "rw"."""
@@ -196,6 +202,47 @@ class Socket:
             raise InvalidArgument(str(exc)) from None
         return await self._call("setsockopt", name=name, value=value)
 
+    async def getsockopt(self, name: str) -> Outcome:
+        """Read an option by name, in setsockopt's units (see
+        harness._sockops.OPTIONS), or a read-only one: SO_ERROR (an errno
+        name, None when there is none; reading it clears it), SO_TYPE,
+        SO_ACCEPTCONN, SO_LINGER (seconds or None), TCP_INFO (a dict, as
+        SocketInfo.tcp_info)."""
+        from ._sockops import OPTIONS, READ_ONLY
+        if name not in OPTIONS and name not in READ_ONLY:
+            raise InvalidArgument(f"socket option must be one of "
+                                  f"{sorted(set(OPTIONS) | set(READ_ONLY))}, got {name!r}")
+        out = await self._call("getsockopt", name=name)
+        if name == "TCP_INFO" and out.ok:
+            from . import _diag
+            out = Outcome(out.call, _diag.decode_tcp_info(memoryview(out.value)), None,
+                          out.started, out.ended)
+        return out
+
+    async def ioctl(self, name: str) -> Outcome:
+        """ioctl(2) by name: SIOCINQ (bytes unread), SIOCOUTQ (bytes not yet
+        acknowledged), SIOCOUTQNSD (bytes not yet sent)."""
+        from ._sockops import IOCTLS
+        if name not in IOCTLS:
+            raise InvalidArgument(f"ioctl must be one of {sorted(IOCTLS)}, got {name!r}")
+        return await self._call("ioctl", name=name)
+
+    async def poll(self, events="in", *, timeout: float = 0.0, epoll: bool = False,
+                   edge: bool = False) -> Outcome:
+        """poll(2) (or, with ``epoll=True``, epoll_wait on a fresh epoll set;
+        ``edge`` adds EPOLLET) for ``events`` ("in", "out", "rdhup", "pri",
+        or several: "in,out"), waiting up to ``timeout`` seconds (0: just
+        look).  Value: the names of the ready events ("err" and "hup" are
+        always reported), () on timeout."""
+        from ._sockops import poll_mask
+        try:
+            mask = poll_mask(events)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        return await self._call("poll", events=mask, timeout=timeout, epoll=epoll, edge=edge)
+
     async def keepalive(self, *, idle: int, interval: int, count: int) -> None:
         """SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (seconds)."""
         for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
@@ -208,15 +255,18 @@ class Socket:
         return await self._call("bind", address=addr, port=port,
                                 then=lambda o: setattr(self, "local", o.value))
 
-    async def connect(self, target, port: int) -> Outcome:
+    async def connect(self, target, port: int, *, nonblocking: bool = False) -> Outcome:
         """connect(2) to a Host (its address of this socket's family) or an
-        address string."""
+        address string.  ``nonblocking``: the call returns at once, with
+        EINPROGRESS; the result comes through ``poll("out")`` and
+        ``getsockopt("SO_ERROR")``."""
         address = self.host.lab.resolve(target, self.family)
         check_port(port)
 
         def connected(o: Outcome) -> None:
             self.local, self.remote = o.value
-        out = await self._call("connect", address=address, port=port, then=connected)
+        out = await self._call("connect_nb" if nonblocking else "connect", address=address,
+                               port=port, then=connected)
         if not out.ok:  # the attempt still had a 4-tuple: its events stay matchable
             self.remote = (address, port)
             named = await self._driver.call("sockname", h=self._h)
