@@ -88,10 +88,20 @@ class Wire:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             sock.bind((f"p{victim.index}", 0))
+            # a second socket only sends: the kernel shows a frame to every
+            # packet socket but its sender (dev_queue_xmit_nit()), so the tap
+            # stamps our own segments when they really leave
+            with _netns.entered(self.lab._switch[1]):
+                out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+            try:
+                out.bind((f"p{victim.index}", 0))
+            except BaseException:
+                out.close()
+                raise
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
+        self._sock, self._out = sock, out
         self._segs: list[Seg] = []
         self.isns = Isns()
         self.ends: dict[str, tuple[str, int]] = {}   # host name -> (address, port) of the flow
@@ -216,14 +226,26 @@ class Wire:
         when = at if at is not None else (self.last + wait if wait is not None else None)
         if when is not None:
             await _until(when)
-        t = time.monotonic()
-        self._sock.send(frame)
-        seg = Seg(t, src, dst, seq, ack, parsed.flags, window, len(data),
-                  _tcpline.decode_options(_tcpline.encode_options(options)) if options else (),
-                  data)
-        self._record(seg)
-        self.last = t
+        seg = self._transmit(frame)
+        self.last = seg.t
         return seg
+
+    def _transmit(self, frame: bytes) -> Seg:
+        """Send a frame; the segment as the tap saw it leave (kernel time)."""
+        t = time.monotonic()
+        n = len(self._segs)
+        self._out.send(frame)
+        want = decode_frame(frame, t)
+        deadline = t + 0.5
+        while True:
+            self._drain()
+            for s in self._segs[n:]:
+                if (s.src, s.dst, s.seq, s.ack, s.flags, s.payload) == \
+                        (want.src, want.dst, want.seq, want.ack, want.flags, want.payload):
+                    return s
+            if time.monotonic() > deadline:  # not seen (a full tap buffer): our own clock
+                self._record(want)
+                return want
 
     def _numbers(self, parsed, src, dst, line) -> tuple[int, int]:
         if parsed.flags & SYN and src not in self.isns.of:
@@ -317,6 +339,8 @@ class Wire:
             except RuntimeError:
                 pass
             self._sock.close()
+        if self._out.fileno() >= 0:
+            self._out.close()
 
 
 SPIN = 0.02  # the last stretch before a scheduled send is spun, not slept
@@ -414,7 +438,7 @@ async def _learn_isns(w: Wire, conn) -> None:
     probe_seq = random.getrandbits(32)
     for _ in range(2):
         t0 = time.monotonic()
-        w._sock.send(w._frame(conn.remote, conn.local, probe_seq, random.getrandbits(32), ACK,
+        w._out.send(w._frame(conn.remote, conn.local, probe_seq, random.getrandbits(32), ACK,
                               65535, (), b"\0"))
         deadline = t0 + PROBE_WAIT
         while time.monotonic() < deadline:
@@ -425,6 +449,9 @@ async def _learn_isns(w: Wire, conn) -> None:
         else:
             probe_seq ^= 0x80000000
             continue
+        # the probes are not the peer's: forget them (they would skew _next)
+        w._segs = [s for s in w._segs if not (s.src == conn.remote and s.length == 1
+                                               and s.seq in (probe_seq, probe_seq ^ 0x80000000))]
         info = conn.info() or info
         ti = info.tcp_info if info is not None else {}
         if "bytes_sent" not in ti:
