@@ -103,6 +103,7 @@ class Wire:
             raise
         self._sock, self._out = sock, out
         self._segs: list[Seg] = []
+        self._matched: set[int] = set()   # ids of segments an expect() took
         self.isns = Isns()
         self.ends: dict[str, tuple[str, int]] = {}   # host name -> (address, port) of the flow
         self.last = time.monotonic()                  # the wire's last event
@@ -328,7 +329,7 @@ class Wire:
             sender, receiver = self.ends[parsed.src], self.ends[parsed.dst]
         seg = await wait_segment(lambda: self.segments(flow_only=False), parsed, sender,
                                  receiver, lambda: self.isns, self._names, within, t0,
-                                 time.monotonic())
+                                 time.monotonic(), self._matched)
         self.last = seg.t
         return seg
 

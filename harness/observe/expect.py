@@ -216,11 +216,13 @@ def time_of(after, default: float) -> float:
 
 async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
                        receiver: tuple[str, int], isns_of, names: dict, within, after,
-                       now: float) -> Seg:
+                       now: float, matched: set | None = None) -> Seg:
     """Wait for the next segment from ``sender`` to ``receiver`` seen after
     ``after``; check it against ``line`` and the time window.
     ``segments()`` returns every Seg seen so far, in order; ``isns_of()``
-    the Isns learnt from them."""
+    the Isns learnt from them.  ``matched``: ids of segments an earlier
+    expectation took (each is matched once, as in packetdrill); the one
+    returned is added to it."""
     __tracebackhide__ = True
     lo, hi = check_within(within)
     t0 = time_of(after, now)
@@ -228,7 +230,8 @@ async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
     slack = 0.05  # wait a little past hi so a late segment is shown, not just "none"
     while True:
         seen = [s for s in segments() if s.t >= t0]
-        mine = [s for s in seen if s.src == sender and s.dst == receiver]
+        mine = [s for s in seen if s.src == sender and s.dst == receiver
+                and (matched is None or id(s) not in matched)]
         if mine:
             seg = mine[0]
             isns = isns_of()
@@ -239,6 +242,8 @@ async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
             if problems:
                 raise SegmentMismatch(_report(line, seen, names, isns, t0, lo, hi,
                                               "; ".join(problems)))
+            if matched is not None:
+                matched.add(id(seg))
             return seg
         if _time.monotonic() > t0 + hi + slack:
             raise SegmentMismatch(_report(line, seen, names, isns_of(), t0, lo, hi,
