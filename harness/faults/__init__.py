@@ -9,10 +9,12 @@ from .sockets import destroy
 from .host import power_off, power_on, reboot
 from .inject import inject_fin, inject_rst, inject_syn
 from .netem import Netem, netem
+from .segments import ScriptedPeer, Wire, reset_at, scripted_peer, wire
 
 __all__ = [
     "Action", "DropLastAck", "Netem", "PacketFault", "TcpPacket", "blackhole", "destroy", "drop",
     "drop_first", "drop_last_ack", "drop_nth", "drop_nth_fin", "drop_synack", "inject_fin",
     "inject_rst", "inject_syn", "kill", "netem", "packets", "partition", "pause",
     "port_unreachable", "power_off", "power_on", "reboot", "reject", "unreachable_host",
+    "ScriptedPeer", "Wire", "reset_at", "scripted_peer", "wire",
 ]

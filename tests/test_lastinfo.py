@@ -1,0 +1,52 @@
+"""tcp_info at the moment a socket dies, kept (harness.observe.lastinfo)."""
+
+import pytest
+
+from harness import InvalidArgument, entered, faults
+from harness.observe.lastinfo import last_info
+
+
+async def test_orphan_giving_up_keeps_its_last_tcp_info(lab, family):
+    client, server = await lab.pair(sysctls={"net.ipv4.tcp_orphan_retries": 1})
+    listener = await server.listen(9000, family=family)
+    conn = await client.connect(server, 9000, family=family)
+    peer = await listener.accept()
+    async with faults.drop(server, port=9000):       # the FIN is never ACKed
+        async with last_info(conn) as keep:
+            await conn.close()                           # an orphan in FIN_WAIT1 now
+            last = await keep.wait_gone(timeout=10)
+    # the orphan died after tcp_orphan_retries=1... (tcp_orphan_retries(): at
+    # least one retransmission); its last look shows the timer and backoff
+    ev = await lab.timeline.wait_for(entered(conn, "CLOSE"))
+    assert last.state == "FIN_WAIT1" and last.timer == "retransmit"
+    assert last.tcp_info["backoff"] >= 1 and last.tcp_info["total_retrans"] >= 1
+    assert last.snapshot_time < keep.gone_at
+    # polled every 1 ms (a dump is ~0.1 ms; trio's sleep may oversleep under
+    # load); the tracepoint's clock is converted, so no sub-ms order is claimed
+    assert abs(ev.t - last.snapshot_time) < 0.05
+
+
+async def test_owner_reads_tcp_info_after_the_kernel_closed_the_socket(lab):
+    client, server = await lab.pair()
+    listener = await server.listen(9000)
+    conn = await client.connect(server, 9000)
+    peer = await listener.accept()
+    assert (await conn.send(b"x" * 3000)).value == 3000
+    assert len((await peer.recv(4000)).value) > 0
+    await peer.close(linger=0)
+    await lab.wait_state(conn, "CLOSED")
+    info = (await conn.getsockopt("TCP_INFO")).value
+    # bytes_acked counts the SYN too on the active side (tcp_snd_una_update()
+    # in tcp_rcv_synsent_state_process()); bytes_sent only data
+    assert info["bytes_acked"] == 3001 and info["bytes_sent"] == 3000
+
+
+async def test_bad_arguments(lab):
+    client, server = await lab.pair()
+    sock = await client.socket(4)
+    with pytest.raises(InvalidArgument, match="needs a connected socket"):
+        last_info(sock)
+    listener = await server.listen(9000)
+    conn = await client.connect(server, 9000)
+    with pytest.raises(InvalidArgument, match="every must be seconds"):
+        last_info(conn, every=0)
