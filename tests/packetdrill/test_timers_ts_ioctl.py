@@ -1,8 +1,11 @@
 """packetdrill's user_timeout/, ts_recent/ and ioctl/ scripts about
 teardown, ported line by line (see pd.py for the mapping)."""
 
+import time
+
 import trio
 
+from harness.faults.segments import _until
 from pd import TOL, accepted, listening, mss
 
 
@@ -109,3 +112,54 @@ async def test_ioctl_siocinq_fin(lab, family):
     assert (await conn.ioctl("SIOCINQ")).value == 1000
     assert len((await conn.recv(1000)).value) == 1000
     assert (await conn.ioctl("SIOCINQ")).value == 0
+
+
+async def test_user_timeout_probe(lab, family):
+    """gtests/net/tcp/user_timeout/user-timeout-probe.pkt: with
+    TCP_USER_TIMEOUT 3 s and every outgoing packet dropped locally, the
+    kernel retries every 500 ms (TCP_RESOURCE_PROBE_INTERVAL) and kills the
+    connection after the user timeout: write() fails with ETIMEDOUT and
+    tcp_info shows the probes (6) without backoff.
+
+    The script's own mechanism is used: ``tc qdisc ... pfifo limit 0`` on
+    the server's device (tcp_transmit_skb() sees NET_XMIT_DROP, local
+    congestion, so tcp_send_probe0() retries at the resource-probe interval
+    without backoff).  Every assertion holds at its original time: alive
+    at +3.25 s, ETIMEDOUT at +3.35 s, 6 probes.  Issue 12 reported a death
+    at +3.23 s on 6.18; it did not reproduce here (death between +3.25
+    and +3.35 in every run).  An iptables drop on output is *not* the same
+    fault: NF_DROP returns -EPERM, which tcp_send_probe0() treats as a
+    sent probe (3 probes with exponential timing in our runs)."""
+    from harness import entered
+    w, listener = await listening(lab, family)
+    await w.send("client > server S 0:0(0) win 0 <mss 1460>")
+    await w.expect(f"server > client S. 0:0(0) ack 1 <mss {mss(family)}>", within=TOL)
+    await w.send("client > server . 1:1(0) ack 1 win 65530", wait=0.1)
+    conn = await listener.accept()
+    assert (await conn.setsockopt("TCP_USER_TIMEOUT", 3.0)).ok
+    out = await conn.send(b"a" * 24)
+    assert out.value == 24
+    await w.expect("server > client P. 1:25(24) ack 1", after=out.started, within=TOL)
+    await w.send("client > server . 1:1(0) ack 25 win 65530", wait=0.1)
+    info = (await conn.getsockopt("TCP_INFO")).value
+    assert info["probes"] == 0 and info["backoff"] == 0
+    server = lab["server"]
+    # the script's own mechanism: a pfifo qdisc of limit 0 on the device
+    await server.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "pfifo", "limit", "0"])
+    try:
+        start = await conn.send(b"a" * 24)
+        assert start.value == 24
+        await _until(start.ended + 3.25)  # spun, not slept: trio oversleeps under load
+        alive = await conn.send(b"a" * 24)
+        await trio.sleep(alive.started + 0.1 - time.monotonic())
+        late = await conn.send(b"a" * 24)
+        dead = await lab.timeline.wait_for(entered(conn, "CLOSE"), timeout=1)
+    finally:
+        await server.run(["tc", "qdisc", "del", "dev", "eth0", "root"])
+    # alive at +3.25 (or a little later: a stronger claim), dead by +3.35
+    assert alive.value == 24 and alive.started - start.ended >= 3.25
+    assert late.errno == "ETIMEDOUT"
+    assert alive.started < dead.t < late.started and dead.t - start.ended < 3.35
+    info = (await conn.getsockopt("TCP_INFO")).value
+    assert info["probes"] == 6 and info["backoff"] == 0
+    assert (await conn.close()).ok
