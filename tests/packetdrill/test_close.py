@@ -7,7 +7,7 @@ packetdrill's tolerance (pd.TOL) unless the script gives a window.
 import trio
 
 from harness.faults.segments import scripted_peer
-from pd import PORT, TOL, cubic, pair, server_conn
+from pd import JIFFY, PORT, TOL, cubic, pair, server_conn
 
 
 async def test_close_local_close_then_remote_fin(lab, family):
@@ -65,10 +65,15 @@ async def test_close_remote_fin_then_close(lab, family):
     """gtests/net/tcp/close/close-remote-fin-then-close.pkt: the remote side
     sends FIN, then we close() (the LAST_ACK path); once our FIN is ACKed
     the kernel has no record of the connection and answers anything with
-    a RST."""
+    a RST.
+
+    The ACK of the FIN gets TOL + JIFFY: tcp_fin() puts the socket in
+    pingpong mode, so __tcp_ack_snd_check() delays the ACK
+    (tcp_send_delayed_ack()) with the connection's ato, still 0 on this
+    passive side: the delack timer fires on the next jiffy (pd.JIFFY)."""
     w, conn = await server_conn(lab, family)
     await w.send("client > server F. 1:1(0) ack 1 win 257", wait=0.01)
-    await w.expect("server > client . 1:1(0) ack 2", within=TOL)
+    await w.expect("server > client . 1:1(0) ack 2", within=TOL + JIFFY)
     assert (await conn.recv(1000)).value == b""
     await trio.sleep_until(trio.current_time() + 0.01)  # the script's +.01
     out = await conn.close()
