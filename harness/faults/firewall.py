@@ -448,13 +448,32 @@ def _match_bodies(family: int, direction: str, peer: str | None, port: int | Non
     return body
 
 
+def _check_probability(p: object, where: str) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        raise InvalidArgument(f"probability must be a fraction in (0, 1], got "
+                              f"probability={p!r} ({type(p).__name__}) from {where}()")
+    return float(p)
+
+
+def _with_probability(bodies: dict, target: str, p: float) -> None:
+    """Each rule that ends in ``target`` matches a packet with probability p
+    (xt_statistic, --mode random: an independent draw per packet)."""
+    for per_dir in bodies.values():
+        for d, body in per_dir.items():
+            per_dir[d] = [line[: -len(f"-j {target}")]
+                          + f"-m statistic --mode random --probability {p:.6f} -j {target}"
+                          if line.endswith(f"-j {target}") else line for line in body]
+
+
 def _build(kind: str, host: object, direction: object, peer: object, port: object,
            protocol: object, tcp_flags: object, family: object, with_: object = None, *,
-           where: str | None = None) -> tuple[Host, dict[int, dict[str, list[str]]], str]:
+           where: str | None = None, probability: object = 1.0
+           ) -> tuple[Host, dict[int, dict[str, list[str]]], str]:
     """Validate everything (touching nothing) and render the rule bodies.
     ``kind`` is "drop" or "reject"; ``where`` names the public constructor
     in error messages."""
     where = where or kind
+    probability = _check_probability(probability, where)
     host = _check_host(host, "host", where)
     _check_choice(direction, "direction", DIRECTIONS, where)
     _check_port(port, where)
@@ -500,6 +519,8 @@ def _build(kind: str, host: object, direction: object, peer: object, port: objec
                           else f"-p {icmp} destination-unreachable -j RETURN")
                 body.insert(1, answer)
             bodies[fam][d] = body
+        if probability < 1:
+            _with_probability({fam: bodies[fam]}, target, probability)
     desc = [repr(host.name), direction]
     if peer is not None:
         desc.append(f"peer={peer.name if isinstance(peer, Host) else peer}")
@@ -511,6 +532,8 @@ def _build(kind: str, host: object, direction: object, peer: object, port: objec
         desc.append(f"flags={tcp_flags}")
     if with_ is not None:
         desc.append(f"with {with_}")
+    if probability < 1:
+        desc.append(f"probability={probability:g}")
     if family is not None:
         desc.append(f"IPv{family}")
     return host, bodies, f"{where}({', '.join(desc)})"
@@ -521,23 +544,28 @@ def _build(kind: str, host: object, direction: object, peer: object, port: objec
 
 def drop(host: Host, *, direction: str = "in", peer: Host | str | None = None,
          port: int | None = None, protocol: str | None = None, tcp_flags: str | None = None,
-         family: int | None = None) -> Firewall:
+         family: int | None = None, probability: float = 1.0) -> Firewall:
     """Silently drop the matching packets (see the module docstring for the
-    matching rules).  The peer sees silence: retransmissions, then ETIMEDOUT."""
-    host, bodies, label = _build("drop", host, direction, peer, port, protocol, tcp_flags, family)
+    matching rules).  The peer sees silence: retransmissions, then ETIMEDOUT.
+    ``probability`` < 1 drops each matching packet independently with that
+    chance (pumba's iptables --probability; xt_statistic random mode)."""
+    host, bodies, label = _build("drop", host, direction, peer, port, protocol, tcp_flags, family,
+                                 probability=probability)
     return Firewall(host.lab, label, [_Rules(host, bodies)])
 
 
 def reject(host: Host, *, direction: str = "in", peer: Host | str | None = None,
            port: int | None = None, protocol: str | None = None, tcp_flags: str | None = None,
-           family: int | None = None, with_: str = "icmp-port-unreachable") -> Firewall:
+           family: int | None = None, with_: str = "icmp-port-unreachable",
+           probability: float = 1.0) -> Firewall:
     """Drop the matching packets and answer each with ``with_``: a TCP RST
     ("tcp-reset", needs protocol tcp) or an ICMP destination unreachable
     (ICMPv6 for IPv6: host -> addr-unreachable, net -> no-route, admin ->
     adm-prohibited; the other ICMP codes are IPv4 only).  With
-    direction "both", the answers themselves are let out."""
+    direction "both", the answers themselves are let out.  ``probability``
+    < 1: each matching packet is rejected with that chance (as drop's)."""
     host, bodies, label = _build("reject", host, direction, peer, port, protocol, tcp_flags,
-                                 family, with_)
+                                 family, with_, probability=probability)
     return Firewall(host.lab, label, [_Rules(host, bodies)])
 
 
