@@ -10,6 +10,8 @@ from .host import power_off, power_on, reboot
 from .inject import inject_fin, inject_rst, inject_syn
 from .netem import Netem, netem
 from .segments import ScriptedPeer, Wire, reset_at, scripted_peer, wire
+from .stream import (Proxy, Toxic, latency, limit_data, proxy, reset_peer, slicer, slow_close,
+                     timeout)
 
 __all__ = [
     "Action", "DropLastAck", "Netem", "PacketFault", "TcpPacket", "blackhole", "destroy", "drop",
@@ -17,4 +19,6 @@ __all__ = [
     "inject_rst", "inject_syn", "kill", "netem", "packets", "partition", "pause",
     "port_unreachable", "power_off", "power_on", "reboot", "reject", "unreachable_host",
     "ScriptedPeer", "Wire", "reset_at", "scripted_peer", "wire",
+    "Proxy", "Toxic", "latency", "limit_data", "proxy", "reset_peer", "slicer", "slow_close",
+    "timeout",
 ]
