@@ -292,13 +292,28 @@ class _LinkTarget:
     conn = None
     port = None
 
-    def __init__(self, host):
+    def __init__(self, host, peer=None, port: int | None = None):
         self.host = host
         self.families = tuple(f for f, a in ((4, host.v4), (6, host.v6)) if a)
+        self.selectors = (peer, port)
+        if peer is not None:  # a peer limits the rules to the families it has
+            self.families = tuple(f for f in self.families if _peer_address(peer, f))
 
     def match(self, flow: Flow, direction: str, family: int) -> str:
         dev = "-i eth0" if direction == "in" else "-o eth0"
-        return f"{dev} -p tcp -m mark ! --mark {hex(MARK)}"
+        peer, port = self.selectors
+        where = ""
+        if peer is not None:  # the other end: source on the way in, destination out
+            where += f"{'-s' if direction == 'in' else '-d'} {_peer_address(peer, family)} "
+        ports = f"-m multiport --ports {port} " if port is not None else ""
+        return f"{dev} {where}-p tcp {ports}-m mark ! --mark {hex(MARK)}"
+
+
+def _peer_address(peer, family: int) -> str | None:
+    """A peer Host's address of that family, or an address string's own."""
+    if isinstance(peer, str):
+        return peer if (":" in peer) == (family == 6) else None
+    return peer.v4 if family == 4 else peer.v6
 
 
 class _Plan(Action):
@@ -321,9 +336,11 @@ class _LinkEngine(PacketFault):
     a corrupted packet, a copy (sent from a raw socket when due).  Keeps
     counts but no per-packet log."""
 
-    def __init__(self, host, direction: str, decide, rng: random.Random, label: str):
+    def __init__(self, host, direction: str, decide, rng: random.Random, label: str,
+                 peer=None, port: int | None = None):
         self._healing = False
-        super().__init__(_LinkTarget(host), flows=[Flow(direction)], where=WHERE, label=label,
+        super().__init__(_LinkTarget(host, peer, port), flows=[Flow(direction)], where=WHERE,
+                         label=label,
                          decide=lambda pkt: None if self._healing else decide(pkt))
         self._rng = rng
         self._copies: list[tuple[float, int, bytes]] = []   # (due, order, raw)
@@ -416,12 +433,16 @@ class Netem(Fault):
     where the kernel decides.
     """
 
-    def __init__(self, host, params: NetemParams, direction: str, engine: str):
+    def __init__(self, host, params: NetemParams, direction: str, engine: str,
+                 peer=None, port: int | None = None):
         super().__init__(host.lab)
         self.host, self.params, self.direction, self.engine = host, params, direction, engine
+        self.peer, self.port = peer, port
         shown = ", ".join(f"{k}={v:g}" for k, v in asdict(params).items()
                           if v and k != "limit")
-        self.label = f"netem({shown or 'nothing'}) {direction} on {host.name} [{engine}]"
+        sel = "".join(f" {k}={getattr(v, 'name', v)}" for k, v in (("peer", peer), ("port", port))
+                      if v is not None)
+        self.label = f"netem({shown or 'nothing'}){sel} {direction} on {host.name} [{engine}]"
         self.qdiscs: list[tuple[str, int, str, int]] = []
         self._links: list[tuple[str, int, str, int]] = []   # (which, ifindex, kind, handle)
         self._models: dict[str, _Model] = {}
@@ -547,7 +568,8 @@ class Netem(Fault):
                     return None if t <= pkt.t else Action("delay", seconds=t - pkt.t)
             return _Plan(orig, copy)
 
-        self._engine = _LinkEngine(self.host, self.direction, decide, rng, self.label)
+        self._engine = _LinkEngine(self.host, self.direction, decide, rng, self.label,
+                                   self.peer, self.port)
         await self._engine.start()
 
     @property
@@ -559,12 +581,15 @@ class Netem(Fault):
 def netem(host, *, delay: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
           loss_correlation: float = 0.0, duplicate: float = 0.0, reorder: float = 0.0,
           corrupt: float = 0.0, rate: float | None = None, direction: str = "out",
-          limit: int = 1000, engine: str = "auto") -> Netem:
+          limit: int = 1000, engine: str = "auto", peer=None, port: int | None = None) -> Netem:
     """netem on ``host``'s link (see the module's docstring): ``delay`` and
     ``jitter`` in seconds, ``loss``, ``loss_correlation``, ``duplicate``,
     ``reorder`` and ``corrupt`` fractions in [0, 1], ``rate`` in bytes/s
     (None: unlimited), ``direction`` "out", "in" or "both", ``limit`` in
-    packets, ``engine`` "auto", "tc" or "nfqueue".  Everything is checked
+    packets, ``engine`` "auto", "tc" or "nfqueue".  ``peer`` (another Host
+    or an address) and ``port`` (source or destination) limit it to that
+    traffic, as Chaos Mesh's target and pumba's --target/--egress-port do;
+    they take the NFQUEUE engine (TCP only).  Everything is checked
     here, before anything is touched."""
     from ..host import Host
     if not isinstance(host, Host):
@@ -578,4 +603,27 @@ def netem(host, *, delay: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
     if engine not in ENGINES:
         raise InvalidArgument(f"engine must be one of {ENGINES}, got engine={engine!r} "
                               f"from {WHERE}")
-    return Netem(host, params, direction, _choose_engine(engine, params))
+    if peer is not None:
+        ok = isinstance(peer, Host) and peer.lab is host.lab and peer is not host
+        if isinstance(peer, str):
+            import ipaddress
+            try:
+                ok = bool(ipaddress.ip_address(peer))
+            except ValueError:
+                ok = False
+        if not ok:
+            raise InvalidArgument(f"peer must be another Host of the lab or an IP address, "
+                                  f"got peer={peer!r} from {WHERE}")
+    if port is not None:
+        from ..sockets import check_port
+        check_port(port)
+    if (peer is not None or port is not None) and engine == "tc":
+        raise Unsupported("netem(engine='tc') with peer= or port= needs tc filters, which "
+                          "the harness does not build yet; engine='nfqueue' selects them")
+    chosen = "nfqueue" if (peer is not None or port is not None) else \
+        _choose_engine(engine, params)
+    if chosen == "nfqueue" and (peer is not None or port is not None):
+        reason = _features.nfqueue()
+        if reason:
+            raise Unsupported(f"netem(peer=, port=) needs the NFQUEUE engine: {reason}")
+    return Netem(host, params, direction, chosen, peer, port)
