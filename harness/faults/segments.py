@@ -344,7 +344,7 @@ class Wire:
             self._out.close()
 
 
-SPIN = 0.02  # the last stretch before a scheduled send is spun, not slept
+SPIN = 0.005  # the last stretch before a scheduled send is spun, not slept
 
 
 async def _until(when: float) -> None:
@@ -468,10 +468,11 @@ async def _learn_isns(w: Wire, conn) -> None:
 
 
 async def reset_at(conn, *, at: float | None = None, delay: float | None = None,
-                   wire_: Wire | None = None) -> Seg:
+                   via: Wire | None = None) -> Seg:
     """Send ``conn`` a RST at RCV.NXT (it dies with ECONNRESET) at time ``at``
     (time.monotonic()) or ``delay`` seconds from now, on a quiet connection
-    too: the sequence is learnt now and tracked until then."""
+    too: the sequence is learnt now (a probe; or ``via``, a wire attached
+    earlier) and tracked until then."""
     if (at is None) == (delay is None):
         raise InvalidArgument("reset_at(): give exactly one of at= (time.monotonic()) or "
                               "delay= (seconds from now)")
@@ -479,5 +480,5 @@ async def reset_at(conn, *, at: float | None = None, delay: float | None = None,
                               or delay < 0):
         raise InvalidArgument(f"reset_at(): delay must be seconds >= 0, got {delay!r}")
     when = at if at is not None else time.monotonic() + delay
-    w = wire_ or await wire(conn)
+    w = via or await wire(conn)
     return await w.send(f"{w.remote.name} > {conn.host.name} R. * ack *", at=when)
