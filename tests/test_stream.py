@@ -123,3 +123,12 @@ async def test_bad_toxics_are_refused(lab):
         stream.proxy(server, port=9000, upstream=9000)
     with pytest.raises(InvalidArgument, match="toxics are made by"):
         stream.proxy(server, port=9100, upstream=9000, toxics=["latency"])
+
+
+async def test_stopping_the_proxy_is_toxiproxys_down(lab):
+    client, server, px, conn, peer = await through(lab)
+    await px.stop()
+    # open connections are reset, new ones refused
+    assert (await conn.recv()).errno == "ECONNRESET"
+    sock = await client.socket(4)
+    assert (await sock.connect(server, 9100)).errno == "ECONNREFUSED"
