@@ -83,3 +83,47 @@ async def test_close_remote_fin_then_close(lab, family):
     await lab.wait_state(conn, "CLOSED")
     await w.send("client > server . 2:2(0) ack 2 win 257", wait=0.01)
     await w.expect("server > client R 2:2(0)", within=TOL)
+
+
+async def test_close_no_rst(lab, family):
+    """tools/testing/selftests/net/packetdrill/tcp_close_no_rst.pkt (the
+    kernel's selftests): a retransmitted payload plus FIN, all of it
+    already read, then close(): RFC 2525 §2.17 says no RST, as there was no
+    data left to consume: a FIN."""
+    from pd import accepted, listening, mss
+    w, listener = await listening(lab, family)
+    conn = await accepted(lab, family, w, listener,
+                          syn="S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop>",
+                          synack=f"S. 0:0(0) ack 1 <mss {mss(family)},nop,nop,sackOK>",
+                          ack=". 1:1(0) ack 1 win 32792", ack_wait=0.1)
+    await w.send("client > server . 1:1001(1000) ack 1 win 32792")
+    await w.expect("server > client . 1:1(0) ack 1001", within=TOL)
+    assert len((await conn.recv(1000)).value) == 1000
+    await w.send("client > server F. 1:1001(1000) ack 1 win 32792")
+    # "+0~+.04": the delayed ACK (TCP_DELACK_MIN, 40 ms), whose timer fires
+    # on a jiffy boundary: one more jiffy at HZ=250 (pd.JIFFY)
+    await w.expect("server > client . 1:1(0) ack 1002", within=(0, 0.04 + JIFFY + TOL))
+    out = await conn.close()
+    assert out.ok
+    await w.expect("server > client F. 1:1(0) ack 1002", after=out.started, within=TOL)
+
+
+async def test_disorder_fin_in_fin_wait(lab, family):
+    """tools/testing/selftests/net/packetdrill/tcp_disorder_fin_in_FIN_WAIT.pkt
+    (the kernel's selftests; the fix 795a7dfbc3d9 "net: tcp: accept old ack
+    during closing"): in FIN_WAIT, a FIN that was sent before the ACK of our
+    FIN arrives after it, out of order; it is still ACKed.  ``*`` (any
+    time) is an upper bound of 1 s here."""
+    from pd import accepted, listening, mss
+    w, listener = await listening(lab, family)
+    conn = await accepted(lab, family, w, listener,
+                          syn="S 0:0(0) win 65535 <mss 1000,sackOK,nop,nop,nop,wscale 7>",
+                          synack=f"S. 0:0(0) ack 1 <mss {mss(family)},nop,nop,sackOK,nop,"
+                                 f"wscale 8>",
+                          ack=". 1:1(0) ack 1 win 257")
+    out = await conn.shutdown("w")
+    assert out.ok
+    await w.expect("server > client F. 1:1(0) ack 1", after=out.started, within=1.0)
+    await w.send("client > server . 2:2(0) ack 2 win 257")
+    await w.send("client > server F. 1:1(0) ack 1 win 257")
+    await w.expect("server > client . 2:2(0) ack 2", within=1.0)
