@@ -57,7 +57,7 @@ import trio
 from .. import _netns, _tcpline
 from .._nfqueue import fix_checksums
 from ..errors import FaultError, InvalidArgument, ObservationTimeout
-from ..observe.expect import Isns, Seg, decode_frame, time_of, wait_segment
+from ..observe.expect import Isns, Seg, check_within, decode_frame, time_of, wait_segment
 from ._base import Fault
 
 ETH_P_ALL = 0x0003
@@ -317,8 +317,7 @@ class Wire:
         t0 = time_of(after, self.last)
         if not self.ends and (parsed.sport is None or parsed.dport is None):
             # the first SYN on the port names the flow
-            deadline = time.monotonic() + (within[1] if isinstance(within, tuple) else
-                                           (within or 1.0)) + 0.05
+            deadline = t0 + check_within(within)[1] + 0.05
             while not self.ends:
                 self._drain()
                 if not self.ends:

@@ -24,6 +24,7 @@ differed.
 from __future__ import annotations
 
 import struct
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -226,7 +227,6 @@ async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
     __tracebackhide__ = True
     lo, hi = check_within(within)
     t0 = time_of(after, now)
-    import time as _time
     slack = 0.05  # wait a little past hi so a late segment is shown, not just "none"
     while True:
         seen = [s for s in segments() if s.t >= t0]
@@ -245,7 +245,7 @@ async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
             if matched is not None:
                 matched.add(id(seg))
             return seg
-        if _time.monotonic() > t0 + hi + slack:
+        if time.monotonic() > t0 + hi + slack:
             raise SegmentMismatch(_report(line, seen, names, isns_of(), t0, lo, hi,
                                           f"nothing from {names.get(sender[0], sender[0])}"
                                           f":{sender[1]} within +{hi}s"))
@@ -263,8 +263,7 @@ async def expect_captured(cap, conn, text: str, *, within=None, after=None) -> S
     """``Capture.expect``: the line's hosts are lab host names (or
     addresses); ports, when left out, are ``conn``'s."""
     __tracebackhide__ = True
-    import time as _time
-    now = _time.monotonic()
+    now = time.monotonic()
     line = _tcpline.parse(text)
     if conn.local is None or conn.remote is None:
         raise InvalidArgument(f"expect(): {conn!r} has no 4-tuple (not connected)")
