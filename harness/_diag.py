@@ -155,7 +155,7 @@ TCP_INFO_FIELDS = {
     "ca_state": (1, "B"), "retransmits": (2, "B"), "probes": (3, "B"), "backoff": (4, "B"),
     "options": (5, "B"),
     "rto_us": (8, "I"), "ato_us": (12, "I"), "snd_mss": (16, "I"), "rcv_mss": (20, "I"),
-    "unacked": (24, "I"), "lost": (32, "I"), "retrans": (36, "I"),
+    "unacked": (24, "I"), "sacked": (28, "I"), "lost": (32, "I"), "retrans": (36, "I"),
     "last_data_sent_ms": (44, "I"), "last_ack_sent_ms": (48, "I"),
     "last_data_recv_ms": (52, "I"), "last_ack_recv_ms": (56, "I"),
     "pmtu": (60, "I"), "rtt_us": (68, "I"), "rttvar_us": (72, "I"),

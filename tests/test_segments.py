@@ -12,7 +12,7 @@ import trio
 
 from harness import InvalidArgument, rst_received
 from harness.faults.segments import reset_at, scripted_peer, wire
-from helpers import still_works
+from helpers import still_works, wait_until
 
 
 async def test_scripted_handshake_options_and_data(lab, family):
@@ -124,3 +124,23 @@ async def test_bad_lines_and_targets_are_refused(lab):
             await w.send("client > server . 1:1(0)")
     with pytest.raises(InvalidArgument, match="exactly one of at="):
         await reset_at(None)
+
+
+async def test_injected_window_and_sack_blocks_reach_the_victims_state(lab):
+    client, server = await lab.pair()
+    async with scripted_peer(server, client, port=9000) as w:
+        listener = await server.listen(9000)
+        await w.send("client > server S 0:0(0) win 65535 <mss 1000,sackOK,nop,nop,nop,wscale 7>")
+        await w.expect("server > client S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale *>")
+        await w.send("client > server . 1:1(0) ack 1 win 257")
+        conn = await listener.accept()
+        # the window is scaled by the wscale the script announced: 257 << 7
+        await lab.wait_state(conn, "ESTABLISHED")
+        assert conn.info().tcp_info["snd_wnd"] == 257 << 7
+        assert (await conn.send(b"d" * 3000)).value == 3000
+        await w.expect("server > client P. 1:3001(3000) ack 1", within=0.05)
+        # the first 1000 bytes acknowledged, the last 1000 selectively
+        await w.send("client > server . 1:1(0) ack 1001 win 257 <nop,nop,sack 2001:3001>")
+        # tcp_sacktag_write_queue(): 2 segments still out, 1 of them SACKed
+        await wait_until(lambda: conn.info().tcp_info["unacked"] == 2, what="ack processed")
+        assert conn.info().tcp_info["sacked"] == 1
