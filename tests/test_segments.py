@@ -137,8 +137,9 @@ async def test_injected_window_and_sack_blocks_reach_the_victims_state(lab):
         # the window is scaled by the wscale the script announced: 257 << 7
         await lab.wait_state(conn, "ESTABLISHED")
         assert conn.info().tcp_info["snd_wnd"] == 257 << 7
-        assert (await conn.send(b"d" * 3000)).value == 3000
-        await w.expect("server > client P. 1:3001(3000) ack 1", within=0.05)
+        out = await conn.send(b"d" * 3000)
+        assert out.value == 3000
+        await w.expect("server > client P. 1:3001(3000) ack 1", after=out.started, within=0.05)
         # the first 1000 bytes acknowledged, the last 1000 selectively
         await w.send("client > server . 1:1(0) ack 1001 win 257 <nop,nop,sack 2001:3001>")
         # tcp_sacktag_write_queue(): 2 segments still out, 1 of them SACKed
