@@ -7,6 +7,7 @@ the kernel: the script's own pacing).
 
 import trio
 
+from harness.faults.segments import _until
 from pd import TOL, server_conn
 
 
@@ -97,3 +98,53 @@ async def test_shutdown_wr_close(lab, family):
     assert (await conn.close()).ok
     await w.send("client > server F. 1001:1001(0) ack 2 win 257", wait=0.01)
     await w.expect("server > client . 2:2(0) ack 1002", within=TOL)
+
+
+async def test_shutdown_rdwr_write_queue_close(lab, family):
+    """gtests/net/tcp/shutdown/shutdown-rdwr-write-queue-close.pkt:
+    write(), shutdown(SHUT_RDWR) with sent but unacknowledged data,
+    close(): the connection lives on to deliver it; the peer's ACK and FIN
+    then close it normally.
+
+    Two lines moved on Linux 6.18, each checked against the rule that
+    moved it:
+
+    - ``> P. 1:10001(10000)`` is five 2000-byte TSO packets:
+      tcp_tso_autosize() sizes one to 1 ms of the pacing rate
+      (sk_pacing_shift 10; 200% x cwnd 10 x 1000 B / srtt 10 ms = 2000 B).
+    - ``> F.`` at shutdown(): the ten segments fill the congestion window
+      (cwnd 10), and 6.18 does not let the FIN past it: it stays queued
+      (tcpi_notsent_bytes is 1 after shutdown()) until the tail loss probe
+      sends it, at PTO = 2 * srtt + 2 ms (tcp_schedule_loss_probe(),
+      TCP_TIMEOUT_MIN_US) after the data, plus up to two jiffies (the
+      timeout is rounded up to jiffies, and the timer fires on a tick).
+      The script's ``+.01~+.015`` TLP of the FIN is that same probe."""
+    from pd import JIFFY, accepted, listening, standard
+    w, listener = await listening(lab, family)
+    conn = await accepted(lab, family, w, listener, **standard(family), ack_wait=0.01)
+    await pause(0.01)
+    out = await conn.send(b"a" * 10000)
+    assert out.value == 10000
+    first = await w.expect("server > client P. 1:2001(2000) ack 1", after=out.started,
+                           within=TOL)
+    last = first
+    for start in range(2001, 10001, 2000):
+        last = await w.expect(f"server > client P. {start}:{start + 2000}(2000) ack 1",
+                              after=first, within=TOL)
+    await _until(last.t + 0.01)  # the script's +.01, spun: the PTO is only 12 ms later
+    out = await conn.shutdown("rw")
+    info = conn.info().tcp_info
+    assert out.ok
+    pto = 2 * info["rtt_us"] / 1e6 + 0.002
+    # the scenario needs shutdown() before the loss probe fires
+    assert out.ended < last.t + pto, "shutdown() ran after the PTO (machine overloaded)"
+    assert info["notsent_bytes"] == 1 and info["snd_cwnd"] == 10 and info["unacked"] == 10
+    assert (await conn.recv(1000)).value == b""
+    assert (await conn.send(b"a" * 1000)).errno == "EPIPE"
+    await pause(0.01)
+    assert (await conn.close()).ok
+    await w.expect("server > client F. 10001:10001(0) ack 1", after=last,
+                   within=(pto - TOL, pto + 2 * JIFFY + TOL))
+    await w.send("client > server . 1:1(0) ack 10002 win 257", wait=0.01)
+    await w.send("client > server F. 1:1(0) ack 10002 win 257", wait=0.01)
+    await w.expect("server > client . 10002:10002(0) ack 2", within=TOL)
