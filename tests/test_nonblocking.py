@@ -3,7 +3,6 @@ real kernel: tcp_v4_connect()'s EINPROGRESS, poll/epoll readiness, SO_ERROR,
 MSG_DONTWAIT's EAGAIN, SIOCINQ/SIOCOUTQ (tcp_ioctl())."""
 
 import pytest
-import trio
 
 from harness import InvalidArgument, faults
 

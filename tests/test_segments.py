@@ -8,11 +8,10 @@ answers is asserted with expected lines.
 import time
 
 import pytest
-import trio
 
 from harness import InvalidArgument, rst_received
 from harness.faults.segments import reset_at, scripted_peer, wire
-from helpers import still_works, wait_until
+from helpers import wait_until
 
 
 async def test_scripted_handshake_options_and_data(lab, family):

@@ -19,7 +19,6 @@ tcp_info, timers and counters.  Two ways to keep them:
 
 from __future__ import annotations
 
-import time
 
 import trio
 
