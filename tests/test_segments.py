@@ -144,3 +144,30 @@ async def test_injected_window_and_sack_blocks_reach_the_victims_state(lab):
         # tcp_sacktag_write_queue(): 2 segments still out, 1 of them SACKed
         await wait_until(lambda: conn.info().tcp_info["unacked"] == 2, what="ack processed")
         assert conn.info().tcp_info["sacked"] == 1
+
+
+async def test_keepalive_probes_and_the_final_rst_as_lines(lab):
+    """Not a packetdrill port (google/packetdrill has no keepalive script
+    outside Fast Open): the same style, against a silent scripted peer.
+    A keepalive probe is an ACK one byte behind SND.UNA (tcp_xmit_probe_skb():
+    seq SND.UNA - 1, no data); after TCP_KEEPCNT unanswered probes the kernel
+    resets the connection (tcp_keepalive_timer(): tcp_send_active_reset()).
+    Times: 1 s timers land on the timer wheel's level 1, 8 jiffies (32 ms
+    at HZ=250) apart, rounded up: never early, up to 32 ms late."""
+    client, server = await lab.pair()
+    slack = 8 * 0.004 + 0.004
+    async with scripted_peer(server, client, port=9000) as w:
+        listener = await server.listen(9000)
+        await w.send("client > server S 0:0(0) win 65535 <mss 1000>")
+        await w.expect("server > client S. 0:0(0) ack 1 <mss 1460>")
+        ack = await w.send("client > server . 1:1(0) ack 1 win 65535")
+        conn = await listener.accept()
+        t0 = time.monotonic()
+        await conn.keepalive(idle=1, interval=1, count=2)  # SO_KEEPALIVE arms the timer
+        armed = time.monotonic() - t0
+        probe = await w.expect("server > client . 0:0(0) ack 1", after=t0,
+                               within=(1.0, 1.0 + armed + slack))
+        probe = await w.expect("server > client . 0:0(0) ack 1", after=probe,
+                               within=(1.0, 1.0 + slack))
+        await w.expect("server > client R. 1:1(0) ack 1", after=probe, within=(1.0, 1.0 + slack))
+        assert (await conn.recv()).errno == "ETIMEDOUT"
