@@ -160,7 +160,7 @@ async def test_keepalive_probes_and_the_final_rst_as_lines(lab):
         listener = await server.listen(9000)
         await w.send("client > server S 0:0(0) win 65535 <mss 1000>")
         await w.expect("server > client S. 0:0(0) ack 1 <mss 1460>")
-        ack = await w.send("client > server . 1:1(0) ack 1 win 65535")
+        await w.send("client > server . 1:1(0) ack 1 win 65535")
         conn = await listener.accept()
         t0 = time.monotonic()
         await conn.keepalive(idle=1, interval=1, count=2)  # SO_KEEPALIVE arms the timer
