@@ -171,3 +171,18 @@ async def test_keepalive_probes_and_the_final_rst_as_lines(lab):
                                within=(1.0, 1.0 + slack))
         await w.expect("server > client R. 1:1(0) ack 1", after=probe, within=(1.0, 1.0 + slack))
         assert (await conn.recv()).errno == "ETIMEDOUT"
+
+
+async def test_live_wire_outlives_the_socket(lab):
+    client, server = await lab.pair()
+    listener = await server.listen(9000)
+    conn = await client.connect(server, 9000)
+    peer = await listener.accept()
+    w = await wire(conn)
+    await conn.close(linger=0)            # gone at once: no TIME_WAIT
+    await lab.wait_state(conn, "CLOSED")
+    await lab.wait_state(peer, "CLOSED")  # the abort's RST reached the server
+    # a stale segment from the server's side finds no socket: a bare RST
+    # carrying the ACK's number (RFC 9293 §3.10.7.1)
+    stale = await w.send("server > client . 1:1(0) ack 1 win 502")
+    await w.expect("client > server R 1:1(0)", after=stale, within=0.05)

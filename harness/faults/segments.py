@@ -227,11 +227,11 @@ class Wire:
         when = at if at is not None else (self.last + wait if wait is not None else None)
         if when is not None:
             await _until(when)
-        seg = self._transmit(frame)
+        seg = await self._transmit(frame)
         self.last = seg.t
         return seg
 
-    def _transmit(self, frame: bytes) -> Seg:
+    async def _transmit(self, frame: bytes) -> Seg:
         """Send a frame; the segment as the tap saw it leave (kernel time)."""
         t = time.monotonic()
         n = len(self._segs)
@@ -247,6 +247,7 @@ class Wire:
             if time.monotonic() > deadline:  # not seen (a full tap buffer): our own clock
                 self._record(want)
                 return want
+            await trio.lowlevel.checkpoint()
 
     def _numbers(self, parsed, src, dst, line) -> tuple[int, int]:
         if parsed.flags & SYN and src not in self.isns.of:
