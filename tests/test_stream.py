@@ -10,11 +10,12 @@ from harness import InvalidArgument, rst_received
 from harness.faults import stream
 
 
-async def through(lab, *toxics, **kw):
+async def through(lab, *toxics, family=4, **kw):
     client, server = await lab.pair()
-    listener = await server.listen(9000)
-    px = await stream.proxy(server, port=9100, upstream=9000, toxics=list(toxics), **kw).start()
-    conn = await client.connect(server, 9100)
+    listener = await server.listen(9000, family=family)
+    px = await stream.proxy(server, port=9100, upstream=9000, toxics=list(toxics),
+                            family=family, **kw).start()
+    conn = await client.connect(server, 9100, family=family)
     peer = await listener.accept()
     return client, server, px, conn, peer
 
@@ -31,8 +32,8 @@ async def read_until_end(sock, limit=1 << 20):
         assert len(got) <= limit
 
 
-async def test_limit_data_with_fin(lab):
-    *_, px, conn, peer = await through(lab, stream.limit_data(100))
+async def test_limit_data_with_fin(lab, family):
+    *_, px, conn, peer = await through(lab, stream.limit_data(100), family=family)
     assert (await peer.send(b"x" * 300, all=True)).value == 300
     assert await read_until_end(conn) == (b"x" * 100, "EOF")
     assert px.connections[0].ended == "fin" and px.connections[0].passed["down"] == 100
