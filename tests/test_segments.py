@@ -116,6 +116,10 @@ async def test_bad_lines_and_targets_are_refused(lab):
             await w.send("server > client S 0:0(0)")
         with pytest.raises(InvalidArgument, match="payload has 2 bytes"):
             await w.send("client > server S 0:1(1)", payload=b"ab")
+        with pytest.raises(InvalidArgument, match="at must be a time"):
+            await w.send("client > server S 0:0(0)", at="now")
+        with pytest.raises(InvalidArgument, match="wait must be seconds"):
+            await w.send("client > server S 0:0(0)", wait=-1)
         with pytest.raises(InvalidArgument, match="neither 'server' nor 'client'"):
             await w.send("router > server S 0:0(0)")
         w.port = None  # a wire attached to nothing yet, with no service port

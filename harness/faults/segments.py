@@ -197,6 +197,8 @@ class Wire:
         parsed = _tcpline.parse(line)
         if wait is not None and at is not None:
             raise InvalidArgument("give wait= or at=, not both")
+        if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float))):
+            raise InvalidArgument(f"at must be a time on time.monotonic(), got {at!r}")
         if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float))
                                  or wait < 0):
             raise InvalidArgument(f"wait must be seconds >= 0, got {wait!r}")
