@@ -190,3 +190,21 @@ async def test_live_wire_outlives_the_socket(lab):
     # carrying the ACK's number (RFC 9293 §3.10.7.1)
     stale = await w.send("server > client . 1:1(0) ack 1 win 502")
     await w.expect("client > server R 1:1(0)", after=stale, within=0.05)
+
+
+async def test_wire_from_a_capture_reaches_time_wait_late(lab, family):
+    client, server = await lab.pair()
+    cap = await lab.capture()
+    listener = await server.listen(9000, family=family)
+    conn = await client.connect(server, 9000, family=family)
+    peer = await listener.accept()
+    await conn.close()
+    await lab.wait_state(peer, "CLOSE_WAIT")
+    await peer.close()
+    await lab.wait_state(conn, "TIME_WAIT")
+    w = await wire(conn, capture=cap)   # attached only now: ISNs from the SYNs captured
+    fin = await w.send("server > client F. 1:1(0) ack 2")
+    await w.expect("client > server . 2:2(0) ack 2", after=fin, within=0.05)
+    with pytest.raises(InvalidArgument, match="did not see both SYNs"):
+        late = await lab.capture()
+        await wire(conn, capture=late)

@@ -38,7 +38,8 @@ Two ways to get a wire:
   talking; SND.NXT/RCV.NXT are learnt with a probe (faults.inject's) and
   both ISNs from them and the victim's tcp_info (bytes sent and received),
   so relative numbers work on it, and keep working after it is closed
-  (TIME_WAIT, or no socket left).
+  (TIME_WAIT, or no socket left).  ``wire(conn, capture=cap)`` takes the
+  ISNs from the SYNs a capture saw instead: no probe, any state.
 
 ``reset_at(conn, at=...)`` is one use: the sequence is learnt when it is
 called (a probe answered in ~0.1 ms), tracked from what crosses the port,
@@ -409,20 +410,36 @@ def scripted_peer(victim, remote, *, port: int, family: int = 4) -> ScriptedPeer
     return ScriptedPeer(victim, remote, port, family)
 
 
-async def wire(conn) -> Wire:
-    """Attach a wire to a live connection (its peer stays real): the flow is
-    conn's 4-tuple, both ISNs are learnt (see the module docstring).  The
-    tap stays until the lab ends or ``wire.close()``."""
-    from .inject import _check_conn
-    _check_conn(conn, "wire")
+async def wire(conn, *, capture=None) -> Wire:
+    """Attach a wire to a connection whose peer stays real: the flow is
+    conn's 4-tuple.  Both ISNs come from ``capture`` (a lab capture that saw
+    the handshake: then the connection may be in any state, TIME_WAIT or
+    gone) or are learnt from the live connection (see the module
+    docstring).  The tap stays until the lab ends or ``wire.close()``."""
+    from ..sockets import Socket
+    if capture is None:
+        from .inject import _check_conn
+        _check_conn(conn, "wire")
+    elif not isinstance(conn, Socket) or conn.local is None or conn.remote is None \
+            or conn.remote[1] == 0:
+        raise InvalidArgument(f"wire() takes a connected Socket, got {conn!r}")
     lab = conn.host.lab
     remote = next((h for h in lab.hosts.values() if h is not conn.host
                    and h.address(conn.family) == conn.remote[0]), None)
     if remote is None:
         raise InvalidArgument(f"wire(): the peer of {conn!r} is not a host of this lab")
+    isns = None
+    if capture is not None:
+        isns = {p.src: p.seq for p in capture.packets(conn) if "S" in p.flags}
+        if conn.local not in isns or conn.remote not in isns:
+            raise InvalidArgument(f"wire(capture=...): the capture did not see both SYNs of "
+                                  f"{conn!r}; start it before the connection")
     w = Wire(conn.host, remote, conn.family)
     lab.undo.push(f"close wire on p{conn.host.index}", w.close)
     w.ends = {conn.host.name: conn.local, remote.name: conn.remote}
+    if isns is not None:
+        w.isns.of.update(isns)
+        return w
     try:
         await _learn_isns(w, conn)
     except BaseException:
