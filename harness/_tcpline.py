@@ -17,8 +17,9 @@ and one expected on the wire (observe.expect):
   now" (see faults.segments).
 
 Options: ``nop``, ``eol``, ``mss N``, ``sackOK``, ``wscale N``, ``TS val N
-ecr N``, ``sack A:B C:D ...``.  Standard library only, so the peer program
-and the faults can share it.
+ecr N``, ``sack A:B C:D ...`` (other kinds are decoded as ``opt<kind>``).
+Parsing and option bytes only: the numbers are made relative (or absolute)
+by observe.expect's Isns.
 """
 
 from __future__ import annotations
