@@ -208,3 +208,24 @@ async def test_wire_from_a_capture_reaches_time_wait_late(lab, family):
     with pytest.raises(InvalidArgument, match="did not see both SYNs"):
         late = await lab.capture()
         await wire(conn, capture=late)
+
+
+async def test_unexpected_segments_are_reported(lab):
+    from harness.observe.expect import SegmentMismatch
+    client, server = await lab.pair()
+    async with scripted_peer(server, client, port=9000) as w:
+        listener = await server.listen(9000)
+        await w.send("client > server S 0:0(0) win 65535 <mss 1000>")
+        await w.expect("server > client S. 0:0(0) ack 1 <mss 1460>")
+        await w.send("client > server . 1:1(0) ack 1 win 65535")
+        conn = await listener.accept()
+        assert w.unmatched() == []
+        data = await w.send("client > server P. 1:4(3) ack 1 win 65535", payload=b"abc")
+        assert (await conn.recv()).value == b"abc"
+        # the victim's ACK of the data was never expected: packetdrill would fail here
+        await wait_until(lambda: w.unmatched(), what="the ACK")
+        [ack] = w.unmatched()
+        assert (ack.flag_text, ack.ack - data.seq) == (".", 3)
+        with pytest.raises(SegmentMismatch, match=r"expected nothing from server for 0.05s"):
+            await w.expect_nothing(0.05, after=data)
+        await w.expect_nothing(0.05, after=ack)  # and nothing after that ACK

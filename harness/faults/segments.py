@@ -339,6 +339,31 @@ class Wire:
         self.last = seg.t
         return seg
 
+    def unmatched(self) -> list[Seg]:
+        """The victim's segments of the flow that no ``expect()`` took:
+        packetdrill fails a script on any outbound packet it did not
+        expect; ``assert wire.unmatched() == []`` is that check."""
+        victim = self._addr[self.victim.name]
+        return [s for s in self.segments() if s.src[0] == victim and id(s) not in self._matched]
+
+    async def expect_nothing(self, seconds: float, *, after=None) -> None:
+        """Nothing from the victim in the flow for ``seconds`` after
+        ``after`` (default: the wire's last event; a segment at that very
+        time is not counted, so ``after=seg`` looks past ``seg``)."""
+        __tracebackhide__ = True
+        from ..observe.expect import SegmentMismatch, render
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise InvalidArgument(f"seconds must be >= 0, got {seconds!r}")
+        t0 = time_of(after, self.last)
+        await trio.sleep(max(0.0, t0 + seconds - time.monotonic()))
+        victim = self._addr[self.victim.name]
+        seen = [s for s in self.segments() if s.src[0] == victim and t0 < s.t <= t0 + seconds
+                and id(s) not in self._matched]
+        if seen:
+            rows = "\n".join("  seen     " + render(s, self._names, self.isns, t0) for s in seen)
+            raise SegmentMismatch(f"expected nothing from {self.victim.name} for "
+                                  f"{seconds}s\n{rows}")
+
     def close(self) -> None:
         if self._sock.fileno() >= 0:
             try:

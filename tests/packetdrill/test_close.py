@@ -10,6 +10,7 @@ from harness.faults.segments import scripted_peer
 from pd import JIFFY, PORT, TOL, cubic, pair, server_conn
 
 
+
 async def test_close_local_close_then_remote_fin(lab, family):
     """gtests/net/tcp/close/close-local-close-then-remote-fin.pkt: the local
     process closes first, so we send a FIN and receive an ACK; then we
@@ -42,6 +43,8 @@ async def test_close_local_close_then_remote_fin(lab, family):
         await w.send("server > client . 1:1(0) ack 1002 win 257")
         await w.send("server > client F. 1:1(0) ack 1002 win 257")
         await w.expect("client > server . 1002:1002(0) ack 2", within=TOL)
+        assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_close_on_syn_sent(lab, family):
@@ -59,6 +62,8 @@ async def test_close_on_syn_sent(lab, family):
                      wait=0.1)
         # the RST answers the SYN-ACK: nothing left between close() and it
         await w.expect("client > server R 1:1(0)", within=TOL)
+        assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_close_remote_fin_then_close(lab, family):
@@ -83,6 +88,8 @@ async def test_close_remote_fin_then_close(lab, family):
     await lab.wait_state(conn, "CLOSED")
     await w.send("client > server . 2:2(0) ack 2 win 257", wait=0.01)
     await w.expect("server > client R 2:2(0)", within=TOL)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_close_no_rst(lab, family):
@@ -106,6 +113,8 @@ async def test_close_no_rst(lab, family):
     out = await conn.close()
     assert out.ok
     await w.expect("server > client F. 1:1(0) ack 1002", after=out.started, within=TOL)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_disorder_fin_in_fin_wait(lab, family):
@@ -127,3 +136,4 @@ async def test_disorder_fin_in_fin_wait(lab, family):
     await w.send("client > server . 2:2(0) ack 2 win 257")
     await w.send("client > server F. 1:1(0) ack 1 win 257")
     await w.expect("server > client . 2:2(0) ack 2", within=1.0)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet

@@ -15,6 +15,7 @@ async def pause(seconds: float) -> None:
     await trio.sleep(seconds)
 
 
+
 async def test_shutdown_rd_close(lab, family):
     """gtests/net/tcp/shutdown/shutdown-rd-close.pkt: shutdown(SHUT_RD),
     then close(); writing and sending still work after SHUT_RD."""
@@ -34,6 +35,8 @@ async def test_shutdown_rd_close(lab, family):
     await w.send("client > server . 1:1(0) ack 1002 win 257")
     await w.send("client > server F. 1:1(0) ack 1002 win 257", wait=0.01)
     await w.expect("server > client . 1002:1002(0) ack 2", within=TOL)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_shutdown_rd_wr_close(lab, family):
@@ -62,6 +65,8 @@ async def test_shutdown_rd_wr_close(lab, family):
     assert (await conn.close()).ok
     await w.send("client > server F. 1001:1001(0) ack 1002 win 257", wait=0.01)
     await w.expect("server > client . 1002:1002(0) ack 1002", within=TOL)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_shutdown_rdwr_close(lab, family):
@@ -79,6 +84,8 @@ async def test_shutdown_rdwr_close(lab, family):
     assert (await conn.close()).ok
     await w.send("client > server F. 1:1(0) ack 2 win 257", wait=0.01)
     await w.expect("server > client . 2:2(0) ack 2", within=TOL)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_shutdown_wr_close(lab, family):
@@ -98,6 +105,8 @@ async def test_shutdown_wr_close(lab, family):
     assert (await conn.close()).ok
     await w.send("client > server F. 1001:1001(0) ack 2 win 257", wait=0.01)
     await w.expect("server > client . 2:2(0) ack 1002", within=TOL)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_shutdown_rdwr_write_queue_close(lab, family):
@@ -148,3 +157,4 @@ async def test_shutdown_rdwr_write_queue_close(lab, family):
     await w.send("client > server . 1:1(0) ack 10002 win 257", wait=0.01)
     await w.send("client > server F. 1:1(0) ack 10002 win 257", wait=0.01)
     await w.expect("server > client . 10002:10002(0) ack 2", within=TOL)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet

@@ -11,6 +11,7 @@ from pd import TOL, accepted, listening, mss
 WHEEL = 8 * 0.004  # level-1 granularity of the timer wheel at HZ=250 (8 jiffies)
 
 
+
 async def test_user_timeout(lab, family):
     """gtests/net/tcp/user_timeout/user_timeout.pkt: an idle socket is
     closed with TCP_USER_TIMEOUT 3 s; its FIN is retransmitted at +.3~+.4,
@@ -32,6 +33,8 @@ async def test_user_timeout(lab, family):
     fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.6, 0.8))
     await w.send("client > server . 1:2(1) ack 1 win 32792")
     await w.expect("server > client R 1:1(0)", within=TOL)
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_fin_tsval(lab, family):
@@ -59,6 +62,8 @@ async def test_fin_tsval(lab, family):
     ticks = fin.tsval - synack.tsval
     assert abs(ticks - (fin.t - synack.t) * 1000) <= 7
     assert ticks >= 1100 - 7
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_reset_tsval(lab, family):
@@ -85,6 +90,8 @@ async def test_reset_tsval(lab, family):
                          after=out.started, within=TOL)
     ticks = rst.tsval - ack.tsval
     assert abs(ticks - (rst.t - ack.t) * 1000) <= 4 and ticks >= 1000 - 4
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_ioctl_siocinq_fin(lab, family):
@@ -114,6 +121,8 @@ async def test_ioctl_siocinq_fin(lab, family):
     assert (await conn.ioctl("SIOCINQ")).value == 1000
     assert len((await conn.recv(1000)).value) == 1000
     assert (await conn.ioctl("SIOCINQ")).value == 0
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
+
 
 
 async def test_user_timeout_probe(lab, family):
@@ -169,3 +178,4 @@ async def test_user_timeout_probe(lab, family):
     info = (await conn.getsockopt("TCP_INFO")).value
     assert info["probes"] == 6 and info["backoff"] == 0
     assert (await conn.close()).ok
+    assert w.unmatched() == []  # packetdrill: no unexpected packet
