@@ -33,6 +33,9 @@ Matching (all optional, and-ed):
   bare RST.  "FLAGS/MASK" compares only the bits in MASK ("SYN/SYN": any
   segment with SYN set); "NONE" is the empty set.  Implies protocol tcp.
 - ``family``: 4, 6 or None for both.
+- ``probability`` (drop and reject): each matching packet is taken with
+  that chance, an independent draw per packet (``-m statistic --mode
+  random``); the rule counters count the packets taken.
 
 Never matched: loopback (faults model the network, not the host's own
 traffic) and IPv6 neighbour solicitations and advertisements.  ARP is not IP
