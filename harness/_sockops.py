@@ -189,6 +189,7 @@ class SocketTable:
     def __init__(self, make_socket: Callable[[int, int], socket.socket] = socket.socket):
         self._make = make_socket
         self._socks: dict[int, trio.socket.SocketType] = {}
+        self._epolls: dict[int, Any] = {}   # persistent epoll sets (select.epoll)
         self._next = 1
 
     def _get(self, h: int) -> trio.socket.SocketType:
@@ -326,11 +327,41 @@ class SocketTable:
             ready = await trio.to_thread.run_sync(p.poll, ms) if ms else p.poll(0)
         return poll_names(ready[0][1]) if ready else ()
 
+    async def op_epoll_create(self, h: int, events: int, edge: bool = False) -> int:
+        """A persistent epoll set watching this socket (EPOLLET with
+        ``edge``): its handle, for epoll_wait and epoll_close."""
+        import select
+        ep = select.epoll()
+        try:
+            ep.register(self._get(h).fileno(), events | (select.EPOLLET if edge else 0))
+        except BaseException:
+            ep.close()
+            raise
+        eh, self._next = self._next, self._next + 1
+        self._epolls[eh] = ep
+        return eh
+
+    async def op_epoll_wait(self, h: int, timeout: float = 0.0) -> tuple:
+        ep = self._epolls.get(h)
+        if ep is None:
+            raise OSError(_errno.EBADF, f"epoll handle {h} is closed")
+        ready = await trio.to_thread.run_sync(ep.poll, timeout) if timeout else ep.poll(0)
+        return poll_names(ready[0][1]) if ready else ()
+
+    async def op_epoll_close(self, h: int) -> None:
+        ep = self._epolls.pop(h, None)
+        if ep is None:
+            raise OSError(_errno.EBADF, f"epoll handle {h} is closed")
+        ep.close()
+
     async def op_sockname(self, h: int) -> tuple:
         return _name(self._get(h).getsockname())
 
     def abort_all(self) -> None:
         """Close every socket with linger 0 (RST, no orphan left behind)."""
+        for ep in self._epolls.values():
+            ep.close()
+        self._epolls.clear()
         for h in list(self._socks):
             s = self._socks.pop(h)
             try:

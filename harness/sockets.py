@@ -243,6 +243,20 @@ class Socket:
             raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
         return await self._call("poll", events=mask, timeout=timeout, epoll=epoll, edge=edge)
 
+    async def epoll(self, events="in,out", *, edge: bool = False) -> "EpollSet":
+        """A persistent epoll set watching this socket for ``events``
+        (``edge``: EPOLLET, so a wait reports only what changed since the
+        last one); ``await ep.wait(timeout)`` returns an Outcome whose
+        value is the ready event names, () when none."""
+        from ._sockops import poll_mask
+        try:
+            mask = poll_mask(events)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        out = await self._call("epoll_create", events=mask, edge=edge)
+        _ok(out, self)
+        return EpollSet(self, out.value)
+
     async def keepalive(self, *, idle: int, interval: int, count: int) -> None:
         """SO_KEEPALIVE with TCP_KEEPIDLE/KEEPINTVL/KEEPCNT (seconds)."""
         for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
@@ -297,6 +311,22 @@ class Socket:
             if s.local == self.local and s.remote == self.remote:
                 return s
         return None
+
+
+class EpollSet:
+    """An epoll set of one socket (see Socket.epoll)."""
+
+    def __init__(self, sock: "Socket", handle: int):
+        self.sock, self._h = sock, handle
+
+    async def wait(self, timeout: float = 0.0) -> Outcome:
+        """epoll_wait for up to ``timeout`` seconds (0: just look)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        return await self.sock._driver.call("epoll_wait", h=self._h, timeout=timeout)
+
+    async def close(self) -> Outcome:
+        return await self.sock._driver.call("epoll_close", h=self._h)
 
 
 def _short(v: Any) -> str:

@@ -66,6 +66,12 @@ from ._base import Fault
 
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35
+SOL_PACKET, PACKET_VNET_HDR = 263, 15
+# struct virtio_net_hdr (linux/virtio_net.h): flags, gso_type, hdr_len,
+# gso_size, csum_start, csum_offset
+VNET_NONE = bytes(10)
+VNET_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6 = 1, 1, 4
+ETH_HLEN, MTU = 14, 1500
 PROBE_WAIT = 0.5
 ACK, SYN, FIN = 0x10, 0x02, 0x01
 # states in which the victim has sent / received a FIN (for ISNs from byte counts)
@@ -98,6 +104,7 @@ class Wire:
             with _netns.entered(self.lab._switch[1]):
                 out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
             try:
+                out.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
                 out.bind((f"p{victim.index}", 0))
             except BaseException:
                 out.close()
@@ -241,7 +248,7 @@ class Wire:
         """Send a frame; the segment as the tap saw it leave (kernel time)."""
         t = time.monotonic()
         n = len(self._segs)
-        self._out.send(frame)
+        self._out.send(self._vnet(frame))
         want = decode_frame(frame, t)
         deadline = t + 0.5
         while True:
@@ -290,6 +297,28 @@ class Wire:
             else:
                 out.append(o)
         return tuple(out)
+
+    def _vnet(self, frame: bytes) -> bytes:
+        """The frame behind a virtio_net_hdr (PACKET_VNET_HDR).  A segment
+        larger than the link's MTU goes as one GSO packet, as packetdrill's
+        tun device takes it: the victim's TCP receives it whole, as after
+        GRO (gso_size: the MSS the sender announced, else the link's)."""
+        if len(frame) <= ETH_HLEN + MTU:
+            return VNET_NONE + frame
+        ip_len = 20 if self.family == 4 else 40
+        tcp_len = (frame[ETH_HLEN + ip_len + 12] >> 4) * 4
+        syn = self._last_syn_mss()
+        mss = syn or (MTU - ip_len - 20)
+        return struct.pack("=BBHHHH", VNET_NEEDS_CSUM,
+                           VNET_GSO_TCPV4 if self.family == 4 else VNET_GSO_TCPV6,
+                           ETH_HLEN + ip_len + tcp_len, mss, ETH_HLEN + ip_len, 16) + frame
+
+    def _last_syn_mss(self) -> int | None:
+        remote = self._addr[self.remote.name]
+        for s in self._segs:
+            if s.flags & SYN and s.src[0] == remote and s.option("mss"):
+                return s.option("mss")[1]
+        return None
 
     def _frame(self, src, dst, seq, ack, flags, window, options, data) -> bytes:
         opts = _tcpline.encode_options(options) if options else b""
@@ -486,8 +515,8 @@ async def _learn_isns(w: Wire, conn) -> None:
     probe_seq = random.getrandbits(32)
     for _ in range(2):
         t0 = time.monotonic()
-        w._out.send(w._frame(conn.remote, conn.local, probe_seq, random.getrandbits(32), ACK,
-                              65535, (), b"\0"))
+        w._out.send(w._vnet(w._frame(conn.remote, conn.local, probe_seq,
+                                     random.getrandbits(32), ACK, 65535, (), b"\0")))
         deadline = t0 + PROBE_WAIT
         while time.monotonic() < deadline:
             reply = next((s for s in w.segments() if s.t >= t0 and s.src == conn.local), None)
