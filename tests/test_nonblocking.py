@@ -120,3 +120,7 @@ async def test_peer_program_speaks_the_same_calls(lab):
     assert (await sock.getsockopt("SO_ERROR")).value is None
     assert (await sock.recv(dontwait=True)).errno == "EAGAIN"
     assert (await sock.getsockopt("TCP_INFO")).value["snd_mss"] > 0
+    ep = await sock.epoll("out", edge=True)   # edge-triggered: reported once
+    assert (await ep.wait(1.0)).value == ("out",)
+    assert (await ep.wait()).value == ()
+    assert (await ep.close()).ok and (await ep.close()).errno == "EBADF"
