@@ -71,7 +71,8 @@ SOL_PACKET, PACKET_VNET_HDR = 263, 15
 # gso_size, csum_start, csum_offset
 VNET_NONE = bytes(10)
 VNET_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6 = 1, 1, 4
-ETH_HLEN, MTU = 14, 1500
+ETH_HLEN = 14
+SIOCGIFMTU = 0x8921
 PROBE_WAIT = 0.5
 ACK, SYN, FIN = 0x10, 0x02, 0x01
 # states in which the victim has sent / received a FIN (for ISNs from byte counts)
@@ -113,6 +114,7 @@ class Wire:
             sock.close()
             raise
         self._sock, self._out = sock, out
+        self._mtu = _mtu(self.lab._switch[1], f"p{victim.index}")
         self._segs: list[Seg] = []
         self._matched: set[int] = set()   # ids of segments an expect() took
         self.isns = Isns()
@@ -303,12 +305,12 @@ class Wire:
         larger than the link's MTU goes as one GSO packet, as packetdrill's
         tun device takes it: the victim's TCP receives it whole, as after
         GRO (gso_size: the MSS the sender announced, else the link's)."""
-        if len(frame) <= ETH_HLEN + MTU:
+        if len(frame) <= ETH_HLEN + self._mtu:
             return VNET_NONE + frame
         ip_len = 20 if self.family == 4 else 40
         tcp_len = (frame[ETH_HLEN + ip_len + 12] >> 4) * 4
         syn = self._last_syn_mss()
-        mss = syn or (MTU - ip_len - 20)
+        mss = syn or (self._mtu - ip_len - 20)
         return struct.pack("=BBHHHH", VNET_NEEDS_CSUM,
                            VNET_GSO_TCPV4 if self.family == 4 else VNET_GSO_TCPV6,
                            ETH_HLEN + ip_len + tcp_len, mss, ETH_HLEN + ip_len, 16) + frame
@@ -402,6 +404,16 @@ class Wire:
             self._sock.close()
         if self._out.fileno() >= 0:
             self._out.close()
+
+
+def _mtu(ns_fd: int, ifname: str) -> int:
+    """A link's MTU (SIOCGIFMTU) in a namespace."""
+    import fcntl
+    with _netns.entered(ns_fd):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    with s:
+        raw = fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16si", ifname.encode(), 0))
+    return struct.unpack_from("i", raw, 16)[0]
 
 
 SPIN = 0.005  # the last stretch before a scheduled send is spun, not slept
