@@ -216,8 +216,8 @@ def test_only_the_container_backend_talks_to_docker():
     ({"net.ipv4.tcp_no_such_thing": 1}, "tcp_no_such_thing does not exist in a host namespace"),
 ])
 async def test_a_host_that_cannot_be_built_leaves_nothing(lab, sysctls, message, monkeypatch):
-    """Both hosts are plumbed before either is waited for; a failure on the
-    way removes every namespace of the call, the switch and the slot.  (The
+    """A failure part-way through building a lab's hosts removes every
+    namespace of the call, the switch and the slot.  (The
     early check of sysctls, harness._sysctls, refuses these before anything
     is built; it is bypassed here to reach the build's own failure path.)"""
     from harness import _sysctls
