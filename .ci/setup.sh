@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Install and start everything the harness needs on a fresh Debian 12 machine,
 # as root; idempotent (each step is skipped when already done).
-#   - Debian packages: iproute2, iptables, tcpdump, user-mode-linux (a whole
+#   - Debian packages: python3 and python3-venv (ensurepip: a fresh Debian 12
+#     has neither), iproute2, iptables, tcpdump, user-mode-linux (a whole
 #     kernel with sch_netem, for the netem tests), docker.io, busybox-static
 #     (container images are built locally), binutils (readelf for the redis
-#     image), libnetfilter-queue-dev is not needed: NFQUEUE is spoken raw
+#     image), procps, util-linux (nsenter); libnetfilter-queue-dev is not
+#     needed: NFQUEUE is spoken raw
 #   - a virtualenv at .venv with the package installed (pip install -e .[dev])
-#   - tracefs mounted at /sys/kernel/tracing
+#   - tracefs mounted at /sys/kernel/tracing (where it can be; else the
+#     timeline tests skip, naming why)
 #   - dockerd started with every network-touching feature off (.ci/dockerd.sh)
+#     where it can start; where it cannot (no docker, a container without the
+#     privilege), set-up goes on and the container tests skip with the reason
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (network namespaces need it)" >&2; exit 1; }
 
-PKGS=(iproute2 iptables tcpdump user-mode-linux docker.io busybox-static binutils procps)
+PKGS=(python3 python3-venv iproute2 iptables tcpdump user-mode-linux docker.io busybox-static
+      binutils procps util-linux)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,6 +39,9 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_tr
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 fi
 
-[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
+[ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null \
+    || echo "setup: tracefs cannot be mounted at /sys/kernel/tracing: timeline tests will skip"
 
-bash .ci/dockerd.sh >/dev/null
+if ! out=$(bash .ci/dockerd.sh 2>&1); then
+    echo "setup: no docker daemon (container tests will skip): $(printf '%s\n' "$out" | tail -n 3)"
+fi

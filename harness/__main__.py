@@ -8,19 +8,25 @@ import sys
 USAGE = "usage: python -m harness doctor"
 
 SKIPPED_WITHOUT = {
-    "root": "everything", "netns": "everything", "tracefs": "timeline queries",
+    "root": "everything", "sysctls": "everything (every host pins its TCP sysctls)",
+    "netns": "everything", "tracefs": "timeline queries",
     "iptables": "firewall faults, drop-last-ACK, power off", "nfqueue": "packet-engine faults",
     "host_netem": "(netem then runs in a user-mode Linux guest)",
     "host_tbf": "netem(rate=...) through tc (the NFQUEUE engine paces instead)",
     "uml": "netem tests when the host kernel lacks sch_netem",
     "netem": "netem tests", "syscall_tracepoints": "syscall events in the timeline",
     "sock_destroy": "destroy-socket fault and clean namespace teardown",
+    "netns_reuse": "(labs then cost fresh namespaces: slower, same results)",
     "docker": "container hosts",
 }
 
 
 def doctor() -> int:
-    from ._features import PROBES, iptables_backend
+    from ._features import PROBES, environment, iptables_backend
+    print("environment:")
+    for line in environment():
+        print(f"  {line}")
+    print("features:")
     width = max(map(len, PROBES))
     for name, probe in PROBES.items():
         try:

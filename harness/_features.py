@@ -23,10 +23,71 @@ def root() -> str | None:
     return None if os.geteuid() == 0 else "not root (network namespaces need CAP_SYS_ADMIN)"
 
 
+def user_namespace() -> str | None:
+    """None in the machine's own user namespace; else what it is (a mapped
+    root: labs, firewall and NFQUEUE work, tracefs and docker do not)."""
+    from ._names import outer_uid
+    try:
+        with open("/proc/self/uid_map") as f:
+            full = f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        full = True
+    if full:
+        return None
+    return f"a user namespace: uid {os.geteuid()} here is uid {outer_uid()} on the machine"
+
+
+def container() -> str | None:
+    """None on a machine; else the container runtime's marker found."""
+    if os.path.exists("/.dockerenv"):
+        return "a docker container (/.dockerenv)"
+    if os.path.exists("/run/.containerenv"):
+        return "a podman container (/run/.containerenv)"
+    return None
+
+
+@functools.cache
+def sysctls() -> str | None:
+    """Per-namespace sysctls can be written: /proc/sys is writable, or it is
+    read-only (docker) and a private read-write clone of it can be made."""
+    from . import _netns
+    try:
+        if _netns.proc_sys_read_only():
+            _netns.writable_proc_sys()
+    except Exception as exc:  # noqa: BLE001
+        return str(exc)
+    return None
+
+
+def environment() -> list[str]:
+    """What kind of place this is, for doctor: user namespace, container,
+    read-only /proc/sys and how sysctls are written, the runtime directory."""
+    from . import _names, _netns
+    out = [user_namespace() or "the machine's user namespace (uid map is the identity)",
+           container() or "no container marker (/.dockerenv, /run/.containerenv)"]
+    try:
+        if _netns.proc_sys_read_only():
+            out.append("/proc/sys is mounted read-only: sysctls are written through a private "
+                       "read-write clone of it" if sysctls() is None else
+                       f"/proc/sys is mounted read-only: {sysctls()}")
+        else:
+            out.append("/proc/sys is writable")
+    except OSError as exc:
+        out.append(f"/proc/sys: {exc}")
+    try:
+        out.append(f"runtime directory (locks, named namespaces): {_names.runtime_dir()} "
+                   f"(namespaces in {_netns.run_dir()})")
+    except Exception as exc:  # noqa: BLE001
+        out.append(f"no runtime directory: {exc}")
+    return out
+
+
 @functools.cache
 def netns() -> str | None:
     if root():
         return root()
+    if sysctls():
+        return f"per-namespace sysctls cannot be written: {sysctls()}"
     from . import _netns
     name = f"{owner_tag()}-probe-{uuid.uuid4().hex[:6]}"
     try:
@@ -63,9 +124,9 @@ def _probe_in_scratch_ns(argv: list[str]) -> str | None:
         return netns()
     from . import _netns
     name = f"{owner_tag()}-probe-{uuid.uuid4().hex[:6]}"
-    _netns.create(name)
+    path = _netns.create(name)
     try:
-        r = _run(["ip", "netns", "exec", name, *argv])
+        r = _run(["nsenter", f"--net={path}", *argv])
         return None if r.returncode == 0 else f"{' '.join(argv)} failed: {r.stderr.strip()}"
     finally:
         _netns.delete(name)
@@ -142,15 +203,38 @@ def sock_destroy() -> str | None:
 
 
 @functools.cache
+def netns_reuse() -> str | None:
+    """Socket-only labs' namespaces can be scrubbed and reused: the kernel
+    lets us flush a namespace's cached TCP metrics (GENL_ADMIN_PERM:
+    CAP_NET_ADMIN in the initial user namespace)."""
+    if netns():
+        return netns()
+    from . import _netlink, _netns
+    from .errors import SetupError
+    name = f"fih{os.getpid()}-probe-{uuid.uuid4().hex[:6]}"
+    fd = _netns.open_fd(_netns.create(name))
+    try:
+        _netlink.flush_tcp_metrics(fd, name)
+    except SetupError as exc:
+        return (f"the tcp_metrics flush is refused ({exc.errno}; it needs CAP_NET_ADMIN in the "
+                f"initial user namespace): every lab gets fresh namespaces")
+    finally:
+        os.close(fd)
+        _netns.delete(name)
+    return None
+
+
+@functools.cache
 def docker() -> str | None:
     from .topology import container
     return container.KIND.unavailable()
 
 
 PROBES = {
-    "root": root, "netns": netns, "iptables": iptables, "nfqueue": nfqueue,
+    "root": root, "sysctls": sysctls, "netns": netns, "iptables": iptables, "nfqueue": nfqueue,
     "host_netem": host_netem, "host_tbf": host_tbf, "uml": uml, "netem": netem, "tracefs": tracefs,
-    "syscall_tracepoints": syscall_tracepoints, "sock_destroy": sock_destroy, "docker": docker,
+    "syscall_tracepoints": syscall_tracepoints, "sock_destroy": sock_destroy,
+    "netns_reuse": netns_reuse, "docker": docker,
 }
 
 

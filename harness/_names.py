@@ -10,25 +10,41 @@ lives).  ``owner_alive`` answers only what it can prove: an owner in a pid
 namespace we cannot see into is never declared dead.
 
 Each lab leases a slot: a /24 of 198.18.0.0/15 (RFC 2544, benchmarking) and a
-/64 of the ULA prefix fd66:6968::/48.  The lease is an flock on a file under
-/run/harness, so it is released by the kernel the instant its owner dies; no
-stale lease can block a later run.  Unique subnets matter beyond tidiness:
-the kernel's tracepoints carry addresses but no namespace, so a lab's
-timeline is told apart from its neighbours' by its subnet.
+/64 of the ULA prefix fd66:6968::/48.  The lease is held by the kernel for
+its owner and released the instant the owner dies, so no stale lease can
+block a later run:
+  - a unix socket bound to the abstract name ``@fih-slot-N``: abstract names
+    are per network namespace and need no file system, so this works for a
+    plain user, in a user namespace, or with a read-only /run, and excludes
+    every run in the same network namespace;
+  - plus, where the runtime directory is writable, an flock on
+    ``<runtime>/harness/slot-N.lock``, which also excludes runs in other
+    network namespaces that share the file system (e.g. ``ip netns exec``).
+Unique subnets matter beyond tidiness: the kernel's tracepoints carry
+addresses but no namespace, so a lab's timeline is told apart from its
+neighbours' by its subnet.
+
+The runtime directory is /run when this process may write there (root),
+else ``$XDG_RUNTIME_DIR`` when it is ours, else ``/tmp/fih-<uid>`` (uid as
+seen from the machine, so a user namespace's mapped root gets its user's
+directory), made 0700 and refused unless it is ours.  Every process of one
+user in one environment resolves the same one.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import ipaddress
 import os
 import re
+import socket
+import stat
 from dataclasses import dataclass
 
 from .errors import InvalidArgument, SetupError
 
 PREFIX = "fih"
-LEASE_DIR = "/run/harness"
 SLOTS = 512  # 198.18.0.0/15 holds 512 /24s
 V6_PREFIX = "fd66:6968:0"
 
@@ -124,7 +140,8 @@ class Slot:
     """A leased address block.  Host number n (1-based) gets .n and ::n."""
 
     index: int
-    fd: int
+    fd: int  # the abstract unix socket's
+    file_fd: int = -1  # the flock's, when the runtime directory is writable
 
     @property
     def v4_network(self) -> ipaddress.IPv4Network:
@@ -148,22 +165,102 @@ class Slot:
         return ip in (self.v4_network if ip.version == 4 else self.v6_network)
 
     def release(self) -> None:
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        for fd in (self.fd, self.file_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def outer_uid() -> int:
+    """This process's effective uid as the machine sees it: inside a user
+    namespace (``unshare --map-root-user``), uid 0 is the invoking user."""
+    euid = os.geteuid()
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, outside, count = map(int, line.split())
+                if inside <= euid < inside + count:
+                    return outside + euid - inside
+    except (OSError, ValueError):
+        pass
+    return euid
+
+
+def _ours(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and os.access(path, os.W_OK)
+
+
+@functools.cache
+def runtime_dir() -> str:
+    """Where the harness keeps its locks (and, off /run, its named
+    namespaces): /run, $XDG_RUNTIME_DIR or /tmp/fih-<uid> (see above)."""
+    if os.access("/run", os.W_OK):
+        return "/run"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg) and _ours(xdg):
+        return xdg
+    path = f"/tmp/{PREFIX}-{outer_uid()}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise SetupError(f"no runtime directory for the harness's locks: /run is not writable, "
+                         f"XDG_RUNTIME_DIR={xdg!r} is not ours, and {path} cannot be made: "
+                         f"{exc.strerror}") from exc
+    if not _ours(path):
+        raise SetupError(f"no runtime directory for the harness's locks: /run is not writable, "
+                         f"XDG_RUNTIME_DIR={xdg!r} is not ours, and {path} is not a directory "
+                         f"owned by uid {os.geteuid()} (refused: another user could lock us out)")
+    return path
+
+
+def lease_dir() -> str | None:
+    """The directory of the slot flocks, or None when it cannot be written
+    (the abstract sockets alone then hold the leases)."""
+    path = os.path.join(runtime_dir(), "harness")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
+
+
+def _lock_abstract(index: int) -> int | None:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        s.bind(f"\0{PREFIX}-slot-{index}")
+    except OSError as exc:
+        s.close()
+        if exc.errno == 98:  # EADDRINUSE: another live process holds it
+            return None
+        raise SetupError(f"cannot lease address slot {index}: bind(@{PREFIX}-slot-{index}) "
+                         f"failed: {exc.strerror}") from exc
+    return s.detach()
 
 
 def lease_slot(start: int = 0) -> Slot:
-    """Take the first free slot; the flock dies with the process."""
-    os.makedirs(LEASE_DIR, exist_ok=True)
+    """Take the first free slot; the lease dies with the process."""
+    directory = lease_dir()
     for i in range(SLOTS):
         index = (start + i) % SLOTS
-        fd = os.open(f"{LEASE_DIR}/slot-{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        sock_fd = _lock_abstract(index)
+        if sock_fd is None:
+            continue
+        if directory is None:
+            return Slot(index, sock_fd)
+        fd = os.open(f"{directory}/slot-{index}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            os.close(sock_fd)
             continue
-        return Slot(index, fd)
+        return Slot(index, sock_fd, fd)
     raise SetupError(f"all {SLOTS} lab address slots are leased (too many live labs on this machine)")

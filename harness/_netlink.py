@@ -97,10 +97,15 @@ _TCP_METRICS_CMD_DEL = 2
 _tcp_metrics_family: int | None = None
 
 
-def _genl(sock, family: int, cmd: int, attrs: bytes = b"") -> bytes:
+def _genl(sock, family: int, cmd: int, attrs: bytes = b"", *, ack: bool = True) -> bytes:
+    """One request, one message back: the reply (ack=False, for a query) or
+    the ACK carrying the error (ack=True, for a command).  Asking a query for
+    an ACK too would leave that ACK queued, to be read as the next
+    command's answer."""
     import struct
     body = struct.pack("=BBH", cmd, 1, 0) + attrs
-    sock.send(struct.pack("=IHHII", 16 + len(body), family, 0x1 | 0x4, 1, 0) + body)
+    sock.send(struct.pack("=IHHII", 16 + len(body), family, 0x1 | (0x4 if ack else 0), 1, 0)
+              + body)
     return sock.recv(65536)
 
 
@@ -117,7 +122,7 @@ def flush_tcp_metrics(fd: int, netns: str) -> None:
             name = b"tcp_metrics\0"
             attr = struct.pack("=HH", 4 + len(name), _CTRL_ATTR_FAMILY_NAME) + name
             attr += b"\0" * ((4 - len(attr) % 4) % 4)
-            data = _genl(sock, _GENL_CTRL, _CTRL_CMD_GETFAMILY, attr)
+            data = _genl(sock, _GENL_CTRL, _CTRL_CMD_GETFAMILY, attr, ack=False)
             pos = 20
             while pos + 4 <= len(data):
                 alen, atype = struct.unpack_from("=HH", data, pos)

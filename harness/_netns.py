@@ -2,8 +2,12 @@
 
 Named namespaces live where iproute2 keeps them (/run/netns/NAME, a bind
 mount of the namespace file), so ``ip netns exec NAME ...`` works for
-debugging a kept lab.  A thread enters a namespace only for the few
-microseconds it takes to open a socket or fork a child, and always goes back:
+debugging a kept lab.  Without write access to /run (a user namespace of a
+plain user) they live in the harness's runtime directory instead
+(``_names.runtime_dir()``: $XDG_RUNTIME_DIR/netns or /tmp/fih-<uid>/netns);
+``nsenter --net=PATH`` then enters one.
+
+A thread enters a namespace only for the few microseconds it takes to open a socket or fork a child, and always goes back:
 sockets and children keep the namespace they were created in.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 from typing import Iterator
 
@@ -19,7 +24,12 @@ from .errors import SetupError, Unsupported
 CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
 MNT_DETACH = 2
-RUN_DIR = "/run/netns"
+
+def run_dir() -> str:
+    """Where named namespaces live: /run/netns, or <runtime dir>/netns."""
+    from ._names import runtime_dir
+    base = runtime_dir()
+    return "/run/netns" if base == "/run" else os.path.join(base, "netns")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -32,19 +42,20 @@ def _check(ret: int, call: str, netns: str | None = None) -> None:
 
 def _ensure_run_dir() -> None:
     """Make /run/netns a shared mount point, as ``ip netns add`` does."""
-    os.makedirs(RUN_DIR, exist_ok=True)
-    if _libc.mount(b"", RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None) != 0:
-        _check(_libc.mount(RUN_DIR.encode(), RUN_DIR.encode(), b"none", MS_BIND | MS_REC, None),
-               f"mount --bind {RUN_DIR}")
-        _check(_libc.mount(b"", RUN_DIR.encode(), b"none", MS_SHARED | MS_REC, None),
-               f"mount --make-shared {RUN_DIR}")
+    d = run_dir()
+    os.makedirs(d, exist_ok=True)
+    if _libc.mount(b"", d.encode(), b"none", MS_SHARED | MS_REC, None) != 0:
+        _check(_libc.mount(d.encode(), d.encode(), b"none", MS_BIND | MS_REC, None),
+               f"mount --bind {d}")
+        _check(_libc.mount(b"", d.encode(), b"none", MS_SHARED | MS_REC, None),
+               f"mount --make-shared {d}")
 
 
 _run_dir_ready = False
 
 
 def path(name: str) -> str:
-    return f"{RUN_DIR}/{name}"
+    return f"{run_dir()}/{name}"
 
 
 def _reserve(name: str) -> str:
@@ -133,7 +144,7 @@ def exists(name: str) -> bool:
 
 def list_names() -> list[str]:
     try:
-        return sorted(os.listdir(RUN_DIR))
+        return sorted(os.listdir(run_dir()))
     except FileNotFoundError:
         return []
 
@@ -181,13 +192,77 @@ def pids_in(ns_inode: int) -> list[int]:
     return pids
 
 
+# --- a writable /proc/sys where the container runtime mounted it read-only ---
+#
+# Docker (without --privileged) bind-mounts /proc/sys read-only over itself.
+# The superblock underneath is writable, and /proc/sys/net resolves against
+# the *opening thread's* network namespace whatever mount it is reached
+# through.  So: open_tree(OPEN_TREE_CLONE) makes a detached copy of that
+# mount (visible in no mount namespace, gone when its fd closes),
+# mount_setattr() clears its read-only flag, and files are opened relative
+# to it.  Needs CAP_SYS_ADMIN over the mount namespace (which a container
+# with --cap-add SYS_ADMIN has); nothing is mounted anywhere.
+
+_SYS_OPEN_TREE, _SYS_MOUNT_SETATTR = 428, 442  # same number on every architecture
+_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _AT_RECURSIVE = 1, 0x1000, 0x8000
+_MOUNT_ATTR_RDONLY = 0x1
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+_rw_proc_sys: int | str | None = None  # the clone's fd, or why it cannot be made
+
+
+def proc_sys_read_only() -> bool:
+    """Whether /proc/sys is mounted read-only here (docker does that)."""
+    return bool(os.statvfs("/proc/sys").f_flag & os.ST_RDONLY)
+
+
+def writable_proc_sys() -> int:
+    """A directory fd of a private read-write clone of /proc/sys (made once
+    per process); Unsupported naming the refused call when it cannot be."""
+    global _rw_proc_sys
+    if _rw_proc_sys is None:
+        syscall = _libc.syscall
+        syscall.restype = ctypes.c_long
+        tree = syscall(ctypes.c_long(_SYS_OPEN_TREE), ctypes.c_int(-100), b"/proc/sys",
+                       ctypes.c_uint(_OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE))
+        if tree < 0:
+            _rw_proc_sys = f"open_tree(/proc/sys, OPEN_TREE_CLONE): " \
+                           f"{os.strerror(ctypes.get_errno())}"
+        else:
+            attr = _MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0)
+            if syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(tree), b"",
+                       ctypes.c_uint(_AT_EMPTY_PATH), ctypes.byref(attr),
+                       ctypes.c_size_t(ctypes.sizeof(attr))) < 0:
+                _rw_proc_sys = f"mount_setattr(clear MOUNT_ATTR_RDONLY): " \
+                               f"{os.strerror(ctypes.get_errno())}"
+                os.close(tree)
+            else:
+                _rw_proc_sys = tree
+    if isinstance(_rw_proc_sys, str):
+        raise Unsupported(f"/proc/sys is read-only here and no private read-write clone of it "
+                          f"can be made ({_rw_proc_sys}; needs CAP_SYS_ADMIN)")
+    return _rw_proc_sys
+
+
 def write_sysctl(fd: int, key: str, value: str | int) -> None:
     """Write a sysctl of the namespace ``fd`` (/proc/sys/net is resolved
-    against the opening thread's namespace)."""
+    against the opening thread's namespace); through a private read-write
+    clone of /proc/sys when it is mounted read-only."""
     rel = key.replace(".", "/")
     with entered(fd):
         try:
-            f = open(f"/proc/sys/{rel}", "w")
+            try:
+                f = open(f"/proc/sys/{rel}", "w")
+            except OSError as exc:
+                if exc.errno != errno.EROFS:
+                    raise
+                f = open(os.open(rel, os.O_WRONLY | os.O_CLOEXEC, dir_fd=writable_proc_sys()),
+                         "w")
         except FileNotFoundError as exc:
             raise Unsupported(f"sysctl {key} does not exist in this kernel") from exc
     with f:

@@ -45,9 +45,15 @@ class RawEvent:
 def unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "tracefs needs root"
+    from ._names import outer_uid
+    if outer_uid() != 0:  # a user namespace's mapped root: the tracing is the machine's
+        return (f"tracefs needs the machine's root; this is a user namespace (uid 0 here is "
+                f"uid {outer_uid()} outside)")
     if not os.path.isdir(f"{ROOT}/events"):
         if os.system(f"mount -t tracefs nodev {ROOT} >/dev/null 2>&1") != 0:
             return f"tracefs is not mounted at {ROOT} and cannot be mounted"
+    if not os.access(f"{ROOT}/instances", os.W_OK):
+        return f"{ROOT}/instances is not writable (read-only sysfs or no CAP_SYS_ADMIN?)"
     missing = [e for e in EVENTS if not os.path.isdir(f"{ROOT}/events/{e}")]
     if missing:
         return f"kernel lacks tracepoints {missing}"
@@ -96,7 +102,11 @@ class _Instance:
         self._enabled: list[str] = []
         self._fd: int | None = None
         self._partial = b""
-        os.makedirs(self.path, exist_ok=True)
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except PermissionError as exc:
+            raise Unsupported(f"cannot create tracefs instance {self.path}: {exc.strerror}") \
+                from exc
         try:
             _write(f"{self.path}/trace_clock", "mono")
             setup(self)
@@ -231,7 +241,9 @@ def remove_instance(name: str) -> None:
 
 
 def list_instances() -> list[str]:
+    """Every instance's name; none where tracefs is absent or not ours to
+    read (a plain user, a user namespace): we could not have made any."""
     try:
         return os.listdir(f"{ROOT}/instances")
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         return []

@@ -204,10 +204,26 @@ class _Pool:
 _pool = _Pool()
 
 
+_unscrubbable: str | None = None  # why namespaces cannot be scrubbed here (then never pooled)
+
+
 def scrub(netns: str, fd: int) -> None:
     """Leave a host namespace as a fresh one: no socket of any kind, no
-    neighbour entry, no cached per-destination TCP metrics."""
-    backend.scrub(netns, fd)
+    neighbour entry, no cached per-destination TCP metrics.  Unsupported
+    when the kernel refuses the metrics flush: TCP_METRICS_CMD_DEL is
+    GENL_ADMIN_PERM, i.e. CAP_NET_ADMIN in the *initial* user namespace,
+    which a user namespace's mapped root lacks (the namespace is then
+    destroyed instead of reused)."""
+    global _unscrubbable
+    from .errors import SetupError
+    try:
+        backend.scrub(netns, fd)
+    except SetupError as exc:
+        if exc.errno != "EPERM":
+            raise
+        _unscrubbable = ("the tcp_metrics flush needs CAP_NET_ADMIN in the initial user "
+                         "namespace (EPERM)")
+        raise Unsupported(f"cannot scrub {netns} for reuse: {_unscrubbable}") from exc
 
 
 # --- the lab ------------------------------------------------------------------
@@ -430,7 +446,7 @@ class Lab:
                 failures.append(f"stopping host {host.name}: {type(exc).__name__}: {exc}")
         hosts = list(self._hosts.values())
 
-        if not (tainted or failures):
+        if not (tainted or failures or _unscrubbable):
             # on the loop, like a snapshot: a scrub is a few inet_diag and
             # rtnetlink requests per host (~0.3 ms with a private table),
             # cheaper than the worker thread's hand-off on a busy machine
@@ -438,6 +454,8 @@ class Lab:
                 for h in hosts:
                     scrub(h.netns, h.ns_fd)
                     unit.idle[h.index] = (h.name, h.backend, h.sysctls)
+            except Unsupported:
+                pass  # not reusable here: destroyed below, which is no failure
             except Exception as exc:  # noqa: BLE001 - fall back to destroying
                 failures.append(f"scrub for reuse: {type(exc).__name__}: {exc}")
             else:
@@ -548,6 +566,8 @@ class Lab:
         return {name: h.sockets() for name, h in self._hosts.items()}
 
     def describe(self) -> str:
+        """The topology, for a failed test's report; safe on a lab whose
+        set-up failed part-way (no slot, no switch, no hosts)."""
         slot = self.slot
         lines = [f"lab slot {slot.index}: {slot.v4_network} {slot.v6_network}" if slot else
                  "lab (closed: its slot and namespaces are released)" if self.closed else

@@ -249,6 +249,7 @@ async def _socket_lab(names=("client", "server"), sysctls=None):
         return [h.netns for h in lab.hosts.values()], lab.slot.index
 
 
+@pytest.mark.requires("netns_reuse")
 async def test_a_socket_only_lab_is_scrubbed_and_reused():
     from harness import lab as labmod
     labmod._pool.close()
@@ -312,6 +313,7 @@ async def test_each_connection_gets_only_its_own_syn_sent(lab):
         assert lab.timeline.states(conn) == ["SYN_SENT", "ESTABLISHED"]
 
 
+@pytest.mark.requires("netns_reuse")
 async def test_a_reused_host_carries_no_sysctl_of_the_lab_before():
     from harness import lab as labmod
     labmod._pool.close()
