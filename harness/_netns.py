@@ -245,7 +245,9 @@ def writable_proc_sys() -> int:
                 _rw_proc_sys = tree
     if isinstance(_rw_proc_sys, str):
         raise Unsupported(f"/proc/sys is read-only here and no private read-write clone of it "
-                          f"can be made ({_rw_proc_sys}; needs CAP_SYS_ADMIN)")
+                          f"can be made ({_rw_proc_sys}; needs CAP_SYS_ADMIN over a mount "
+                          f"namespace whose /proc/sys is not locked read-only by a parent "
+                          f"user namespace)", call=_rw_proc_sys.split("(")[0])
     return _rw_proc_sys
 
 
@@ -272,12 +274,25 @@ def write_sysctl(fd: int, key: str, value: str | int) -> None:
 def write_sysctls(fd: int, items) -> dict[str, BaseException]:
     """Write many sysctls of the namespace ``fd``, entering it once (a
     fresh host pins ~40); returns {key: the error} for those that failed
-    (Unsupported: no such sysctl; OSError: the kernel refused the value)."""
+    (Unsupported: no such sysctl, or, with ``call`` set, /proc/sys is
+    read-only and cannot be cloned writable; OSError: the kernel refused the
+    value).  Through a private read-write clone of /proc/sys when it is
+    mounted read-only."""
     opened, errors = [], {}
     with entered(fd):
         for key, value in items:
+            rel = key.replace('.', '/')
             try:
-                opened.append((key, value, open(f"/proc/sys/{key.replace('.', '/')}", "w")))
+                try:
+                    f = open(f"/proc/sys/{rel}", "w")
+                except OSError as exc:
+                    if exc.errno != errno.EROFS:
+                        raise
+                    f = open(os.open(rel, os.O_WRONLY | os.O_CLOEXEC,
+                                     dir_fd=writable_proc_sys()), "w")
+                opened.append((key, value, f))
+            except Unsupported as exc:  # read-only, no writable clone
+                errors[key] = exc
             except FileNotFoundError as exc:
                 errors[key] = Unsupported(f"sysctl {key} does not exist in this kernel")
                 errors[key].__cause__ = exc

@@ -181,6 +181,8 @@ def apply_sysctls(fd: int, netns: str, sysctls: Mapping[str, str],
     errors = _netns.write_sysctls(fd, sysctls.items())
     for key, exc in errors.items():  # in the order given: the first one is reported
         if isinstance(exc, Unsupported):
+            if exc.call:  # the key exists, /proc/sys cannot be written here
+                raise exc
             if key in OPTIONAL and key not in explicit:
                 continue
             if key in OPTIONAL:
