@@ -45,7 +45,7 @@ fi
 # dockerd starts its own containerd when none is configured: it needs the binary.
 command -v containerd >/dev/null || { echo "dockerd.sh: containerd not found in PATH (dockerd needs it)" >&2; exit 1; }
 
-pid=""
+pid="" started=""
 if [ -s "$PIDFILE" ]; then
     pid=$(cat "$PIDFILE")
     if ! kill -0 "$pid" 2>/dev/null || ! grep -q dockerd "/proc/$pid/comm" 2>/dev/null; then
@@ -60,7 +60,7 @@ else
     echo "dockerd.sh: starting dockerd ${DOCKERD_FLAGS[*]} (log: $LOG)"
     # setsid + nohup: detach from this shell's session so the daemon outlives it.
     setsid nohup dockerd "${DOCKERD_FLAGS[@]}" >>"$LOG" 2>&1 </dev/null &
-    pid=$!
+    pid=$! started=1
 fi
 
 deadline=$((SECONDS + TIMEOUT))
@@ -77,4 +77,17 @@ until answers; do
     fi
     sleep 0.5
 done
-echo "dockerd.sh: docker daemon answers (pid $pid)"
+# Answering is not enough: a daemon inside a container may answer and still be
+# unable to start one (read-only cgroups: "unable to apply cgroup configuration").
+# Run a container of a one-file image (busybox-static's binary) to know; if it
+# cannot, stop the daemon this script started and say why.
+if command -v busybox >/dev/null && [ "$(readlink -f "$(command -v busybox)")" ]; then
+    bb=$(readlink -f "$(command -v busybox)")
+    if ! err=$(tar -C / -cf - "${bb#/}" | docker import - fih-dockerd-check:latest >/dev/null \
+               && docker run --rm --network none fih-dockerd-check:latest "$bb" true 2>&1); then
+        echo "dockerd.sh: the daemon answers but cannot run a container: $(printf '%s' "$err" | tail -n 1)" >&2
+        [ -z "$started" ] || kill "$pid" 2>/dev/null || true
+        exit 1
+    fi
+fi
+echo "dockerd.sh: docker daemon answers and runs containers (pid $pid)"
