@@ -63,8 +63,11 @@ def main(results: str, envs: list[str]) -> int:
     for env, r in rows:
         secs = open(os.path.join(results, f"{env}.seconds")).read().strip() \
             if os.path.exists(os.path.join(results, f"{env}.seconds")) else "?"
+        rc_file = os.path.join(results, f"{env}.rc")
+        rc = open(rc_file).read().strip() if os.path.exists(rc_file) else "?"
         if r is None or not r["sessions"]:
-            print(f"{env:<11} NO RESULT (pytest never finished; see {results}/{env}.log)  [{secs} s]")
+            print(f"{env:<11} NO RESULT (pytest never finished, exit status {rc}; see "
+                  f"{results}/{env}.log)  [{secs} s]")
             bad += 1
             continue
         t = r["totals"]
