@@ -61,6 +61,9 @@ def path(name: str) -> str:
 def _reserve(name: str) -> str:
     """The empty file a namespace is bind-mounted on, made exclusively."""
     global _run_dir_ready
+    if os.geteuid() != 0:
+        raise Unsupported("network namespaces need CAP_SYS_ADMIN: run as root, or as a plain "
+                          "user inside `unshare --user --map-root-user --net --mount`")
     if not _run_dir_ready:
         _ensure_run_dir()
         _run_dir_ready = True

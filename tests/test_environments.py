@@ -41,17 +41,24 @@ READ_ONLY_PROC_SYS = ["unshare", "--mount", "--propagation", "private", "sh", "-
                       '&& exec "$@"', "sh"]
 
 
+def plain_user() -> list[str]:
+    """Become nobody (needs the machine's root here)."""
+    if os.geteuid() != 0 or _names.outer_uid() != 0:
+        pytest.skip("becoming a plain user needs the machine's root; this is uid "
+                    f"{_names.outer_uid()} on the machine")
+    for path in (sys.executable, REPO):
+        if not os.access(path, os.R_OK | os.X_OK) or \
+                os.stat(os.path.realpath(path)).st_mode & 0o005 != 0o005:
+            pytest.skip(f"{path} is not readable by uid {NOBODY}: the plain-user run needs it")
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
 def rootless() -> list[str]:
     """A plain user (nobody) in ``unshare --user --map-root-user --net --mount``;
     here as it is when this already is a user namespace of a plain user."""
     if _names.outer_uid() != 0:
         return []
-    for path in (sys.executable, REPO):
-        if not os.access(path, os.R_OK | os.X_OK) or \
-                os.stat(os.path.realpath(path)).st_mode & 0o005 != 0o005:
-            pytest.skip(f"{path} is not readable by uid {NOBODY}: the rootless run needs it")
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            "unshare", "--user", "--map-root-user", "--net", "--mount",
+    return [*plain_user(), "unshare", "--user", "--map-root-user", "--net", "--mount",
             "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
 
 
@@ -184,6 +191,24 @@ def test_doctor_without_a_docker_daemon():
                    env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert "no   docker               no docker daemon answers at " \
            "unix:///nonexistent/docker.sock" in r.stdout
+
+
+def test_a_plain_user_gets_a_skip_not_a_raw_permission_error():
+    r = run_python("""
+        import trio, harness
+        from harness import Unsupported
+        async def main():
+            async with harness.open_lab() as lab:
+                try:
+                    await lab.pair()
+                except Unsupported as e:
+                    assert "network namespaces need CAP_SYS_ADMIN" in str(e), e
+                else:
+                    raise AssertionError("a lab as a plain user")
+                print(lab.describe())
+        trio.run(main)
+    """, wrap=plain_user())
+    assert r.stderr == "", r.stderr
 
 
 async def test_a_lab_that_failed_to_set_up_can_still_be_described():
