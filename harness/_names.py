@@ -33,6 +33,7 @@ user in one environment resolves the same one.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import ipaddress
@@ -238,7 +239,7 @@ def _lock_abstract(index: int) -> int | None:
         s.bind(f"\0{PREFIX}-slot-{index}")
     except OSError as exc:
         s.close()
-        if exc.errno == 98:  # EADDRINUSE: another live process holds it
+        if exc.errno == errno.EADDRINUSE:  # another live process holds it
             return None
         raise SetupError(f"cannot lease address slot {index}: bind(@{PREFIX}-slot-{index}) "
                          f"failed: {exc.strerror}") from exc

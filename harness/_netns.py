@@ -7,8 +7,9 @@ plain user) they live in the harness's runtime directory instead
 (``_names.runtime_dir()``: $XDG_RUNTIME_DIR/netns or /tmp/fih-<uid>/netns);
 ``nsenter --net=PATH`` then enters one.
 
-A thread enters a namespace only for the few microseconds it takes to open a socket or fork a child, and always goes back:
-sockets and children keep the namespace they were created in.
+A thread enters a namespace only for the few microseconds it takes to open a
+socket or fork a child, and always goes back: sockets and children keep the
+namespace they were created in.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .errors import SetupError, Unsupported
 CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
 MNT_DETACH = 2
+
 
 def run_dir() -> str:
     """Where named namespaces live: /run/netns, or <runtime dir>/netns."""
