@@ -33,6 +33,7 @@ def run_dir() -> str:
     base = runtime_dir()
     return "/run/netns" if base == "/run" else os.path.join(base, "netns")
 
+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
