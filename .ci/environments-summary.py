@@ -34,7 +34,7 @@ def parse(path: str) -> dict:
                 doctor.append(line.strip())
             m = COUNTS.match(line)
             if m:
-                sessions.append(float(m.group(2)))
+                sessions.append((section, m.group(1), float(m.group(2))))
                 for part in m.group(1).split(", "):
                     n, what = part.split(" ", 1)
                     totals[{"error": "errors", "warning": "warnings"}.get(what, what)] += int(n)
@@ -74,6 +74,9 @@ def main(results: str, envs: list[str]) -> int:
         print(f"{env:<11} {t['passed']:4d} passed  {t['skipped']:3d} skipped  {t['failed']:3d} failed"
               f"  {t['errors']:2d} errors   [{secs} s wall, incl. set-up]")
         bad += bool(t["failed"] or t["errors"])
+        if len(r["sessions"]) > 1:
+            for section, counts, secs in r["sessions"]:
+                print(f"{'':<11}   {section}: {counts} in {secs:.0f} s")
     for env, r in rows:
         if r is None:
             continue
