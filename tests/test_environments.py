@@ -209,6 +209,10 @@ def test_a_plain_user_gets_a_skip_not_a_raw_permission_error():
         trio.run(main)
     """, wrap=plain_user())
     assert r.stderr == "", r.stderr
+    doctor = run_python("import sys; from harness.__main__ import main; "
+                        "sys.exit(main(['', 'doctor']))", wrap=plain_user())
+    assert "no   root" in doctor.stdout and "no   tracefs              tracefs needs root" \
+        in doctor.stdout and doctor.stderr == "", doctor.stdout + doctor.stderr
 
 
 async def test_a_lab_that_failed_to_set_up_can_still_be_described():
