@@ -64,9 +64,7 @@ def path(name: str) -> str:
 def _reserve(name: str) -> str:
     """The empty file a namespace is bind-mounted on, made exclusively."""
     global _run_dir_ready
-    if os.geteuid() != 0:
-        raise Unsupported("network namespaces need CAP_SYS_ADMIN: run as root, or as a plain "
-                          "user inside `unshare --user --map-root-user --net --mount`")
+    _check_may_create()
     if not _run_dir_ready:
         _ensure_run_dir()
         _run_dir_ready = True
@@ -106,10 +104,19 @@ def create(name: str, parent: int | None = None) -> str:
     return p
 
 
+def _check_may_create() -> None:
+    """A plain user (no user namespace) gets a skip that says what to do,
+    not a raw EPERM from unshare() or mount()."""
+    if os.geteuid() != 0:
+        raise Unsupported("network namespaces need CAP_SYS_ADMIN: run as root, or as a plain "
+                          "user inside `unshare --user --map-root-user --net --mount`")
+
+
 def create_unnamed() -> int:
     """A new network namespace held only by the returned fd: it vanishes
     with its last fd (with the process, even after SIGKILL), so there is
     nothing to sweep."""
+    _check_may_create()
     orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")

@@ -189,8 +189,8 @@ def test_doctor_in_a_user_namespace_names_what_is_missing():
 def test_doctor_without_a_docker_daemon():
     r = run_python("import sys; from harness.__main__ import main; sys.exit(main(['', 'doctor']))",
                    env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    assert "no   docker               no docker daemon answers at " \
-           "unix:///nonexistent/docker.sock" in r.stdout
+    assert "no   docker " in r.stdout
+    assert "no docker daemon answers at unix:///nonexistent/docker.sock" in r.stdout
 
 
 def test_a_plain_user_gets_a_skip_not_a_raw_permission_error():
