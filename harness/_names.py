@@ -78,9 +78,11 @@ def owner_tag() -> str:
 
 
 def lock_path(name: str) -> str:
-    """A lock file shared by every harness process on the machine."""
-    os.makedirs(LEASE_DIR, exist_ok=True)
-    return f"{LEASE_DIR}/{name}.lock"
+    """A lock file shared by every harness process on the machine (by every
+    process of this user where /run is not writable: see runtime_dir())."""
+    directory = os.path.join(runtime_dir(), "harness")
+    os.makedirs(directory, exist_ok=True)
+    return f"{directory}/{name}.lock"
 
 
 def owner_of(name: str) -> int | None:
