@@ -95,11 +95,11 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
 - rate: bulk goodput 0.955 of the rate at 0.2, 1 and 10 MB/s, which is
   exact (1448 B of payload per 1514 B frame).
 - placement (1 MB, delay 50 ms, connection made inside the fault, median of
-  5, under a load average of ~12 on the 2 cores): sender out 0.54 s,
-  receiver in 0.50, sender in 0.47, receiver out 0.46 (1.08 between the two
-  placements that delay data, 1.02 between the two that delay ACKs, 1.16
-  slowest / fastest); sender out took 14.6-17.5 s before the fix, and 0.55 s
-  (1.18) before the engine re-read its queue right after its verdicts.
+  5, under a load average of 10-13 on the 2 cores): sender out 0.52-0.57 s,
+  receiver in 0.47-0.50, sender in 0.46-0.47, receiver out 0.46-0.47 over
+  three runs: the three placements other than sender out within 7 % of each
+  other, sender out 1.08-1.19 x receiver in (the verdict wait above); sender
+  out took 14.6-17.5 s before the fix.
 - cost: 12-15 us of this process's CPU per packet (bare packet engine 11.5,
   netem with nothing to do 12.3, loss 13.0, delay 14.6); ~540-730 Mbit/s of
   bulk through it, against several Gbit/s for the kernel's veth.
