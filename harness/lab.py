@@ -371,6 +371,7 @@ class Lab:
         self.failed = False  # set by the pytest plugin when the test fails
         self.captures: list = []
         self.closed = False  # set when open_lab() has torn it down
+        self._trace_index: int | None = None  # the slot the tracer knows it by
 
     def check_open(self, what: str | None = None) -> None:
         """Refuse any use of a closed lab's objects: its pooled namespaces
@@ -379,7 +380,6 @@ class Lab:
             subject = f"{what} belongs to a lab that" if what else "this lab"
             raise LabClosed(f"{subject} has been closed (its namespaces may now serve another "
                             f"lab); use objects of the current lab")
-        self._trace_index: int | None = None  # the slot the tracer knows it by
 
     @property
     def artifacts(self) -> str:
