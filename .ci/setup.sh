@@ -6,7 +6,10 @@
 #     kernel with sch_netem, for the netem tests), docker.io, busybox-static
 #     (container images are built locally), binutils (readelf for the redis
 #     image), procps, util-linux (nsenter); libnetfilter-queue-dev is not
-#     needed: NFQUEUE is spoken raw
+#     needed: NFQUEUE is spoken raw; nginx-light and postgresql: real
+#     multi-process servers for tests/test_servers.py (never started as
+#     services: the tests run them with configurations of their own inside
+#     lab hosts)
 #   - a virtualenv at .venv with the package installed (pip install -e .[dev])
 #   - tracefs mounted at /sys/kernel/tracing (where it can be; else the
 #     timeline tests skip, naming why)
@@ -19,7 +22,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (network namespaces need it)" >&2; exit 1; }
 
 PKGS=(python3 python3-venv iproute2 iptables tcpdump user-mode-linux docker.io busybox-static
-      binutils procps util-linux)
+      binutils procps util-linux nginx-light postgresql)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,7 +33,17 @@ if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
+    # no package starts its service (nginx on :80, a postgresql cluster): the
+    # tests run their own servers inside lab hosts (policy-rc.d, Debian's way)
+    norc=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        norc=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    if [ $norc = 1 ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_trio, xdist" 2>/dev/null; then

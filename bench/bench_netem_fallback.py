@@ -3,7 +3,7 @@ was asked (delay p50/p99, jitter's spread, loss fraction, rate) and what it
 costs (CPU per packet in this process, which runs the engine in its trio loop
 as a test does), all in one run, in one lab.
 
-    python bench/bench_netem_fallback.py [--seconds 1.0]
+    python bench/bench_netem_fallback.py [--seconds 1.0] [--only placement]
 
 A lab with two hosts; the server host runs an echo server (port 9000) and a
 sink (port 9001) as processes, the client host the load processes, and the
@@ -19,6 +19,9 @@ data segment, crosses the engine once.
   sigma;
 * rate: a bulk transfer's goodput under rate r (1 and 10 MB/s), against r
   (frames count 1514 B for 1448 B of payload, so 0.956 r is exact);
+* placement: 1 MB bulk with delay 50 ms on each end and direction
+  (sender out, receiver in, sender in, receiver out), the connection made
+  inside the fault: seconds and MB/s each, and their ratios;
 * cost: this process's CPU time per packet through the engine for bulk
   traffic: the bare packet engine (faults.packets, accept all), netem with
   nothing to do, with loss 0.01, with delay 1 ms.
@@ -37,6 +40,8 @@ import time
 
 RR_PORT, BULK_PORT = 9000, 9001
 MSG = 64
+BULK_BYTES = 1 << 20
+PLACEMENT_RUNS = 5
 
 
 # --- roles run as processes inside the lab hosts (stdlib only: fast to start) --------
@@ -63,6 +68,13 @@ def role_client(mode: str, addr: str, amount: float) -> None:
             rtts.append(pc() - t0)
         s.close()
         print(json.dumps({"rtts": rtts}))
+    elif mode == "bytes":                # amount: bytes, timed from before connect()
+        t0 = pc()
+        s.connect((addr, BULK_PORT))
+        s.sendall(b"\xa5" * int(amount))
+        s.shutdown(socket.SHUT_WR)
+        total = int(s.recv(64))          # the sink counted them all
+        print(json.dumps({"bytes": total, "seconds": pc() - t0}))
     else:                                # amount: seconds
         s.connect((addr, BULK_PORT))
         chunk = b"\xa5" * (64 * 1024)
@@ -81,7 +93,7 @@ def pct(values: list[float], q: float) -> float:
 
 # --- the bench ----------------------------------------------------------------------
 
-async def run(seconds: float) -> None:
+async def run(seconds: float, only: str | None = None) -> None:
     import trio
 
     from harness import faults, listening, open_lab
@@ -102,86 +114,122 @@ async def run(seconds: float) -> None:
             return json.loads(proc.stdout())
 
         ms = 1e3
-        # --- delay ---------------------------------------------------------------
-        base = (await load("rr", 500))["rtts"]
-        b50 = pct(base, 0.5)
-        print(f"delay (one way, added to the round trip; kernel RTT p50 {b50 * 1e6:.0f} us)")
-        print(f"  {'asked':>8} {'n':>5} {'p50':>9} {'p99':>9} {'p50 err':>9} {'p99 err':>9}")
-        for d in (0.001, 0.01, 0.05):
-            n = int(min(500, max(100, 2.0 / d)))
-            async with faults.netem(client, delay=d, engine="nfqueue"):
-                r = (await load("rr", n))["rtts"]
-            p50, p99 = pct(r, 0.5) - b50, pct(r, 0.99) - b50
-            print(f"  {d * ms:6.1f}ms {n:5d} {p50 * ms:7.3f}ms {p99 * ms:7.3f}ms "
-                  f"{(p50 - d) * ms:+7.3f}ms {(p99 - d) * ms:+7.3f}ms")
-        async with faults.netem(client, delay=0.02, jitter=0.01, engine="nfqueue"):
-            r = [x - b50 for x in (await load("rr", 200))["rtts"]]
-        print(f"  jitter: delay 20 ms +- 10 ms, 200 round trips: min {min(r) * ms:.2f} "
-              f"p1 {pct(r, 0.01) * ms:.2f} p50 {pct(r, 0.5) * ms:.2f} p99 {pct(r, 0.99) * ms:.2f} "
-              f"max {max(r) * ms:.2f} ms (uniform over [10, 30] ms asked)")
+        if only in (None, "delay"):
+            # --- delay ---------------------------------------------------------------
+            base = (await load("rr", 500))["rtts"]
+            b50 = pct(base, 0.5)
+            print(f"delay (one way, added to the round trip; kernel RTT p50 {b50 * 1e6:.0f} us)")
+            print(f"  {'asked':>8} {'n':>5} {'p50':>9} {'p99':>9} {'p50 err':>9} {'p99 err':>9}")
+            for d in (0.001, 0.01, 0.05):
+                n = int(min(500, max(100, 2.0 / d)))
+                async with faults.netem(client, delay=d, engine="nfqueue"):
+                    r = (await load("rr", n))["rtts"]
+                p50, p99 = pct(r, 0.5) - b50, pct(r, 0.99) - b50
+                print(f"  {d * ms:6.1f}ms {n:5d} {p50 * ms:7.3f}ms {p99 * ms:7.3f}ms "
+                      f"{(p50 - d) * ms:+7.3f}ms {(p99 - d) * ms:+7.3f}ms")
+            async with faults.netem(client, delay=0.02, jitter=0.01, engine="nfqueue"):
+                r = [x - b50 for x in (await load("rr", 200))["rtts"]]
+            print(f"  jitter: delay 20 ms +- 10 ms, 200 round trips: min {min(r) * ms:.2f} "
+                  f"p1 {pct(r, 0.01) * ms:.2f} p50 {pct(r, 0.5) * ms:.2f} p99 {pct(r, 0.99) * ms:.2f} "
+                  f"max {max(r) * ms:.2f} ms (uniform over [10, 30] ms asked)")
 
-        # --- loss: counted by the two kernels on the harness's own sockets ---------
-        print("loss (data segments client -> server, counted by the kernels)")
-        listener = await server.listen(9100)
-        conn = await client.connect(server, 9100, options={"TCP_NODELAY": True})
-        peer = await listener.accept()
-        for p in (0.01, 0.1, 0.3):
-            out0 = conn.info().tcp_info["data_segs_out"]
-            in0 = peer.info().tcp_info["data_segs_in"]
-            size = 2000 * 1448
-            async with faults.netem(client, loss=p, engine="nfqueue") as f:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(lambda: conn.send(b"\x5a" * size, all=True))
-                    got = 0
-                    while got < size:
-                        got += len((await peer.recv(1 << 20)).value)
-                while conn.info().tcp_info["unacked"]:
-                    await trio.sleep(0.002)
-            sent = conn.info().tcp_info["data_segs_out"] - out0
-            arrived = peer.info().tcp_info["data_segs_in"] - in0
-            m, sigma = 1 - arrived / sent, math.sqrt(p * (1 - p) / sent)
-            print(f"  asked {p:4.2f}: {sent:5d} segments, measured {m:.4f} "
-                  f"(error {m - p:+.4f}, {abs(m - p) / sigma:.1f} sigma; model dropped "
-                  f"{f.counts['lost']}, kernels missed {sent - arrived})")
-        await conn.close(linger=0)
-        await peer.close(linger=0)
+        if only in (None, "loss"):
+            # --- loss: counted by the two kernels on the harness's own sockets ---------
+            print("loss (data segments client -> server, counted by the kernels)")
+            listener = await server.listen(9100)
+            conn = await client.connect(server, 9100, options={"TCP_NODELAY": True})
+            peer = await listener.accept()
+            for p in (0.01, 0.1, 0.3):
+                out0 = conn.info().tcp_info["data_segs_out"]
+                in0 = peer.info().tcp_info["data_segs_in"]
+                size = 2000 * 1448
+                async with faults.netem(client, loss=p, engine="nfqueue") as f:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(lambda: conn.send(b"\x5a" * size, all=True))
+                        got = 0
+                        while got < size:
+                            got += len((await peer.recv(1 << 20)).value)
+                    while conn.info().tcp_info["unacked"]:
+                        await trio.sleep(0.002)
+                sent = conn.info().tcp_info["data_segs_out"] - out0
+                arrived = peer.info().tcp_info["data_segs_in"] - in0
+                m, sigma = 1 - arrived / sent, math.sqrt(p * (1 - p) / sent)
+                print(f"  asked {p:4.2f}: {sent:5d} segments, measured {m:.4f} "
+                      f"(error {m - p:+.4f}, {abs(m - p) / sigma:.1f} sigma; model dropped "
+                      f"{f.counts['lost']}, kernels missed {sent - arrived})")
+            await conn.close(linger=0)
+            await peer.close(linger=0)
 
-        # --- rate ------------------------------------------------------------------
-        print("rate (bulk goodput client -> server)")
-        for rate in (1e6, 1e7):
-            async with faults.netem(client, rate=rate, engine="nfqueue"):
-                b = await load("bulk", seconds)
-            g = b["bytes"] / b["seconds"]
-            print(f"  asked {rate / 1e6:5.1f} MB/s: goodput {g / 1e6:6.3f} MB/s "
-                  f"= {g / rate:.3f} of it (0.956 is exact: 1448 B per 1514 B frame)")
+        if only in (None, "rate"):
+            # --- rate ------------------------------------------------------------------
+            print("rate (bulk goodput client -> server)")
+            for rate in (1e6, 1e7):
+                async with faults.netem(client, rate=rate, engine="nfqueue"):
+                    b = await load("bulk", seconds)
+                g = b["bytes"] / b["seconds"]
+                print(f"  asked {rate / 1e6:5.1f} MB/s: goodput {g / 1e6:6.3f} MB/s "
+                      f"= {g / rate:.3f} of it (0.956 is exact: 1448 B per 1514 B frame)")
 
-        # --- cost ------------------------------------------------------------------
-        print("cost: this process's CPU per packet through the engine (bulk, "
-              f"{seconds:g} s each)")
-        variants = [
-            ("packets() accept all", lambda: faults.packets(client, port=BULK_PORT,
-                                                             direction="out",
-                                                             when=lambda p: False)),
-            ("netem(), nothing to do", lambda: faults.netem(client, engine="nfqueue")),
-            ("netem(loss=0.01)", lambda: faults.netem(client, loss=0.01, engine="nfqueue")),
-            ("netem(delay=0.001)", lambda: faults.netem(client, delay=0.001,
-                                                        engine="nfqueue")),
-        ]
-        for name, make in variants:
-            fault = make()
-            async with fault:
-                c0 = time.process_time()
-                b = await load("bulk", seconds)
-                cpu = time.process_time() - c0
-            n = (fault.engine_counts if hasattr(fault, "engine_counts") else fault.counts)["seen"]
-            print(f"  {name:<24} {n:7d} packets  {cpu / n * 1e6:6.1f} us CPU/packet  "
-                  f"{b['bytes'] / b['seconds'] * 8 / 1e6:7.0f} Mbit/s")
+        if only in (None, "placement"):
+            # --- placement: the same delay on either end, in either direction ----------
+            # Each connection is made inside the fault, so TCP starts from a
+            # 100 ms RTT (its pacing rate, hence its TSO size and its TCP Small
+            # Queues budget, follow from it): the case where packets held on the
+            # sender used to cap it at ~2 skbs per RTT (issue 11, point 4).
+            print(f"placement: {BULK_BYTES >> 20} MB bulk client -> server with delay 50 ms one "
+                  f"way, connection made inside the fault; median of {PLACEMENT_RUNS}")
+            places = {"sender out": (client, "out"), "receiver in": (server, "in"),
+                      "sender in": (client, "in"), "receiver out": (server, "out")}
+            times: dict[str, list[float]] = {k: [] for k in places}
+            for _ in range(PLACEMENT_RUNS):          # interleaved: load drifts hit all alike
+                for name, (host, direction) in places.items():
+                    async with faults.netem(host, delay=0.05, direction=direction,
+                                            engine="nfqueue"):
+                        b = await load("bytes", BULK_BYTES)
+                    assert b["bytes"] == BULK_BYTES, b
+                    times[name].append(b["seconds"])
+            med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+            mid = sorted(med.values())[len(med) // 2]
+            for name, t in med.items():
+                print(f"  {name:<13} {t:6.3f} s  {BULK_BYTES / t / 1e6:6.2f} MB/s  "
+                      f"{mid / t:5.2f} x the median placement  (runs: "
+                      f"{', '.join(f'{x:.3f}' for x in times[name])})")
+            print(f"  slowest / fastest: {max(med.values()) / min(med.values()):.2f}; "
+                  f"data delayed (sender out / receiver in): "
+                  f"{med['sender out'] / med['receiver in']:.2f}; "
+                  f"acks delayed (sender in / receiver out): "
+                  f"{med['sender in'] / med['receiver out']:.2f}")
+
+        if only in (None, "cost"):
+            # --- cost ------------------------------------------------------------------
+            print("cost: this process's CPU per packet through the engine (bulk, "
+                  f"{seconds:g} s each)")
+            variants = [
+                ("packets() accept all", lambda: faults.packets(client, port=BULK_PORT,
+                                                                 direction="out",
+                                                                 when=lambda p: False)),
+                ("netem(), nothing to do", lambda: faults.netem(client, engine="nfqueue")),
+                ("netem(loss=0.01)", lambda: faults.netem(client, loss=0.01, engine="nfqueue")),
+                ("netem(delay=0.001)", lambda: faults.netem(client, delay=0.001,
+                                                            engine="nfqueue")),
+            ]
+            for name, make in variants:
+                fault = make()
+                async with fault:
+                    c0 = time.process_time()
+                    b = await load("bulk", seconds)
+                    cpu = time.process_time() - c0
+                n = (fault.engine_counts if hasattr(fault, "engine_counts") else fault.counts)["seen"]
+                print(f"  {name:<24} {n:7d} packets  {cpu / n * 1e6:6.1f} us CPU/packet  "
+                      f"{b['bytes'] / b['seconds'] * 8 / 1e6:7.0f} Mbit/s")
 
 
 def main() -> None:
     import argparse
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--only", choices=("delay", "loss", "rate", "placement", "cost"),
+                    help="run one section")
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
@@ -193,7 +241,7 @@ def main() -> None:
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import trio
     t0 = time.monotonic()
-    trio.run(run, args.seconds)
+    trio.run(run, args.seconds, args.only)
     print(f"(bench took {time.monotonic() - t0:.1f} s)")
 
 

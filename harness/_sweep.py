@@ -119,4 +119,8 @@ def sweep() -> list[str]:
             if _TMP_DIR.match(entry) and _dead(entry):
                 shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
                 removed.append(f"directory {tmp}/{entry}")
+        for group in _tracefs.probe_groups():  # uprobe events (getsockopt SO_ERROR)
+            if _dead(_tracefs.instance_of(group) + "-"):
+                _tracefs.remove_probes(group)
+                removed.append(f"uprobe events {group}")
     return removed

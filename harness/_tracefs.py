@@ -12,8 +12,11 @@ blocking, so a query sees every event committed before it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -179,31 +182,171 @@ class TraceSession(_Instance):
         return out
 
 
-SYSCALLS = ("connect", "accept", "accept4", "bind", "listen", "sendto", "sendmsg", "recvfrom",
-            "recvmsg", "write", "writev", "read", "readv", "shutdown", "close")
+# The calls servers make on sockets.  read/write/close also fail on other
+# files; the process and the errno tell them apart.  sendfile is
+# sys_sendfile64 in the kernel and reported as "sendfile".
+SYSCALLS = ("connect", "accept", "accept4", "bind", "listen", "shutdown", "close",
+            "read", "readv", "write", "writev", "recvfrom", "recvmsg", "recvmmsg",
+            "sendto", "sendmsg", "sendmmsg", "sendfile64", "splice", "getsockopt")
+_ALIASES = {"sendfile64": "sendfile"}
 _SYSCALL_LINE = re.compile(r"^\s*(?P<task>.*?)-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+(?P<ts>\d+\.\d+):"
-                           r"\s+sys_(?P<call>\w+) -> 0x(?P<ret>[0-9a-f]+)$")
+                           r"\s+(?:sys_(?P<call>\w+) -> 0x(?P<ret>[0-9a-f]+)"
+                           r"|sched_process_fork: .*? pid=(?P<parent>\d+) child_comm=.*? "
+                           r"child_pid=(?P<child>\d+)"
+                           r"|soerr\d+: \(\S+\) level=\S+ optname=\S+ value=(?P<soerr>-?\d+).*"
+                           r"|tracing_mark_write: fih-tid (?P<local>\d+))\s*$")
+# the kernel's pid namespace: /proc/self/ns/pid of a process in it
+PROC_PID_INIT_INO = 0xEFFFFFFC
+SO_ERROR, SOL_SOCKET = 4, 1
 
 
 @dataclass(frozen=True)
 class SyscallExit:
+    """A failing call.  ``pid`` is the kernel's (init pid namespace) pid.
+    ``reason`` is "SO_ERROR" for a getsockopt(SO_ERROR) that succeeded
+    while handing the socket's pending error to the program (ret = -error)."""
     t: float
     pid: int
     task: str
     call: str
     ret: int  # negative: -errno
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Fork:
+    """sched_process_fork of a traced task (threads included): kernel pids."""
+    t: float
+    parent: int
+    child: int
+
+
+def libc_getsockopt_return(path: str) -> int | None:
+    """File offset of the instruction after ``syscall`` in glibc's
+    getsockopt(): there rsi is the level, rdx the option, r10 the user's
+    optval pointer (the kernel preserves all three) and the value is
+    already written.  None when the file has no such function."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit ELF only
+        return None
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                for i in range(shnum)]
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    loads = [struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize) for i in range(phnum)]
+    for sec in sections:
+        if sec[1] != 11:  # SHT_DYNSYM
+            continue
+        strtab = sections[sec[6]]
+        for off in range(sec[4], sec[4] + sec[5], 24):
+            name, info, _, _, value, size = struct.unpack_from("<IBBHQQ", data, off)
+            end = data.index(b"\0", strtab[4] + name)
+            if data[strtab[4] + name:end] != b"getsockopt" or not size:
+                continue
+            for ptype, _, poff, vaddr, _, filesz, _, _ in loads:
+                if ptype == 1 and vaddr <= value < vaddr + filesz:
+                    body = data[value - vaddr + poff:value - vaddr + poff + size]
+                    at = body.find(b"\x0f\x05")
+                    # mov %rcx,%r10 must precede it: optval rides in r10
+                    if at >= 0 and b"\x49\x89\xca" in body[:at]:
+                        return value - vaddr + poff + at + 2
+            return None
+    return None
+
+
+def probe_group(instance: str) -> str:
+    """The uprobe event group of an instance: its name as an identifier
+    ("fih123-sys" -> "fih123_sys"); ``instance_of`` maps it back."""
+    return re.sub(r"\W", "_", instance)
+
+
+def instance_of(group: str) -> str:
+    return group.replace("_", "-")
+
+
+def _append(path: str, line: str) -> None:
+    """Append to a tracefs control file (open(..., "a") seeks, which
+    uprobe_events refuses with EINVAL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def probe_groups() -> list[str]:
+    """Groups of the uprobe events defined on this machine."""
+    try:
+        with open(f"{ROOT}/uprobe_events") as f:
+            return sorted({line.split()[0].split(":", 1)[1].split("/")[0]
+                           for line in f if line.strip()})
+    except OSError:
+        return []
+
+
+def remove_probes(group: str) -> None:
+    """Remove every uprobe event of ``group`` (events must be disabled)."""
+    try:
+        with open(f"{ROOT}/uprobe_events") as f:
+            names = [line.split()[0].split(":", 1)[1] for line in f if line.strip()]
+    except OSError:
+        return
+    for name in names:
+        if name.split("/")[0] == group:
+            try:
+                _append(f"{ROOT}/uprobe_events", f"-:{name}\n")
+            except OSError:
+                pass
+
+
+@functools.lru_cache(maxsize=1)
+def in_init_pid_namespace() -> bool:
+    """Whether this process's pids are the kernel's (a process never changes
+    its own pid namespace: cached)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
+    except OSError:
+        return False
 
 
 class SyscallSession(_Instance):
     """A second instance (``<name>-sys``) for the failing socket calls of
-    the processes the labs spawned: set_event_pid lists them, event-fork adds
-    their children.  Kept apart from TraceSession because a pid filter would
-    also hide the TCP tracepoints, which fire in whatever task the softirq
-    interrupted."""
+    the processes the labs run.  Kept apart from TraceSession because a pid
+    filter would also hide the TCP tracepoints, which fire in whatever task
+    the softirq interrupted.
+
+    Who is traced: set_event_pid, with options/event-fork so the kernel adds
+    every child (and thread) of a listed task in copy_process() itself, before
+    the child runs: no child is missed however soon it forks.  A spawn adds
+    the spawning *thread* (one made for that fork, which exits at once and
+    leaves the list: event-fork also removes exiting tasks), so the new
+    process is listed from its first instruction.  sched_process_fork events
+    of listed tasks give the lineage, so a child that exits before the
+    buffer is read is still attributed to its ancestor and host.
+
+    getsockopt(SO_ERROR) succeeds while handing over the socket's error: a
+    uprobe on the instruction after glibc's ``syscall`` in getsockopt() reads
+    the value the kernel wrote (this kernel has no kprobe events, and the
+    syscall tracepoint carries only the return value).  Programs that do not
+    call glibc's getsockopt (static binaries) are not seen there.
+
+    All pids here are the kernel's (the init pid namespace's), as tracefs
+    reports and expects them."""
 
     def __init__(self, name: str, first_pid: int = 0):
         if not os.path.isdir(f"{ROOT}/events/syscalls"):
             raise Unsupported("kernel lacks syscall tracepoints (CONFIG_FTRACE_SYSCALLS)")
+        self._libcs: dict[tuple[int, int], str] = {}  # (dev, ino) -> event name
+        self._group = probe_group(name)
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
 
         def setup(inst: _Instance) -> None:
             _write(f"{inst.path}/options/event-fork", "1")
@@ -212,25 +355,92 @@ class SyscallSession(_Instance):
             for call in SYSCALLS:
                 if os.path.isdir(f"{ROOT}/events/syscalls/sys_exit_{call}"):
                     inst.enable(f"syscalls/sys_exit_{call}", "ret < 0")
+            inst.enable("sched/sched_process_fork")
         super().__init__(name, setup)
 
     def add_pid(self, pid: int) -> None:
-        fd = os.open(f"{self.path}/set_event_pid", os.O_WRONLY | os.O_APPEND)  # no O_CREAT
-        try:
-            os.write(fd, f"{pid}\n".encode())
-        finally:
-            os.close(fd)
+        """List a task by its kernel pid (its children follow by event-fork)."""
+        _append(f"{self.path}/set_event_pid", f"{pid}\n")
 
-    def drain(self) -> list[SyscallExit]:
-        out = []
+    def kernel_tid(self) -> int:
+        """The calling thread's kernel pid.  In a pid namespace of its own
+        (a CI container) the thread writes a trace marker and reads back the
+        pid the kernel recorded with it."""
+        local = threading.get_native_id()
+        if in_init_pid_namespace():
+            return local
+        with self._lock:
+            _write(f"{self.path}/trace_marker", f"fih-tid {local}")
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                for line in self._read_lines():
+                    m = _SYSCALL_LINE.match(line)
+                    if m and m.group("local") == str(local):
+                        return int(m.group("pid"))
+                    self._pending.append(line)
+            raise Unsupported("cannot learn this thread's kernel pid from tracefs "
+                              "(the trace marker never came back)")
+
+    def probe_libc(self, path: str) -> bool:
+        """Watch getsockopt(SO_ERROR) in the glibc at ``path`` (e.g.
+        /proc/<pid>/root/usr/lib/x86_64-linux-gnu/libc.so.6 for a
+        container's).  False when it is not a glibc we understand or this
+        kernel has no uprobe events."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino)
+        if key in self._libcs:
+            return True
+        offset = libc_getsockopt_return(path)
+        if offset is None or not os.path.exists(f"{ROOT}/uprobe_events"):
+            return False
+        event = f"soerr{len(self._libcs)}"
+        try:
+            _append(f"{ROOT}/uprobe_events",
+                    f"p:{self._group}/{event} {path}:{offset:#x} "
+                    f"level=%si:s32 optname=%dx:s32 value=+0(%r10):s32\n")
+            self.enable(f"{self._group}/{event}",
+                        f"level == {SOL_SOCKET} && optname == {SO_ERROR} && value != 0")
+        except OSError:
+            return False
+        self._libcs[key] = event
+        return True
+
+    def _read_lines(self) -> list[str]:
+        return super().lines()
+
+    def lines(self) -> list[str]:
+        with self._lock:
+            pending, self._pending = self._pending, []
+            return pending + self._read_lines()
+
+    def drain(self) -> list:
+        """SyscallExit and Fork records in time order."""
+        out: list = []
         for line in self.lines():
             m = _SYSCALL_LINE.match(line)
-            if m:
+            if not m:
+                continue
+            t, pid = float(m.group("ts")), int(m.group("pid"))
+            if m.group("child"):
+                out.append(Fork(t, int(m.group("parent")), int(m.group("child"))))
+            elif m.group("soerr"):
+                out.append(SyscallExit(t, pid, m.group("task").strip(), "getsockopt",
+                                       -abs(int(m.group("soerr"))), "SO_ERROR"))
+            elif m.group("call"):
                 ret = int(m.group("ret"), 16)
-                out.append(SyscallExit(float(m.group("ts")), int(m.group("pid")),
-                                       m.group("task").strip(), m.group("call"),
+                call = m.group("call")
+                out.append(SyscallExit(t, pid, m.group("task").strip(), _ALIASES.get(call, call),
                                        ret - (1 << 64) if ret >= 1 << 63 else ret))
         return out
+
+    def close(self) -> None:
+        super().close()
+        if self._libcs:
+            remove_probes(self._group)
+            self._libcs.clear()
 
 
 def remove_instance(name: str) -> None:

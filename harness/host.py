@@ -30,6 +30,7 @@ class Host(SocketFactory):
                  *, profile: str, sysctls: dict[str, str]):
         self.lab, self.name, self.index = lab, name, index
         self.backend = backend  # topology.backend.HostBackend
+        self.ns_ino = os.fstat(backend.fd).st_ino  # the namespace's identity, kept after the fd closes
         self.v4, self.v6 = v4, v6
         self.profile, self.sysctls = profile, sysctls
         self.host = self
@@ -147,13 +148,22 @@ class Host(SocketFactory):
 
     async def spawn(self, argv: list[str], *, ready: Ready | None = None,
                     ready_timeout: float = 5.0, env: dict | None = None,
-                    cwd: str | None = None) -> Process:
+                    cwd: str | None = None, user: str | int | None = None) -> Process:
         """Run ``argv`` in this host; with ``ready``, return once it holds
-        (e.g. ``harness.listening(8080)``).  Stopped at teardown."""
+        (e.g. ``harness.listening(8080)``).  Stopped at teardown.
+
+        ``user`` (a name or uid; in a container host, from the container's
+        /etc/passwd) runs it with that user's uid, gid and no supplementary
+        groups, set by the child itself between fork and exec: no wrapper
+        (su, runuser) forks in between, and the process is traced from its
+        first instruction like any other (its failing socket calls and its
+        descendants' are in the timeline).  HOME, USER and LOGNAME follow
+        unless ``env`` is given."""
         check_argv(argv, f"host {self.name}.spawn()")
         if not (isinstance(ready_timeout, (int, float)) and ready_timeout > 0):
             raise InvalidArgument(f"ready_timeout must be seconds > 0, got {ready_timeout!r}")
-        proc = self._start(argv, env=env, cwd=cwd)
+        ids = self._user_ids(user) if user is not None else None
+        proc = self._start(argv, env=env, cwd=cwd, ids=ids)
         if ready is not None:
             try:
                 await wait_ready(proc, ready, ready_timeout)
@@ -162,6 +172,24 @@ class Host(SocketFactory):
                     await proc.kill()
                 raise
         return proc
+
+    def _user_ids(self, user: str | int) -> tuple[str, int, int, str]:
+        """(name, uid, gid, home) of ``user`` from the host's passwd file (a
+        container's own for a container host)."""
+        if isinstance(user, bool) or not isinstance(user, (str, int)) or user == "":
+            raise InvalidArgument(f"user must be a user name or a uid, got {user!r}")
+        main = self.backend.main  # a host with a main process has its own root (a container)
+        root = f"/proc/{main.pid}/root" if main is not None else ""
+        try:
+            with open(f"{root}/etc/passwd") as f:
+                entries = [line.rstrip("\n").split(":") for line in f if line.count(":") >= 6]
+        except OSError as exc:
+            raise SetupError(f"cannot read {root}/etc/passwd to find user {user!r}: {exc}",
+                             netns=self.netns) from exc
+        for name, _, uid, gid, _, home, _ in (e[:7] for e in entries):
+            if name == user or (isinstance(user, int) and uid == str(user)):
+                return name, int(uid), int(gid), home
+        raise InvalidArgument(f"no user {user!r} in {root or ''}/etc/passwd of host {self.name}")
 
     @property
     def main(self):
@@ -179,16 +207,32 @@ class Host(SocketFactory):
     def _start(self, argv: list[str], **kw) -> Process:
         self._check_open()
         self.tainted = True
-        if not kw.pop("host_binary", False):
+        host_binary = kw.pop("host_binary", False)
+        ids = kw.pop("ids", None)
+        if ids is not None:
+            name, uid, gid, home = ids
+            if kw.get("env") is None:
+                kw["env"] = dict(os.environ, HOME=home, USER=name, LOGNAME=name)
+        if not host_binary:
             argv = self.backend.command(argv)  # "run inside" the host's world
+        if ids is not None and argv[:1] == ["nsenter"] and "--" in argv:
+            # entering the host's world needs root: nsenter drops to the
+            # user itself, in the same process, after entering
+            at = argv.index("--")
+            argv = [*argv[:at], "--setgid", str(ids[2]), "--setuid", str(ids[1]), *argv[at:]]
+        elif ids is not None:
+            kw.update(user=ids[1], group=ids[2], extra_groups=[])
         n = len(self.processes)
         base = os.path.join(self.lab.artifacts, f"{self.name}.{n}")
+        from .lab import _tracer
+        spawner: list[int | None] = []
         popen, out, err = spawn_in(self, argv, netns_fd=self.ns_fd, out_path=base + ".out",
-                                   err_path=base + ".err", **kw)
+                                   err_path=base + ".err",
+                                   before_fork=lambda: spawner.append(_tracer.arm_spawner()),
+                                   **kw)
         proc = Process(self, argv, popen, out, err)
         self.processes.append(proc)
-        from .lab import _tracer
-        _tracer.watch(proc.pid, self)
+        _tracer.watch(proc, self, spawner[0] if spawner else None)
         return proc
 
     async def peer(self) -> "Peer":
@@ -241,6 +285,10 @@ class Host(SocketFactory):
         old_diag.close()
         os.close(old.fd)
         await backend.start_tasks(self.lab._nursery)
+        self.ns_ino = os.fstat(backend.fd).st_ino
+        if backend.main is not None:  # a new main process (a new container) to trace
+            from .lab import _tracer
+            _tracer.watch_container(self)
 
 
 class Peer(SocketFactory):

@@ -25,7 +25,7 @@ from typing import AsyncIterator
 
 import trio
 
-from . import _names, _sweep, _tracefs
+from . import _names, _netns, _sweep, _tracefs
 from .errors import InvalidArgument, LabClosed, ObservationTimeout, Unsupported
 from .host import Host
 from .observe.snapshot import Snapshot
@@ -37,12 +37,24 @@ from .topology import netns as backend
 
 
 class _Tracer:
+    """The process's tracefs instances, shared by its labs.
+
+    Failing calls are attributed through lineage, not through /proc at read
+    time: ``roots`` are the processes the labs started (spawned, peers, a
+    container's main process), ``parents`` what sched_process_fork said about
+    every task descended from them.  A child that forked and exited long
+    before the buffer is read is still its ancestor's and its host's."""
+
     def __init__(self) -> None:
         self.session: _tracefs.TraceSession | None = None
         self.unavailable: str | None = None
         self.labs: dict[int, "Lab"] = {}
         self.syscalls: _tracefs.SyscallSession | None = None
-        self.pids: dict[int, Host] = {}  # spawned processes -> their host
+        self.roots: dict[int, tuple[Host, object]] = {}  # kernel pid -> (host, process)
+        self.parents: dict[int, int] = {}  # kernel pid -> parent's, from fork events
+        self.spawners: dict[int, tuple[Host, object]] = {}  # spawning thread -> its child's
+        self.spawner_tids: dict[int, "Lab"] = {}  # the harness's own threads: never attributed
+        self.pids: dict[int, Host] = {}  # resolved kernel pid -> host (cache)
 
     @staticmethod
     def slot_of(address: str | None) -> int | None:
@@ -78,41 +90,141 @@ class _Tracer:
                 self.syscalls = _tracefs.SyscallSession(_names.owner_tag() + "-sys")
             except (Unsupported, OSError):
                 pass  # the timeline then has no syscall events
+            else:
+                libc = _libc_of("self")
+                if libc:
+                    self.syscalls.probe_libc(libc)
+        lab._trace_index = lab.slot.index
         self.labs[lab.slot.index] = lab
 
     def unregister(self, lab: "Lab") -> None:
+        """Forget a finished lab and every process attributed to it (its
+        namespace fds are closed: nothing may look at them again)."""
         for index in [i for i, known in self.labs.items() if known is lab]:
             del self.labs[index]
+        for table in (self.roots, self.spawners):
+            for pid in [p for p, (h, _) in table.items() if h.lab is lab]:
+                del table[pid]
+        for pid in [p for p, h in self.pids.items() if h.lab is lab]:
+            del self.pids[pid]
+        for tid in [t for t, owner in self.spawner_tids.items() if owner is lab]:
+            del self.spawner_tids[tid]
+        # lineage that no longer leads to a live lab's process
+        for pid in list(self.parents):
+            p, hops = pid, 0
+            while p not in self.roots and p in self.parents and hops < 64:
+                p, hops = self.parents[p], hops + 1
+            if p not in self.roots and p not in self.spawners:
+                del self.parents[pid]
 
-    def watch(self, pid: int, host: Host) -> None:
-        """Record the failing socket calls of a spawned process (from a few
-        microseconds after fork: the instance is ready before any spawn)."""
-        self.pids[pid] = host
-        if self.syscalls is not None:
-            self.syscalls.add_pid(pid)
+    def arm_spawner(self) -> int | None:
+        """Called in the thread about to fork a lab's process: list the
+        thread, so the kernel lists its child at fork (event-fork).  The
+        thread exits right after, which takes it off the list."""
+        if self.syscalls is None:
+            return None
+        try:
+            tid = self.syscalls.kernel_tid()
+            self.syscalls.add_pid(tid)
+        except (OSError, Unsupported):  # tracing is lost, not the spawn
+            return None
+        return tid
+
+    def watch(self, proc, host: Host, spawner: int | None = None) -> None:
+        """Attribute ``proc`` (forked by the thread ``spawner``) and its
+        descendants to ``host``."""
+        if spawner is None or _tracefs.in_init_pid_namespace():
+            proc.kernel_pid = proc.pid
+            self.roots[proc.pid] = (host, proc)
+        if spawner is not None:
+            self.spawners[spawner] = (host, proc)
+            self.spawner_tids[spawner] = host.lab
+            if proc.kernel_pid is None:
+                self.refresh()  # the fork event names the child's kernel pid
+
+    def watch_container(self, host: Host) -> None:
+        """Trace a container's main process and whatever it already started
+        (its children from now on follow by event-fork), and its glibc's
+        getsockopt.  Pids are the docker daemon's view (the kernel's, with
+        the daemon in the init pid namespace)."""
+        main = host.main
+        self.roots[main.kernel_pid] = (host, main)
+        if self.syscalls is None:
+            return
+        libc = _libc_of(str(main.pid))
+        if libc:
+            self.syscalls.probe_libc(f"/proc/{main.pid}/root{libc}")
+        if not _tracefs.in_init_pid_namespace():
+            # /proc here shows our pid namespace's numbers, not the kernel's:
+            # only the main process (docker's pid is the kernel's when the
+            # daemon runs in the init namespace) and what it starts from now
+            try:
+                self.syscalls.add_pid(main.kernel_pid)
+            except OSError:
+                pass
+            return
+        seen: set[int] = set()
+        while True:  # until no process started between listing and listing
+            fresh = [p for p in _netns.pids_in(host.ns_ino) if p not in seen]
+            if not fresh:
+                break
+            for pid in fresh:
+                seen.add(pid)
+                for tid in _tids(pid):  # its threads too (redis's I/O and bio threads)
+                    self.syscalls.add_pid(tid)
+                    if tid != pid:
+                        self.parents.setdefault(tid, pid)
+                if pid != main.pid:
+                    self.parents.setdefault(pid, _ppid(pid))
+
+    def _attribute(self, pid: int) -> tuple[Host | None, object, tuple[int, ...]]:
+        """(host, root process, ancestors up to that root) of a kernel pid."""
+        chain, p = [], pid
+        while p not in self.roots and p in self.parents and len(chain) < 64:
+            p = self.parents[p]
+            chain.append(p)
+        if p in self.roots:
+            host, proc = self.roots[p]
+            return host, proc, tuple(chain)
+        return self._host_of(pid), None, tuple(chain)
 
     def _host_of(self, pid: int) -> Host | None:
+        """Fallback for a task whose lineage is unknown: its namespace, while
+        it lives, compared with each live host's recorded inode (never an
+        fstat of a host's fd, which a finished lab has closed)."""
         host = self.pids.get(pid)
-        if host is None:  # a child (event-fork): its namespace tells the host
+        if host is None:
             try:
                 ino = os.stat(f"/proc/{pid}/ns/net").st_ino
             except OSError:
                 return None
             for lab in self.labs.values():
                 for h in lab._hosts.values():
-                    if os.fstat(h.ns_fd).st_ino == ino:
+                    if h.ns_ino == ino:
                         self.pids[pid] = host = h
         return host
 
     def refresh(self) -> None:
         if self.syscalls is not None:
-            for sc in self.syscalls.drain():
-                host = self._host_of(sc.pid)
-                if host is not None and sc.t >= host.lab.created:
+            for rec in self.syscalls.drain():
+                if isinstance(rec, _tracefs.Fork):
+                    self.parents[rec.child] = rec.parent
+                    self.spawner_tids.pop(rec.child, None)  # a reused pid
+                    if rec.parent in self.spawners:
+                        host, proc = self.spawners.pop(rec.parent)
+                        proc.kernel_pid = rec.child
+                        self.roots[rec.child] = (host, proc)
+                    continue
+                if rec.pid in self.spawner_tids:
+                    continue  # the harness's own thread, between listing and fork
+                host, _, ancestors = self._attribute(rec.pid)
+                if host is not None and host.lab._trace_index in self.labs \
+                        and rec.t >= host.lab.created:
                     host.lab.timeline.add(Event(
-                        t=sc.t, kind="syscall", local=NOWHERE, remote=NOWHERE,
-                        errno=_errno.errorcode.get(-sc.ret, str(-sc.ret)), source="syscall",
-                        host=host.name, detail=sc.call, pid=sc.pid))
+                        t=rec.t, kind="syscall", local=NOWHERE, remote=NOWHERE,
+                        errno=_errno.errorcode.get(-rec.ret, str(-rec.ret)), source="syscall",
+                        host=host.name, detail=rec.call, pid=rec.pid, reason=rec.reason,
+                        ancestors=ancestors))
         if self.session is None:
             if self.unavailable:
                 raise Unsupported(f"kernel timeline unavailable: {self.unavailable}")
@@ -129,6 +241,35 @@ class _Tracer:
             if session is not None:
                 session.close()
         self.session = self.syscalls = None
+
+
+def _libc_of(pid: str) -> str | None:
+    """The path (in the process's own mount namespace) of the glibc mapped
+    by a process."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                path = line.split(None, 5)[-1].strip()
+                if os.path.basename(path).startswith("libc.so"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _tids(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 _tracer = _Tracer()
@@ -246,6 +387,7 @@ class Lab:
         self.failed = False  # set by the pytest plugin when the test fails
         self.captures: list = []
         self.closed = False  # set when open_lab() has torn it down
+        self._trace_index: int | None = None  # the slot the tracer knows it by
 
     def check_open(self, what: str | None = None) -> None:
         """Refuse any use of a closed lab's objects: its pooled namespaces
@@ -368,6 +510,7 @@ class Lab:
             lambda: cbackend.KIND.create(self.slot, spec, self._unit.switch, image=cspec,
                                          tag=tag, ready=ready, ready_timeout=ready_timeout))
         host = await self._adopt(spec, made)
+        _tracer.watch_container(host)
         await made.booted(host)
         return host
 
@@ -564,6 +707,38 @@ class Lab:
     def snapshots(self) -> dict[str, Snapshot]:
         self.check_open()
         return {name: h.sockets() for name, h in self._hosts.items()}
+
+    async def wait_until(self, predicate, *, timeout: float = 5.0, what: str | None = None):
+        """Wait until ``predicate(snapshots)`` is truthy and return its value;
+        ``snapshots`` is fresh on every try: {host name: Snapshot} (see
+        ``snapshots()``).  Any condition on sockets, e.g. the server's
+        connection with its keepalive timer armed::
+
+            info = await lab.wait_until(lambda snap: [
+                s for s in snap["server"].where(port=6379) if s.timer == "keepalive"])
+
+        ``predicate`` may be async.  On timeout, ObservationTimeout names
+        ``what`` (default: the predicate) and holds the last snapshots."""
+        if not callable(predicate):
+            raise InvalidArgument(f"predicate must be callable with the snapshots, got "
+                                  f"{predicate!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        deadline = time.monotonic() + timeout
+        delay = 0.0002
+        while True:
+            snaps = self.snapshots()
+            value = predicate(snaps)
+            if hasattr(value, "__await__"):
+                value = await value
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise ObservationTimeout(f"{what or predicate!r} did not hold within {timeout}s; "
+                                         f"sockets: { {h: list(s) for h, s in snaps.items()} }",
+                                         last=snaps)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.01)
 
     def describe(self) -> str:
         """The topology, for a failed test's report; safe on a lab whose

@@ -10,6 +10,9 @@ Protocol, one JSON object per line:
   -> {"id": 7, "op": "send", "args": {"h": 2, "data": {"b": "78"}}}
   <- {"id": 7, "outcome": {"call": "send", "value": 1, "errno": null, ...}}
   <- {"id": 7, "error": "ValueError: ..."}        (a harness bug or bad call)
+  -> {"id": 8, "op": "cancel", "args": {"id": 7}}  (the test cancelled call 7)
+  <- {"id": 7, "cancelled": true}    (it had not completed: it did nothing)
+     or call 7's outcome, if it completed before the cancel arrived
 Special ops: "ready" (answers once the loop runs), "sigpipe" (restore the
 default SIGPIPE action, so a write to a reset socket kills the process as it
 would a C program that did not ignore it).
@@ -42,7 +45,9 @@ async def _serve() -> None:
             sys.stdout.buffer.write(line)
             sys.stdout.buffer.flush()
 
-    async def run(msg: dict) -> None:
+    scopes: dict = {}  # id -> the CancelScope of a call still running
+
+    async def run(msg: dict, scope: trio.CancelScope) -> None:
         mid, op = msg.get("id"), msg.get("op")
         try:
             if op == "ready":
@@ -51,9 +56,18 @@ async def _serve() -> None:
                 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
                 outcome = Outcome("sigpipe", True)
             else:
-                outcome = await table.call(op, _decode(msg.get("args", {})))
+                with scope:
+                    outcome = await table.call(op, _decode(msg.get("args", {})))
+                scopes.pop(mid, None)
+                if scope.cancelled_caught:
+                    # trio's calls are atomic under cancellation: nothing
+                    # was consumed or sent
+                    await reply({"id": mid, "cancelled": True})
+                    return
+            scopes.pop(mid, None)
             await reply({"id": mid, "outcome": outcome.to_wire()})
         except Exception as exc:  # noqa: BLE001 - report, keep serving
+            scopes.pop(mid, None)
             await reply({"id": mid, "error": f"{type(exc).__name__}: {exc}"})
 
     async with trio.open_nursery() as nursery:
@@ -65,8 +79,17 @@ async def _serve() -> None:
             buf += data
             *lines, buf = buf.split(b"\n")
             for line in lines:
-                if line.strip():
-                    nursery.start_soon(run, json.loads(line))
+                if not line.strip():
+                    continue
+                msg = json.loads(line)
+                if msg.get("op") == "cancel":  # the test cancelled call {"id"}
+                    scope = scopes.get(msg.get("args", {}).get("id"))
+                    if scope is not None:  # else it has already answered
+                        scope.cancel()
+                    continue
+                # the scope exists from now: a cancel may come before the task runs
+                scopes[msg.get("id")] = scope = trio.CancelScope()
+                nursery.start_soon(run, msg, scope)
         nursery.cancel_scope.cancel()
     table.abort_all()
 

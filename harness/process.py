@@ -9,8 +9,10 @@ pidfd.  Readiness is a condition polled with a deadline, never a sleep.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
+import threading
 import time
 from typing import Awaitable, Callable
 
@@ -28,6 +30,7 @@ class Process:
                  err_path: str):
         self.host, self.argv, self._popen = host, argv, popen
         self.pid = popen.pid
+        self.kernel_pid: int | None = None  # the pid tracefs reports (set by the tracer)
         self.stdout_path, self.stderr_path = out_path, err_path
         self._pidfd = os.pidfd_open(self.pid)
 
@@ -46,6 +49,20 @@ class Process:
     def stderr(self) -> str:
         with open(self.stderr_path, errors="replace") as f:
             return f.read()
+
+    def output(self) -> str:
+        """stdout then stderr, as written so far."""
+        return self.stdout() + self.stderr()
+
+    async def wait_output(self, pattern, *, timeout: float = 5.0, stream: str = "both"):
+        """Wait until a line the process wrote matches ``pattern`` (a regex
+        string or compiled pattern; e.g. "ready to accept connections") on
+        ``stream`` ("stdout", "stderr" or "both"); returns the re.Match.
+        Fails early if the process exits without having written it."""
+        read = {"stdout": self.stdout, "stderr": self.stderr, "both": self.output}.get(stream)
+        if read is None:
+            raise InvalidArgument(f"stream must be 'stdout', 'stderr' or 'both', got {stream!r}")
+        return await wait_output(self, pattern, timeout=timeout, read=read)
 
     def signal(self, sig: int) -> None:
         # a closed lab's processes were reaped: the pid may be another's now
@@ -144,17 +161,40 @@ def clean_signals() -> dict:
 
 def spawn_in(host, argv: list[str], *, netns_fd: int, out_path: str, err_path: str,
              env: dict | None = None, cwd: str | None = None, stdin=subprocess.DEVNULL,
-             stdout=None) -> tuple[subprocess.Popen, str, str]:
+             stdout=None, before_fork: Callable[[], None] | None = None,
+             **popen_kw) -> tuple[subprocess.Popen, str, str]:
     """Fork ``argv`` inside the namespace, with default signal dispositions
-    and an empty mask.  Synchronous (fork+exec is ~1 ms)."""
+    and an empty mask.  Synchronous (fork+exec is ~1 ms).
+
+    The fork happens in a thread made for it, after ``before_fork()`` ran
+    in that thread (the tracer lists it there, so the kernel lists the child
+    at fork; the thread's exit unlists it).  ``popen_kw``: user, group,
+    extra_groups (set in the child before exec)."""
     argv = check_argv(argv, f"host {host.name}")
     out = open(out_path, "wb") if stdout is None else None
     err = open(err_path, "wb")
+    result: list = []
+
+    def fork() -> None:
+        try:
+            if before_fork is not None:
+                before_fork()
+            with _netns.entered(netns_fd):
+                result.append(subprocess.Popen(argv, stdin=stdin,
+                                               stdout=stdout if out is None else out,
+                                               stderr=err, env=env, cwd=cwd,
+                                               start_new_session=True, **clean_signals(),
+                                               **popen_kw))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            result.append(exc)
+
     try:
-        with _netns.entered(netns_fd):
-            popen = subprocess.Popen(argv, stdin=stdin, stdout=stdout if out is None else out,
-                                     stderr=err, env=env, cwd=cwd, start_new_session=True,
-                                     **clean_signals())
+        thread = threading.Thread(target=fork, name="harness-spawn")
+        thread.start()
+        thread.join()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        popen = result[0]
     except FileNotFoundError as exc:
         raise SetupError(f"cannot spawn {argv[0]!r} in host {host.name}: no such file or "
                          f"directory", netns=host.netns, call="execve") from exc
@@ -166,6 +206,39 @@ def spawn_in(host, argv: list[str], *, netns_fd: int, out_path: str, err_path: s
             if f is not None:
                 f.close()
     return popen, out_path, err_path
+
+
+async def wait_output(proc, pattern, *, timeout: float, read: Callable[[], str]):
+    """Poll ``read()`` until a line matches ``pattern``; the process exiting
+    first, or the deadline, fails with what it wrote last."""
+    if isinstance(pattern, str):
+        try:
+            pattern = re.compile(pattern, re.MULTILINE)
+        except re.error as exc:
+            raise InvalidArgument(f"pattern is not a regular expression: {pattern!r}: {exc}") \
+                from None
+    elif not isinstance(pattern, re.Pattern):
+        raise InvalidArgument(f"pattern must be a regex string or re.Pattern, got {pattern!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        exited = proc.returncode is not None  # read after: its last words count
+        text = read()
+        for line in text.splitlines():
+            m = pattern.search(line)
+            if m:
+                return m
+        if exited:
+            raise ObservationTimeout(f"{proc!r} exited ({proc.returncode}) without writing a "
+                                     f"line matching {pattern.pattern!r}; last output: "
+                                     f"{text[-500:]!r}")
+        if time.monotonic() >= deadline:
+            raise ObservationTimeout(f"no line matching {pattern.pattern!r} from {proc!r} "
+                                     f"within {timeout}s; last output: {text[-500:]!r}")
+        await trio.sleep(delay)
+        delay = min(delay * 2, 0.02)
 
 
 Ready = Callable[[object], "bool | Awaitable[bool]"]

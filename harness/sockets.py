@@ -101,13 +101,36 @@ class PeerDriver:
         wire = {k: ({"b": v.hex()} if isinstance(v, (bytes, bytearray)) else v)
                 for k, v in args.items()}
         try:
-            async with self._lock:
-                await self._send.send_all(
-                    (json.dumps({"id": mid, "op": op, "args": wire}) + "\n").encode())
+            # cancelled before it is sent: nothing to undo in the peer; once
+            # sending, the line goes out whole (a half line would corrupt the
+            # pipe), so the send is shielded, within a bound
+            await trio.lowlevel.checkpoint_if_cancelled()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(5) as sending:
+                    async with self._lock:
+                        await self._send.send_all(
+                            (json.dumps({"id": mid, "op": op, "args": wire}) + "\n").encode())
+            if sending.cancelled_caught:
+                raise trio.BrokenResourceError("the peer's stdin stayed full for 5 s")
         except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError) as exc:
             self._pending.pop(mid, None)
             raise self._gone(op) from exc
-        await slot[0].wait()
+        except trio.Cancelled:
+            self._pending.pop(mid, None)
+            raise
+        try:
+            await slot[0].wait()
+        except trio.Cancelled:
+            # The call runs in the peer: cancel it there too, and wait for
+            # its answer, or a recv cancelled here would go on in the peer
+            # and swallow the next data (issue 11, point 6).
+            with trio.CancelScope(shield=True):
+                await self._cancel_remote(mid, slot)
+            msg = slot[1]
+            if msg is None or "outcome" not in msg:
+                raise
+            # it completed before the cancel reached the peer: its effect
+            # happened, so its outcome is returned rather than lost
         msg = slot[1]
         if msg is None:
             raise HarnessError(f"peer process {self.process.pid} died during {op} "
@@ -116,13 +139,33 @@ class PeerDriver:
             raise HarnessError(f"peer program failed on {op}: {msg['error']}")
         return Outcome.from_wire(msg["outcome"])
 
+    async def _cancel_remote(self, mid: int, slot: list) -> None:
+        """Ask the peer to cancel call ``mid``; wait (up to 5 s) for the call
+        to answer: "cancelled" or, if it had completed, its outcome."""
+        cancel_id, self._next = self._next, self._next + 1
+        try:
+            async with self._lock:
+                await self._send.send_all((json.dumps(
+                    {"id": cancel_id, "op": "cancel", "args": {"id": mid}}) + "\n").encode())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, BrokenPipeError):
+            self._pending.pop(mid, None)
+            return  # the peer is gone: nothing runs there any more
+        with trio.move_on_after(5):
+            await slot[0].wait()
+        self._pending.pop(mid, None)
+
     async def aclose(self) -> None:
         self.alive = False
         await self._send.aclose()
 
 
 class Socket:
-    """A TCP socket in a host.  ``local``/``remote`` are (address, port)."""
+    """A TCP socket in a host.  ``local``/``remote`` are (address, port).
+
+    ``since`` (time.monotonic, the timeline's clock) is where its history
+    starts: the start of its socket() call, or for an accepted socket the
+    kernel's last move of its 4-tuple to ESTABLISHED/SYN_RECV before accept()
+    returned; ``timeline.events(sock)`` begins there."""
 
     def __init__(self, owner, driver, handle: int, family: int, since: float,
                  local: tuple[str, int] | None = None, remote: tuple[str, int] | None = None):

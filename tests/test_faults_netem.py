@@ -300,6 +300,33 @@ async def test_rate_limits_throughput(lab, rate):
     assert 0.8 <= goodput / rate <= 1.2
 
 
+@pytest.mark.parametrize("where", ["sender-out", "receiver-in", "sender-in", "receiver-out"])
+async def test_delay_anywhere_lets_slow_start_grow_cwnd(lab, where):
+    """Issue 11: delay on the sender's way out kept TCP at its initial cwnd
+    (1 MB took 9-17 s).  A delayed packet held in NFQUEUE still counted in
+    its socket's sk_wmem_alloc, and tcp_small_queue_check() lets only about
+    two skbs (of two MSS: TSO autosizing at a 100 ms RTT) wait below TCP, so
+    TCP was never cwnd-limited and tcp_cong_avoid() never grew cwnd.  The
+    engine now frees what the host sends and sends a copy when due, as
+    netem_enqueue() orphans a delayed skb.  Slow start then grows cwnd by
+    every segment acknowledged: after 1 MB (~720 segments) far beyond 100,
+    wherever the delay sits.  The connection is made inside the fault, so
+    TCP starts from the long RTT."""
+    receiver, sender = await lab.pair()
+    listener = await receiver.listen(PORT)
+    host, direction = {"sender-out": (sender, "out"), "receiver-in": (receiver, "in"),
+                       "sender-in": (sender, "in"), "receiver-out": (receiver, "out")}[where]
+    async with faults.netem(host, delay=0.05, direction=direction, engine="nfqueue") as f:
+        conn = await sender.connect(receiver, PORT)
+        peer = await listener.accept()
+        with trio.fail_after(60):
+            goodput = await transfer(conn, peer, 1 << 20)
+        cwnd = segs(conn, "snd_cwnd")
+    print(f"\n{where}: 1 MB at {goodput / 1e6:.2f} MB/s, cwnd {cwnd}, {f.counts}")
+    assert cwnd > 100
+    assert segs(conn, "total_retrans") == 0  # nothing was lost on the way
+
+
 async def test_limit_drops_beyond_the_queue(lab):
     """limit=1: while one packet waits out its delay, the next is dropped."""
     client, server, conn, peer = await connected(lab, 4, FAST_RTO)

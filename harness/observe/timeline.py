@@ -10,7 +10,10 @@ Sources:
   tcp:tcp_retransmit_synack,
 - inet_diag snapshots the harness takes (the only witness of TIME_WAIT and of
   the orphaned FIN_WAIT2 that also lives as a timewait socket),
-- the outcome of each socket call the test makes.
+- the outcome of each socket call the test makes,
+- the failing socket calls (syscall exits, and getsockopt(SO_ERROR) handing
+  over an error) of every process the lab started and of its descendants,
+  with the kernel's pid, its ancestors and its host (harness.lab._Tracer).
 
 ``states(endpoint)`` merges the first two: a trace "X -> CLOSE" that inet_diag
 later still saw as a timewait socket was a handoff, not a close.
@@ -53,14 +56,16 @@ class Event:
     source: str = "trace"         # trace | diag | call
     host: str | None = None       # known for diag, call and syscall events
     detail: str | None = None     # call/syscall: what was called
-    pid: int | None = None        # syscall: the process
+    pid: int | None = None        # syscall: the process (the kernel's pid)
+    ancestors: tuple = ()         # syscall: its ancestors' pids up to the process the lab started
 
     def __repr__(self) -> str:
         what = {"state": f"{self.old}->{self.new}", "rst_sent": f"RST sent ({self.reason})",
                 "error": f"error {self.errno}", "observed": f"observed {self.new}",
                 "call": f"{self.detail}"}.get(self.kind, self.kind)
         if self.kind == "syscall":
-            return f"<{self.t:.6f} {self.host} pid {self.pid} {self.detail}() -> {self.errno}>"
+            what = f"{self.detail}({self.reason})" if self.reason else f"{self.detail}()"
+            return f"<{self.t:.6f} {self.host} pid {self.pid} {what} -> {self.errno}>"
         return f"<{self.t:.6f} {self.local[0]}:{self.local[1]}>{self.remote[0]}:{self.remote[1]} {what}>"
 
 
@@ -127,12 +132,36 @@ def entered(ep, state: str) -> Condition:
                      lambda e: e.kind in ("state", "observed") and e.new == st and on(e))
 
 
-def syscall_failed(process, call: str | None = None, errno: str | None = None) -> Condition:
-    """A socket call of a spawned process (or of its children) that failed:
-    its name without sys_ (sendto, connect, write...) and errno name."""
-    pid = process.pid
-    return Condition(f"{call or 'a socket call'} of pid {pid} failing with {errno or 'any errno'}",
-                     lambda e: e.kind == "syscall" and e.pid == pid
+def _traced(target) -> tuple[str, Callable[[Event], bool]]:
+    """Who a syscall condition is about: a process the lab started (spawned,
+    a peer, a container's main process) together with all its descendants,
+    or a whole host (every traced process in it)."""
+    if hasattr(target, "ns_fd") and hasattr(target, "lab"):  # a Host
+        name = target.name
+        return f"host {name}", lambda e: e.host == name
+    proc = getattr(target, "process", target)  # a Peer stands for its process
+    if not hasattr(proc, "pid"):
+        raise InvalidArgument(f"expected a process (host.spawn(), host.main, a peer) or a "
+                              f"host, got {target!r}")
+
+    def mine(e: Event) -> bool:
+        pid = getattr(proc, "kernel_pid", None) or proc.pid
+        host = getattr(proc, "host", None)
+        return (e.pid == pid or pid in e.ancestors) and \
+            (host is None or e.host == host.name)
+    return f"pid {proc.pid} and its descendants", mine
+
+
+def syscall_failed(target, call: str | None = None, errno: str | None = None) -> Condition:
+    """A socket call that failed in a process the lab started or any of its
+    descendants (workers, backends, children of ``sh -c``), or anywhere in a
+    host: ``target`` is a Process, ``host.main``, a Peer or a Host.  ``call``
+    is the name without sys_ (sendto, writev, sendfile, accept4...);
+    "getsockopt" also matches a getsockopt(SO_ERROR) that handed the program
+    a pending error (its Event has reason "SO_ERROR").  ``errno`` a name."""
+    who, mine = _traced(target)
+    return Condition(f"{call or 'a socket call'} of {who} failing with {errno or 'any errno'}",
+                     lambda e: e.kind == "syscall" and mine(e)
                      and (call is None or e.detail == call) and (errno is None or e.errno == errno))
 
 
@@ -236,11 +265,12 @@ class Timeline:
                 out.append(item[1])
         return out
 
-    def syscalls(self, process=None) -> list[Event]:
-        """Failing socket calls (connect, sendto, write, recvfrom...) of the
-        processes spawned in the lab, optionally of one process."""
-        return [e for e in self.events(kind="syscall")
-                if process is None or e.pid == process.pid]
+    def syscalls(self, target=None) -> list[Event]:
+        """Failing socket calls of the processes the lab started (and their
+        descendants), optionally of one process and its descendants or of
+        one host (as syscall_failed)."""
+        mine = _traced(target)[1] if target is not None else (lambda e: True)
+        return [e for e in self.events(kind="syscall") if mine(e)]
 
     def count(self, cond: Condition | Callable[[Event], bool], ep=None) -> int:
         return sum(1 for e in self.events(ep) if cond(e))

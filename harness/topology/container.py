@@ -80,6 +80,7 @@ class ContainerMain:
     def __init__(self, container: _docker.Container):
         self.container = container
         self.pid = container.pid
+        self.kernel_pid = container.pid  # the pid tracefs reports (the daemon's view)
         self.host = None  # the Host, set by Host.main
         self._pidfd = -1
         self._code: int | None = None
@@ -183,6 +184,19 @@ class ContainerMain:
             except ValueError:
                 continue
         return "".join(out)
+
+    def output(self) -> str:
+        """The container's whole log (stdout and stderr) so far."""
+        if self._log is not None:
+            return self._log
+        return _docker.logs(self.container.id, tail="all")
+
+    async def wait_output(self, pattern, *, timeout: float = 5.0):
+        """Wait until a line of the container's log matches ``pattern`` (a
+        regex string or compiled pattern; e.g. "Ready to accept
+        connections"); returns the re.Match."""
+        from ..process import wait_output
+        return await wait_output(self, pattern, timeout=timeout, read=self.output)
 
 
 # --- the backend ----------------------------------------------------------------
