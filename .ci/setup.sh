@@ -4,7 +4,8 @@
 #   - Debian packages: iproute2, iptables, tcpdump, user-mode-linux (a whole
 #     kernel with sch_netem, for the netem tests), docker.io, busybox-static
 #     (container images are built locally), binutils (readelf for the redis
-#     image), libnetfilter-queue-dev is not needed: NFQUEUE is spoken raw
+#     image), tshark (a test opens the captures' pcapng with it),
+#     libnetfilter-queue-dev is not needed: NFQUEUE is spoken raw
 #   - a virtualenv at .venv with the package installed (pip install -e .[dev])
 #   - tracefs mounted at /sys/kernel/tracing
 #   - dockerd started with every network-touching feature off (.ci/dockerd.sh)
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (network namespaces need it)" >&2; exit 1; }
 
-PKGS=(iproute2 iptables tcpdump user-mode-linux docker.io busybox-static binutils procps)
+PKGS=(iproute2 iptables tcpdump user-mode-linux docker.io busybox-static binutils procps tshark)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,7 +28,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_trio, xdist" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_trio, xdist, pytest_asyncio, anyio, build" 2>/dev/null; then
     echo "setup: creating .venv"
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
