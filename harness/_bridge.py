@@ -64,7 +64,7 @@ class _Local(threading.local):
 
 _local = _Local()
 _installed = False
-_install_lock = threading.Lock()
+_install_lock = threading.RLock()  # install() imports faults, whose import calls it
 
 
 def _bridged(fn: Callable) -> Callable:
