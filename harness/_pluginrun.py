@@ -78,8 +78,8 @@ def asyncio_deadline(item: pytest.Item, fn):
         try:
             async with asyncio.timeout(seconds):
                 return await fn(*args, **kwargs)
-        except TimeoutError as exc:
-            raise LabTimeout(message) from exc
+        except TimeoutError:
+            raise LabTimeout(message) from None  # the asyncio chain adds nothing
     return bounded
 
 
@@ -100,6 +100,7 @@ class _Alarm:
         self._scope = self._token = None
 
     def deliver(self) -> None:
+        __tracebackhide__ = True
         if self.fired and not self.delivered:
             self.delivered = True
             self.original(*self.fired)

@@ -136,7 +136,12 @@ def _uses_lab(item: pytest.Item) -> bool:
 
 
 def style(item: pytest.Item) -> str:
-    """trio, asyncio or sync: how this test runs, hence how its lab does."""
+    """trio, asyncio or sync: how this test runs, hence how its lab does
+    (decided at collection: pytest-trio later replaces the test function by
+    a synchronous runner)."""
+    known = getattr(item, "_harness_style", None)
+    if known is not None:
+        return known
     if not inspect.iscoroutinefunction(_test_function(item)):
         return SYNC
     if item.get_closest_marker("asyncio") or item.get_closest_marker("anyio"):
@@ -175,6 +180,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             errors.append(f"{item.nodeid}: the 'lab' fixture cannot serve this test: {reason}")
             continue
         test_timeout(item)
+        item._harness_style = style(item)
         if style(item) == TRIO and not item.get_closest_marker("trio"):
             item.add_marker(pytest.mark.trio)
     if errors:
