@@ -61,9 +61,11 @@ _INPUTS_TIMEOUT = 120.0
 _ROOTFS_BUILD_TIMEOUT = 900.0
 _LOG_TAIL_LINES = 40
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-# what to do when no daemon answers; .ci/dockerd.sh exists only in a checkout
-START_DAEMON = ("start one: 'systemctl start docker', or 'dockerd &' as root (in the "
-                "harness's repository: bash .ci/dockerd.sh)")
+# what to do when no daemon answers (.ci/dockerd.sh exists only in a checkout)
+_REPO_DOCKERD = Path(__file__).resolve().parent.parent / ".ci" / "dockerd.sh"
+START_DAEMON = "start one: 'systemctl start docker', or 'dockerd &' as root" + (
+    f" (or bash {_REPO_DOCKERD}: dockerd with every network feature off)"
+    if _REPO_DOCKERD.is_file() else "")
 
 
 class DockerError(SetupError):
