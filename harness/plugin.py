@@ -119,7 +119,10 @@ def pytest_configure(config: pytest.Config) -> None:
     dirs = [str(p) for p in config.getini("harness_containers")]
     if dirs:
         from . import _docker
-        _docker.add_context_dirs(dirs, "ini harness_containers")
+        try:
+            _docker.add_context_dirs(dirs, "ini harness_containers")
+        except _docker.DockerError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
 # --- styles -------------------------------------------------------------------
