@@ -121,3 +121,31 @@ def test_marked_both_trio_and_asyncio_stops_at_collection_saying_what_to_write(p
     result.stderr.fnmatch_lines([
         "*test_x: the 'lab' fixture cannot serve this test: it is marked both trio and asyncio*"
         "keep one marker*@pytest.mark.trio or @pytest.mark.asyncio*"])
+
+
+def test_process_faults_and_with_blocks_in_every_style(pytester):
+    pytester.makepyfile('''
+        import pytest, harness
+        from harness import faults
+
+        SLEEP = ["sh", "-c", "sleep 60"]
+
+        def test_sync(lab):
+            client, server = lab.pair()
+            proc = server.spawn(SLEEP)
+            with faults.pause(proc):                  # SIGSTOP ... SIGCONT
+                assert open(f"/proc/{proc.pid}/stat").read().split()[2] == "T"
+            assert faults.kill(proc) == -9            # blocking: the returncode
+
+        @pytest.mark.asyncio
+        async def test_asyncio(lab):
+            client, server = await lab.pair()
+            proc = await server.spawn(SLEEP)
+            async with faults.pause(proc):
+                assert open(f"/proc/{proc.pid}/stat").read().split()[2] == "T"
+            with pytest.raises(TypeError, match="use 'async with'"):
+                with faults.pause(proc):
+                    pass
+            assert await faults.kill(proc) == -9
+    ''')
+    run(pytester).assert_outcomes(passed=2)
