@@ -111,19 +111,22 @@ class _Alarm:
             self._token.run_sync_soon(self._scope.cancel)
             return
         # outside the test body (fixture set-up or teardown, inside trio.run):
-        # raise from a system task, which trio unwinds cleanly (the run ends
-        # with a TrioInternalError whose cause is pytest-timeout's failure)
+        # cancel every nursery under the main task (pytest-trio's fixture
+        # nursery); the failure is raised once trio.run has returned
         import trio
         try:
             token = trio.lowlevel.current_trio_token()
         except RuntimeError:
             return  # not in trio: delivered when the run returns
+        token.run_sync_soon(_cancel_under_main_task)
 
-        def raise_in_task() -> None:
-            async def fail() -> None:
-                self.deliver()
-            trio.lowlevel.spawn_system_task(fail)
-        token.run_sync_soon(raise_in_task)
+
+def _cancel_under_main_task() -> None:
+    import trio
+    for system in trio.lowlevel.current_root_task().child_nurseries:
+        for task in system.child_tasks:
+            for nursery in task.child_nurseries:
+                nursery.cancel_scope.cancel()
 
 
 @contextlib.contextmanager
@@ -137,6 +140,9 @@ def relayed_alarm(item: pytest.Item):
     signal.signal(signal.SIGALRM, alarm.handler)
     try:
         yield
+    except BaseException:
+        alarm.deliver()  # fired outside the body: pytest-timeout's failure, not trio's
+        raise
     finally:
         if signal.getsignal(signal.SIGALRM) == alarm.handler:
             signal.signal(signal.SIGALRM, original)

@@ -97,11 +97,18 @@ def test_a_bad_marker_is_a_usage_error_naming_the_test(pytester):
 
 def test_no_cascade_after_pytest_timeout_fires(pytester):
     pytester.makepyfile('''
-        import trio
+        import pytest, trio
 
         async def test_hangs(lab):
             client, server = await lab.pair()
             await trio.sleep(60)
+
+        @pytest.fixture
+        async def stuck():
+            await trio.sleep(60)
+
+        async def test_hangs_in_a_fixture(lab, stuck):
+            pass
 
         async def test_trio_after(lab):
             client, server = await lab.pair()
@@ -113,10 +120,13 @@ def test_no_cascade_after_pytest_timeout_fires(pytester):
             assert client.name == "client"
     ''')
     result = run(pytester, "-p", "timeout", "--timeout=3", "--timeout-method=signal", "-rf")
-    result.assert_outcomes(failed=1, passed=2)
+    result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines(["*_ test_hangs _*", "E * Failed: Timeout (>3.0s) from "
                                  "pytest-timeout.", "*- harness lab -*"])
-    result.stdout.no_fnmatch_line("*inside a run()*")
+    result.stdout.fnmatch_lines(["*_ test_hangs_in_a_fixture _*",
+                                 "*Failed: Timeout (>3.0s) from pytest-timeout.*"])
+    result.stdout.no_fnmatch_line("RuntimeError: Attempted to call run() from inside a run()")
+    result.stdout.no_fnmatch_line("*TrioInternalError*")
 
 
 def test_junit_xml_carries_the_lab_and_the_report_the_artifacts_path(pytester):
