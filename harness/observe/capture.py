@@ -4,8 +4,10 @@ An AF_PACKET socket in the switch's namespace receives each frame once, on
 the port it entered by (outgoing copies are skipped), so ``ingress`` names
 the host that sent it.  Every frame is kept as a :class:`Frame` (ARP,
 neighbour discovery, ICMP, UDP, TCP, anything); TCP segments are also parsed
-into :class:`Packet` records (``packets()``, ``summary()``).  A packet dropped by a host's own firewall before it
-left never crossed the wire and is not here; one dropped on arrival is.
+into :class:`Packet` records (``packets()``, ``summary()``).  A packet
+dropped by a host's own firewall before it left never crossed the wire and
+is not here; one dropped on arrival is.  The bridge device's own copy of a
+broadcast (ARP, ND) is skipped: the port it entered by already gave it.
 Parsing is raw bytes (no scapy on this path).  Timestamps are the kernel's
 receive time (SO_TIMESTAMPNS, CLOCK_REALTIME) moved to time.monotonic(), the
 clock of the timeline and of socket outcomes.  ``write_pcapng`` saves every
