@@ -46,14 +46,19 @@ def trio_observed(item: pytest.Item, fn):
         alarm = getattr(item, "_harness_alarm", None)
         try:
             deadline = trio.current_time() + seconds if seconds else float("inf")
+            stuck = None  # the Cancelled, whose traceback shows where the test waited
             with trio.CancelScope(deadline=deadline) as scope:
                 if alarm is not None:
                     alarm.arm(scope)
-                await fn(**kwargs)
+                try:
+                    await fn(**kwargs)
+                except trio.Cancelled as exc:
+                    stuck = exc
+                    raise
             if alarm is not None:
                 alarm.deliver()          # pytest-timeout fired: its own failure, raised here
             if scope.cancelled_caught:
-                raise LabTimeout(message)
+                raise LabTimeout(message) from stuck
         except BaseException:
             lab = getattr(item, "_harness_lab", None)
             if lab is not None:
