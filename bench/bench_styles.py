@@ -2,7 +2,9 @@
 send + recv round trip on an established connection, called natively from
 trio (the floor), awaited from asyncio and made blocking from a sync caller
 (both crossing to the lab thread, harness._bridge).  Prints the median per
-round trip and the ratio to the floor.
+round trip and the ratio to the floor.  Most of the crossing is the GIL:
+waking the lab thread (trio's wake-up socket) hands it the GIL, and the
+caller gets it back only when trio blocks again.
 
     .venv/bin/python bench/bench_styles.py [ROUNDS]
 """
@@ -10,8 +12,10 @@ round trip and the ratio to the floor.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 import trio
@@ -44,7 +48,8 @@ async def trio_rounds(n: int) -> list[float]:
 
 
 def bridged_rounds(n: int) -> tuple[list[float], list[float]]:
-    held = LAB_THREAD.open_lab("/tmp/fih-bench-styles", 0, "")
+    artifacts = tempfile.mkdtemp(prefix="fih-bench-styles-")
+    held = LAB_THREAD.open_lab(artifacts, 0, "")
     try:
         conn, peer = LAB_THREAD.run_blocking(connected(held.lab))
         sync = []
@@ -65,6 +70,7 @@ def bridged_rounds(n: int) -> tuple[list[float], list[float]]:
         return asyncio.run(in_asyncio()), sync
     finally:
         LAB_THREAD.close_lab(held)
+        shutil.rmtree(artifacts, ignore_errors=True)
 
 
 def main() -> None:
