@@ -31,8 +31,8 @@ Why a thread and not trio's guest mode inside asyncio: a sync test has no
 loop to host a guest, and one mechanism for both styles keeps one set of
 failure modes.  The cost is two thread wake-ups per call, nothing on the
 trio path (bench/bench_styles.py: a send + recv round trip took 77-109 µs
-from trio, 675-747 µs sync and 1.0-1.6 ms from asyncio on this 2-core VM at
-load 12).  Synchronous methods (``lab.timeline.states(conn)``,
+from trio, 0.68-2.3 ms sync and 1.0-2.4 ms from asyncio on this 2-core VM at
+load 12; most of it is the GIL going to the woken lab thread and back).  Synchronous methods (``lab.timeline.states(conn)``,
 ``host.sockets()``, ``cap.summary()``) run in the caller's thread: they read
 the kernel or data the lab thread appends to, never trio state.
 """
