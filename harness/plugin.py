@@ -260,6 +260,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         item._harness_failure = _describe(lab)
     description = getattr(item, "_harness_failure", None)
     artifacts = getattr(item, "_harness_artifacts", None)
+    if setting(item.config, "artifacts") == "none":
+        artifacts = None  # (a sync or asyncio test's lab is removed after this report)
     if description is None and artifacts is None:
         return
     text = description or ""
