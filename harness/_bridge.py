@@ -55,7 +55,8 @@ _CANCEL_GRACE = 30.0  # s a cancelled call may take to unwind (undo steps are ti
 # modules whose classes' coroutine methods are bridged, and fault modules
 # whose public functions are
 _CLASS_MODULES = ("lab", "host", "sockets", "process", "peer", "observe.timeline",
-                  "observe.capture", "observe.snapshot", "faults._base")
+                  "observe.capture", "observe.snapshot", "faults._base",
+                  "topology.container", "topology.netns")  # host.main of a container
 _FAULT_MODULES = ("faults.firewall", "faults.packets", "faults.lastack", "faults.icmp",
                   "faults.process", "faults.sockets", "faults.host", "faults.inject",
                   "faults.netem")

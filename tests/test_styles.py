@@ -149,3 +149,22 @@ def test_process_faults_and_with_blocks_in_every_style(pytester):
             assert await faults.kill(proc) == -9
     ''')
     run(pytester).assert_outcomes(passed=2)
+
+
+def test_a_container_host_from_a_sync_test(pytester):
+    pytester.makepyfile('''
+        import pytest, harness
+
+        @pytest.mark.requires("docker")
+        def test_sync_container(lab):
+            client = lab.host("client")
+            server = lab.container("server", image="echo", ready=harness.listening(7))
+            conn = client.connect(server, 7)
+            assert conn.send(b"hi").value == 2 and conn.recv().value == b"hi"
+            server.main.pause()                        # the container's main process
+            assert conn.send(b"x").value == 1          # its kernel still takes the data
+            server.main.resume()
+            assert conn.recv().value == b"x"
+            assert isinstance(server.main.kill(), int)  # blocking: the exit code, not a coroutine
+    ''')
+    run(pytester, "-rs").assert_outcomes(passed=1)

@@ -46,15 +46,18 @@ _ICMP4 = {0: "echo-reply", 3: "unreachable", 8: "echo-request", 11: "time-exceed
           5: "redirect", 12: "parameter-problem"}
 _ICMP6 = {1: "unreachable", 2: "packet-too-big", 3: "time-exceeded", 128: "echo-request",
           129: "echo-reply", 133: "router-solicitation", 134: "router-advertisement",
-          135: "neighbor-solicitation", 136: "neighbor-advertisement", 137: "redirect"}
+          135: "neighbor-solicitation", 136: "neighbor-advertisement", 137: "redirect",
+          130: "mld-query", 131: "mld-report", 132: "mld-done", 143: "mldv2-report"}
 _ND_TYPES = range(133, 138)
+_MLD_TYPES = (130, 131, 132, 143)
 
 
 @dataclass(frozen=True)
 class Frame:
     """One frame on the wire, whatever it carries.
 
-    ``kind`` is "arp", "nd" (ICMPv6 133-137), "icmp", "icmp6", "tcp", "udp",
+    ``kind`` is "arp", "nd" (ICMPv6 133-137), "mld" (multicast listener
+    reports a new interface sends), "icmp", "icmp6", "tcp", "udp",
     "ipv4"/"ipv6" (another protocol) or "other"; ``src``/``dst`` are the IP
     addresses (ARP: sender and target), ``what`` a short description
     ("request", "reply", "echo-request", "unreachable/3", "neighbor-solicitation",
@@ -97,7 +100,7 @@ def classify(frame: bytes) -> tuple[str, str | None, str | None, str]:
             if nxt == 0:  # hop-by-hop options (MLD reports carry one)
                 nxt, l4 = l4[0], l4[(l4[1] + 1) * 8:]
             if nxt == 58:
-                kind = "nd" if l4[0] in _ND_TYPES else "icmp6"
+                kind = "nd" if l4[0] in _ND_TYPES else "mld" if l4[0] in _MLD_TYPES else "icmp6"
                 return kind, src, dst, _icmp_what(_ICMP6, l4[0], l4[1])
             return _l4(nxt, src, dst, l4, "ipv6")
     except (IndexError, struct.error, ValueError):
