@@ -15,7 +15,8 @@ import importlib
 _EXPORTS = {
     "Outcome": "._sockops",
     "CallFailed": ".errors", "CleanupError": ".errors", "FaultError": ".errors",
-    "HarnessError": ".errors", "InvalidArgument": ".errors", "LabTimeout": ".errors",
+    "HarnessError": ".errors", "InvalidArgument": ".errors", "LabClosed": ".errors",
+    "LabTimeout": ".errors",
     "ObservationTimeout": ".errors", "SetupError": ".errors", "Unsupported": ".errors",
     "Host": ".host", "Peer": ".host",
     "Lab": ".lab", "open_lab": ".lab",

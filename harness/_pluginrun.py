@@ -59,6 +59,8 @@ def trio_observed(item: pytest.Item, fn):
                 alarm.deliver()          # pytest-timeout fired: its own failure, raised here
             if scope.cancelled_caught:
                 raise LabTimeout(message) from stuck
+        except (pytest.skip.Exception, pytest.xfail.Exception):
+            raise  # not a failure: nothing to describe
         except BaseException:
             lab = getattr(item, "_harness_lab", None)
             if lab is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 
 import pytest
 
@@ -116,6 +117,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"harness_artifacts must be one of {_KEEP_CHOICES}, got "
                                 f"{artifacts!r}")
     _seconds(setting(config, "timeout"), _source(config, "timeout"))
+    _sigterm_as_ctrl_c(config)
     dirs = [str(p) for p in config.getini("harness_containers")]
     if dirs:
         from . import _docker
@@ -123,6 +125,25 @@ def pytest_configure(config: pytest.Config) -> None:
             _docker.add_context_dirs(dirs, "ini harness_containers")
         except _docker.DockerError as exc:
             raise pytest.UsageError(str(exc)) from None
+
+
+def _sigterm_as_ctrl_c(config: pytest.Config) -> None:
+    """SIGTERM (timeout(1), docker stop, a cancelled CI job) takes Ctrl-C's
+    path: the running test is interrupted, every lab torn down, the session
+    stopped with exit code 2.  Only where nobody else handles SIGTERM."""
+    import threading
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def on_sigterm(signum, frame):
+        handler = signal.getsignal(signal.SIGINT)  # trio's while a test runs, else Python's
+        if not callable(handler):  # SIGINT ignored (started in the background)
+            handler = signal.default_int_handler
+        handler(signal.SIGINT, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 # --- styles -------------------------------------------------------------------
@@ -218,10 +239,43 @@ def pytest_runtest_call(item: pytest.Item):
         from ._pluginrun import asyncio_deadline
         item.obj = asyncio_deadline(item, fn)
     try:
-        yield
+        outcome = yield
     finally:
         if kind in (TRIO, ASYNCIO):
             item.obj = fn
+    # Ctrl-C (or SIGTERM) under trio arrives wrapped in the test's exception
+    # group, but pytest stops the session only for a bare KeyboardInterrupt
+    # (the lab's teardown has already run inside the trio run).  A
+    # pytest.skip()/xfail() in the group is re-raised by pytest-trio without
+    # its reason: report the test's own.
+    exc = outcome.exception
+    if isinstance(exc, (pytest.skip.Exception, pytest.xfail.Exception)) and \
+            isinstance(exc.__context__, BaseExceptionGroup):
+        exc = exc.__context__
+    if isinstance(exc, BaseExceptionGroup):
+        interrupt = _interrupt_leaf(exc)
+        if interrupt is not None:
+            outcome.force_exception(KeyboardInterrupt().with_traceback(interrupt.__traceback__))
+        elif len(leaves := _leaves(exc)) == 1 and \
+                isinstance(leaves[0], (pytest.skip.Exception, pytest.xfail.Exception)):
+            outcome.force_exception(leaves[0])
+
+
+def _interrupt_leaf(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt inside an exception group, if any."""
+    if isinstance(exc, KeyboardInterrupt):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            if (found := _interrupt_leaf(e)) is not None:
+                return found
+    return None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)
@@ -295,6 +349,8 @@ def _single_leaf(exc: BaseException) -> BaseException:
 def _describe(lab) -> str:
     try:
         parts = [lab.describe()]
+        if lab.slot is None:
+            return parts[0]
     except Exception as exc:  # noqa: BLE001 - a report must not fail the run
         return f"(could not describe the lab: {type(exc).__name__}: {exc})"
     try:
