@@ -56,10 +56,11 @@ _CANCEL_GRACE = 30.0  # s a cancelled call may take to unwind (undo steps are ti
 # whose public functions are
 _CLASS_MODULES = ("lab", "host", "sockets", "process", "peer", "observe.timeline",
                   "observe.capture", "observe.snapshot", "faults._base",
-                  "topology.container", "topology.netns")  # host.main of a container
+                  "topology.container", "topology.netns",  # host.main of a container
+                  "observe.expect", "observe.lastinfo", "faults.segments", "faults.stream")
 _FAULT_MODULES = ("faults.firewall", "faults.packets", "faults.lastack", "faults.icmp",
                   "faults.process", "faults.sockets", "faults.host", "faults.inject",
-                  "faults.netem")
+                  "faults.netem", "faults.segments", "faults.stream")
 
 class _Local(threading.local):
     bridged = False  # this thread's test uses a lab on the lab thread
