@@ -9,7 +9,7 @@
 #     needed: NFQUEUE is spoken raw; nginx-light and postgresql: real
 #     multi-process servers for tests/test_servers.py (never started as
 #     services: the tests run them with configurations of their own inside
-#     lab hosts)
+#     lab hosts); tshark (a test opens the captures' pcapng with it)
 #   - a virtualenv at .venv with the package installed (pip install -e .[dev])
 #   - tracefs mounted at /sys/kernel/tracing (where it can be; else the
 #     timeline tests skip, naming why)
@@ -22,7 +22,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "setup: run as root (network namespaces need it)" >&2; exit 1; }
 
 PKGS=(python3 python3-venv iproute2 iptables tcpdump user-mode-linux docker.io busybox-static
-      binutils procps util-linux nginx-light postgresql)
+      binutils procps util-linux nginx-light postgresql
+      tshark)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -46,9 +47,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     if [ $norc = 1 ]; then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_trio, xdist" 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_trio, xdist, pytest_asyncio, anyio, build" 2>/dev/null; then
     echo "setup: creating .venv"
     python3 -m venv .venv
+    # the distribution was called "harness" before it became pytest-netfault
+    .venv/bin/pip uninstall -q -y harness >/dev/null 2>&1 || true
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 fi
 

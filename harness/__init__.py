@@ -1,24 +1,52 @@
 """A network fault-injection test harness: real little networks of Linux
 network namespaces, broken on purpose, observed exactly.
 
-The public surface is this list; everything else is private.
+The public surface is this list; everything else is private.  The names are
+loaded on first use (PEP 562), so that ``import harness.plugin`` — which
+pytest does at every start, in every project that installed us — costs
+neither trio nor the library (tests/test_plugin_import.py holds the line).
 """
 
-from ._sockops import Outcome
-from .errors import (CallFailed, CleanupError, FaultError, HarnessError, InvalidArgument,
-                     LabClosed, ObservationTimeout, SetupError, Unsupported)
-from .host import Host, Peer
-from .lab import Lab, open_lab
-from .observe.snapshot import SocketInfo, Snapshot
-from .observe.timeline import (Event, Timeline, entered, error_reported, retransmitted,
-                               rst_received, rst_sent, syscall_failed)
-from .process import Process, listening
-from .sockets import Socket
+from __future__ import annotations
 
-__all__ = [
-    "CallFailed", "CleanupError", "Event", "FaultError", "HarnessError", "Host",
-    "InvalidArgument", "Lab", "LabClosed", "ObservationTimeout", "Outcome", "Peer", "Process",
-    "SetupError", "Snapshot", "Socket", "SocketInfo", "Timeline", "Unsupported", "entered",
-    "error_reported", "listening", "open_lab", "retransmitted", "rst_received", "rst_sent",
-    "syscall_failed",
-]
+import importlib
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Outcome": "._sockops",
+    "CallFailed": ".errors", "CleanupError": ".errors", "FaultError": ".errors",
+    "HarnessError": ".errors", "InvalidArgument": ".errors", "LabClosed": ".errors",
+    "LabTimeout": ".errors",
+    "ObservationTimeout": ".errors", "SetupError": ".errors", "Unsupported": ".errors",
+    "Host": ".host", "Peer": ".host",
+    "Lab": ".lab", "open_lab": ".lab",
+    "SocketInfo": ".observe.snapshot", "Snapshot": ".observe.snapshot",
+    "Event": ".observe.timeline", "Timeline": ".observe.timeline",
+    "entered": ".observe.timeline", "error_reported": ".observe.timeline",
+    "retransmitted": ".observe.timeline", "rst_received": ".observe.timeline",
+    "rst_sent": ".observe.timeline", "syscall_failed": ".observe.timeline",
+    "Process": ".process", "listening": ".process",
+    "Socket": ".sockets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def _load_all() -> None:
+    """Bind every public name (and make the library usable from asyncio and
+    sync tests: see harness._bridge)."""
+    for name, module in _EXPORTS.items():
+        globals()[name] = getattr(importlib.import_module(module, __name__), name)
+    from ._bridge import install
+    install()
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        _load_all()
+        return globals()[name]
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -41,7 +41,12 @@ from pathlib import Path
 from .errors import SetupError
 from typing import Iterator
 
-CONTAINERS_DIR = Path(__file__).resolve().parent.parent / "containers"
+# The harness's own build contexts: inside the installed package (the wheel
+# carries the repo's containers/ as harness/_containers), else the repo's.
+_PACKAGED_DIR = Path(__file__).resolve().parent / "_containers"
+CONTAINERS_DIR = _PACKAGED_DIR if _PACKAGED_DIR.is_dir() else \
+    Path(__file__).resolve().parent.parent / "containers"
+CONTEXTS_ENV = "HARNESS_CONTAINERS"
 IMAGE_REPOSITORY_PREFIX = "harness/"
 IMAGE_LABEL = "harness.image"
 IMAGE_HASH_LABEL = "harness.image.hash"
@@ -56,6 +61,11 @@ _INPUTS_TIMEOUT = 120.0
 _ROOTFS_BUILD_TIMEOUT = 900.0
 _LOG_TAIL_LINES = 40
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+# what to do when no daemon answers (.ci/dockerd.sh exists only in a checkout)
+_REPO_DOCKERD = Path(__file__).resolve().parent.parent / ".ci" / "dockerd.sh"
+START_DAEMON = "start one: 'systemctl start docker', or 'dockerd &' as root" + (
+    f" (or bash {_REPO_DOCKERD}: dockerd with every network feature off)"
+    if _REPO_DOCKERD.is_file() else "")
 
 
 class DockerError(SetupError):
@@ -136,7 +146,7 @@ def _client():
         except Exception as e:
             raise DockerError(
                 f"no docker daemon answers at {_docker_host()} ({_first_line(e)}):"
-                " run .ci/dockerd.sh"
+                f" {START_DAEMON}"
             ) from e
         _local.client = client
     return client
@@ -171,7 +181,7 @@ def _translated(
         if transport:
             raise DockerError(
                 f"{what}: no docker daemon answers at {_docker_host()}"
-                f" ({_first_line(e)}): run .ci/dockerd.sh",
+                f" ({_first_line(e)}): {START_DAEMON}",
                 image=image,
                 container=container,
             ) from e
@@ -205,11 +215,11 @@ def daemon_unavailable_reason() -> str | None:
     try:
         client = docker.DockerClient(base_url=host, version="auto", timeout=_PING_TIMEOUT)
     except Exception as e:  # noqa: BLE001 - any failure means "unavailable"
-        return f"no docker daemon answers at {host} ({_first_line(e)}): run .ci/dockerd.sh"
+        return f"no docker daemon answers at {host} ({_first_line(e)}): {START_DAEMON}"
     try:
         client.ping()
     except Exception as e:  # noqa: BLE001
-        return f"no docker daemon answers at {host} ({_first_line(e)}): run .ci/dockerd.sh"
+        return f"no docker daemon answers at {host} ({_first_line(e)}): {START_DAEMON}"
     finally:
         client.close()
     return None
@@ -224,31 +234,85 @@ def _first_line(exc: BaseException) -> str:
 # images
 
 
+_extra_dirs: list[tuple[Path, str]] = []   # (directory, where it came from)
+_path_contexts: dict[str, Path] = {}       # name -> a context given to image= as a path
+
+
+def add_context_dirs(dirs: list[str], where: str) -> None:
+    """Search ``dirs`` (each holding ``<name>/Dockerfile``) before the
+    harness's own build contexts (the plugin passes ini harness_containers)."""
+    for d in dirs:
+        path = Path(d).expanduser().resolve()
+        if not path.is_dir():
+            raise DockerError(f"build-context directory {d!r} from {where} is not a directory")
+        if all(p != path for p, _ in _extra_dirs):
+            _extra_dirs.append((path, where))
+
+
+def context_dirs() -> list[Path]:
+    """Where build contexts are looked up, first match wins: env
+    HARNESS_CONTAINERS (':'-separated), ini harness_containers, then the
+    harness's own (CONTAINERS_DIR)."""
+    env = [Path(d).expanduser().resolve()
+           for d in os.environ.get(CONTEXTS_ENV, "").split(os.pathsep) if d]
+    out: list[Path] = []
+    for d in env + [p for p, _ in _extra_dirs] + [CONTAINERS_DIR]:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def _contexts() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in context_dirs():
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            if p.is_dir() and _NAME_RE.match(p.name) and (p / "Dockerfile").is_file():
+                found.setdefault(p.name, p)
+    return found
+
+
 def known_images() -> list[str]:
-    """Names of the build contexts under containers/."""
-    if not CONTAINERS_DIR.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in CONTAINERS_DIR.iterdir()
-        if p.is_dir() and _NAME_RE.match(p.name) and (p / "Dockerfile").is_file()
-    )
+    """Names of the build contexts found in context_dirs()."""
+    return sorted(_contexts())
+
+
+def context_name(image: str) -> str | None:
+    """The build-context name ``image`` stands for: a name found in
+    context_dirs(), or a path to a directory with a Dockerfile (the name is
+    its base name plus a digest of the path, so two projects' ``server/``
+    never share a tag); None for anything else (a local image reference)."""
+    if "/" in image or image.startswith("."):
+        path = Path(image).expanduser()
+        if path.is_dir():
+            if not (path / "Dockerfile").is_file():
+                raise DockerError(f"image={image!r} is a directory without a Dockerfile "
+                                  f"(a build context needs one)", image=image)
+            path = path.resolve()
+            base = re.sub(r"[^a-z0-9_.-]", "-", path.name.lower()).lstrip("._-") or "context"
+            name = f"{base}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+            _path_contexts[name] = path
+            return name
+    return image if image in _contexts() else None
 
 
 def _context_dir(name: str) -> Path:
-    known = known_images()
-    if name not in known:
+    if name in _path_contexts:
+        return _path_contexts[name]
+    contexts = _contexts()
+    if name not in contexts:
         raise DockerError(
-            f"unknown image {name!r}: known images are {', '.join(known) or '(none)'}"
-            f" (build contexts under {CONTAINERS_DIR})",
+            f"unknown image {name!r}: known images are {', '.join(sorted(contexts)) or '(none)'}"
+            f" (build contexts under {', '.join(map(str, context_dirs()))})",
             image=name,
         )
-    return CONTAINERS_DIR / name
+    return contexts[name]
 
 
 def _ignore_patterns() -> list[str]:
-    """Generated-file patterns (containers/.gitignore): neither hashed nor
-    copied into the build context."""
+    """Generated-file patterns (the harness's containers/.gitignore): neither
+    hashed nor copied into the build context."""
     patterns = []
     gitignore = CONTAINERS_DIR / ".gitignore"
     if gitignore.is_file():

@@ -82,3 +82,10 @@ class CleanupError(HarnessError):
     def __init__(self, failures: list[str]):
         self.failures = failures
         super().__init__(f"{len(failures)} undo step(s) failed:\n  " + "\n  ".join(failures))
+
+
+class LabTimeout(HarnessError):
+    """The test ran past its deadline (ini ``harness_timeout`` or the marker
+    ``@pytest.mark.harness_timeout(seconds)``): the lab's calls were
+    cancelled and the lab torn down.  The message names the deadline and
+    where it came from."""

@@ -684,9 +684,10 @@ class Lab:
         return next((s for s in mine if s.state == st), None)
 
     async def capture(self):
-        """Start capturing every TCP segment that crosses the switch; returns
-        the Capture (see harness.observe.capture).  Saved as a pcap in the
-        lab's artifacts at teardown."""
+        """Start capturing every frame that crosses the switch; returns the
+        Capture (see harness.observe.capture).  Saved as pcapng (one
+        interface per host's switch port) in the lab's artifacts at
+        teardown."""
         from .observe.capture import Capture
         self.check_open()
         if self._switch is None:
@@ -700,7 +701,7 @@ class Lab:
 
         async def save_and_stop():
             await cap.stop()
-            cap.write_pcap(os.path.join(self.artifacts, f"capture{n}.pcap"))
+            cap.write_pcapng(os.path.join(self.artifacts, f"capture{n}.pcapng"))
         self.undo.push("stop capture", save_and_stop)
         return cap
 

@@ -22,3 +22,7 @@ __all__ = [
     "Proxy", "Toxic", "latency", "limit_data", "proxy", "reset_peer", "slicer", "slow_close",
     "timeout",
 ]
+
+from .._bridge import install as _install  # noqa: E402 - after the names it wraps
+
+_install()  # the same faults from asyncio and sync tests (harness._bridge)

@@ -54,15 +54,17 @@ class ContainerSpec:
 def resolve_image(image: str) -> str:
     """The local tag to run; builds a containers/ image if needed.  A
     missing image is a clear error, raised before anything is created."""
-    if image in _docker.known_images():
-        return _docker.ensure_image(image)
+    name = _docker.context_name(image)  # a build context's name or path
+    if name is not None:
+        return _docker.ensure_image(name)
     try:
         _docker.image_id(image)
     except _docker.DockerError as exc:
         raise InvalidArgument(
-            f"image {image!r} is neither a build context under containers/ "
-            f"({', '.join(_docker.known_images())}) nor a local image "
-            f"(there is no registry here: build or load it first)") from exc
+            f"image {image!r} is neither a build context ({', '.join(_docker.known_images())}"
+            f" under {', '.join(map(str, _docker.context_dirs()))}; add yours with ini "
+            f"harness_containers, env HARNESS_CONTAINERS, or image='path/to/context') nor a "
+            f"local image (there is no registry here: build or load it first)") from exc
     return image
 
 
