@@ -33,6 +33,23 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_tr
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 fi
 
+# The uml-6.12-tt guest kernel (Linux's default timers in virtual time): built
+# once per machine from Debian's linux-source-6.12 with the harness's recipe
+# (harness/_kernels.py) and cached by recipe + source version in
+# /var/cache/harness/kernels; ~9 min on 2 idle cores, at nice 19.  ARCH=um
+# needs gcc/make (build-essential), flex, bison, bc and perl; no libelf
+# (no objtool for UML) and no openssl (no modules to sign).
+KPKGS=(linux-source-6.12 build-essential flex bison bc perl)
+kmissing=()
+for p in "${KPKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || kmissing+=("$p")
+done
+if [ ${#kmissing[@]} -gt 0 ]; then
+    echo "setup: installing ${kmissing[*]}"
+    DEBIAN_FRONTEND=noninteractive flock /tmp/apt.lock apt-get install -y -qq "${kmissing[@]}" >/dev/null
+fi
+.venv/bin/python -m harness kernel build
+
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
 
 bash .ci/dockerd.sh >/dev/null
