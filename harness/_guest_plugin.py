@@ -194,7 +194,7 @@ def run_item(item: pytest.Item, name: str) -> list:
     if reason is not None:
         return [_report(item, "setup", "skipped",
                         (str(item.path), item.location[1] or 0,
-                         f"Skipped: kernel {name} cannot run here: {reason}"))]
+                         f"Skipped: {_cannot(name, reason)}"))]
     timeout = _timeout(item)
     xdir = tempfile.mkdtemp(prefix="harness-guest-")
     reports_path = os.path.join(xdir, "reports.jsonl")
@@ -214,7 +214,7 @@ def run_item(item: pytest.Item, name: str) -> list:
         except _uml.GuestUnavailable as exc:
             return [_report(item, "setup", "skipped",
                             (str(item.path), item.location[1] or 0,
-                             f"Skipped: kernel {name} cannot run here: {exc}"))]
+                             f"Skipped: {_cannot(name, str(exc))}"))]
         except _uml.GuestError as exc:  # GuestTimeout too
             failure = f"kernel {name}: {exc}"
         wall = time.monotonic() - t0
@@ -245,7 +245,8 @@ def _read_reports(item, path: str) -> list:
 
 def _keep_artifacts(item, basetemp: str, name: str) -> str | None:
     """Copy what the test left in the guest's basetemp to this run's basetemp."""
-    files = [os.path.join(d, f) for d, _, fs in os.walk(basetemp) for f in fs]
+    files = [os.path.join(d, f) for d, _, fs in os.walk(basetemp) for f in fs
+             if not os.path.islink(os.path.join(d, f))]
     if not files:
         return None
     factory = getattr(item.config, "_tmp_path_factory", None)
@@ -253,7 +254,9 @@ def _keep_artifacts(item, basetemp: str, name: str) -> str | None:
         return None
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)[:60]
     dest = str(factory.mktemp(f"guest-{name}-{safe}", numbered=True))
-    shutil.copytree(basetemp, dest, dirs_exist_ok=True, symlinks=True)
+    # pytest's "<name>current" links point into the guest's (gone) basetemp: leave them
+    shutil.copytree(basetemp, dest, dirs_exist_ok=True,
+                    ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
     return dest
 
 
@@ -280,6 +283,8 @@ def _complete(item, name, reports, failure, result, wall, artifacts) -> list:
     guest = sum(r.duration for r in reports)
     for r in reports:
         r.user_properties.append(("kernel", name))
+        if r.skipped and isinstance(r.longrepr, list) and len(r.longrepr) == 3:
+            r.longrepr = tuple(r.longrepr)           # JSON made the (path, line, reason) a list
         if r.skipped and isinstance(r.longrepr, tuple) and len(r.longrepr) == 3:
             path, line, msg = r.longrepr
             if f"kernel {name}" not in msg:
@@ -297,3 +302,8 @@ def _complete(item, name, reports, failure, result, wall, artifacts) -> list:
                 r.sections.append(("harness guest console",
                                    "\n".join(result.console.rstrip().splitlines()[-20:])))
     return reports
+
+
+def _cannot(name: str, reason: str) -> str:
+    return reason if reason.startswith(f"kernel {name} ") else \
+        f"kernel {name} cannot run here: {reason}"

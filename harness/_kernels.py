@@ -33,7 +33,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -279,13 +278,21 @@ def _run(argv, cwd, progress=None, log=None) -> None:
                          + "\n".join(tail), call=" ".join(argv))
 
 
+def work_dir(version: str) -> str:
+    """Where the kernel for ``version`` is built (kept when a build is
+    interrupted, so the next one resumes: make only compiles what is missing)."""
+    return os.path.join(cache_root(), f".build-uml-6.12-{recipe_key(version)}")
+
+
 def build(progress=print, force: bool = False) -> str:
     """The built uml-6.12-tt kernel's path; build it first if the cache lacks it.
 
     Checks before touching anything: the source package and the build tools.
-    The build happens in a temporary directory beside the cache entry and is
-    renamed into place only when complete, so an interrupted build leaves
-    no half entry (and its directory is removed)."""
+    The build happens in :func:`work_dir` beside the cache entry, which is
+    renamed into place only when complete, so there is never a half entry;
+    an interrupted build (Ctrl-C, a killed CI job) leaves the work directory
+    and the next build resumes from it.  Concurrent builders serialise on a
+    lock file: the second one finds the first one's result."""
     version = source_version()
     if version is None:
         raise Unsupported(f"building kernel uml-6.12-tt needs Debian's {SOURCE_PACKAGE} "
@@ -307,46 +314,52 @@ def build(progress=print, force: bool = False) -> str:
             _say(progress, f"kernel uml-6.12-tt: cached at {target}")
             return target
         t0 = time.monotonic()
-        work = tempfile.mkdtemp(prefix=".build-", dir=os.path.dirname(entry))
-        try:
-            _say(progress, f"kernel uml-6.12-tt: building from {SOURCE_PACKAGE} {version} "
-                           f"in {work} (about 9 min on 2 cores)")
+        work = work_dir(version)
+        src = os.path.join(work, f"linux-source-{version.split('.')[0]}.{version.split('.')[1]}")
+        frag = os.path.join(work, "recipe.config")
+        resumed = os.path.isfile(os.path.join(src, "Makefile")) and os.path.isfile(frag) \
+            and open(frag).read() == RECIPE and not force
+        _say(progress, f"kernel uml-6.12-tt: building from {SOURCE_PACKAGE} {version} in {work}"
+                       f" ({'resuming an interrupted build' if resumed else 'about 9 min on 2 idle cores'})")
+        if not resumed:
+            shutil.rmtree(work, ignore_errors=True)
+            os.makedirs(work)
             _say(progress, "  unpacking the source")
             with tarfile.open(SOURCE_TARBALL) as tar:
                 top = tar.next().name.split("/")[0]
-                tar.extractall(work, filter="fully_trusted") if sys.version_info >= (3, 12) \
-                    else tar.extractall(work)
+                if sys.version_info >= (3, 12):
+                    tar.extractall(work, filter="fully_trusted")
+                else:
+                    tar.extractall(work)
             src = os.path.join(work, top)
-            frag = os.path.join(work, "recipe.config")
             with open(frag, "w") as f:
                 f.write(RECIPE)
-            with open(os.path.join(work, "build.log"), "w") as log:
-                _say(progress, "  configuring: defconfig + recipe + olddefconfig")
-                _run(["make", "ARCH=um", "defconfig"], src, log=log)
-                _run(["scripts/kconfig/merge_config.sh", "-m", ".config", frag], src, log=log)
-                _run(["make", "ARCH=um", "olddefconfig"], src, log=log)
-                with open(os.path.join(src, ".config")) as f:
-                    config = f.read()
-                bad = check_config(config)
-                if bad:
-                    raise SetupError("the kernel recipe does not hold after olddefconfig "
-                                     "(a dependency is missing):\n  " + "\n  ".join(bad))
-                _say(progress, f"  compiling: {' '.join(MAKE)}")
-                _run(list(MAKE), src, progress=progress, log=log)
-            done = os.path.join(work, "entry")
-            os.makedirs(done)
-            shutil.copy2(os.path.join(src, "linux"), os.path.join(done, "linux"))
-            with open(os.path.join(done, "config"), "w") as f:
-                f.write(config)
-            with open(os.path.join(done, "recipe.json"), "w") as f:
-                json.dump({"source": [SOURCE_PACKAGE, version], "make": MAKE,
-                           "fragment": RECIPE, "seconds": round(time.monotonic() - t0)}, f,
-                          indent=1)
-            if os.path.isdir(entry):
-                shutil.rmtree(entry)
-            os.rename(done, entry)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with open(os.path.join(work, "build.log"), "a") as log:
+            _say(progress, "  configuring: defconfig + recipe + olddefconfig")
+            _run(["make", "ARCH=um", "defconfig"], src, log=log)
+            _run(["scripts/kconfig/merge_config.sh", "-m", ".config", frag], src, log=log)
+            _run(["make", "ARCH=um", "olddefconfig"], src, log=log)
+            with open(os.path.join(src, ".config")) as f:
+                config = f.read()
+            bad = check_config(config)
+            if bad:
+                raise SetupError("the kernel recipe does not hold after olddefconfig "
+                                 "(a dependency is missing):\n  " + "\n  ".join(bad))
+            _say(progress, f"  compiling: {' '.join(MAKE)} (log: {work}/build.log)")
+            _run(list(MAKE), src, progress=progress, log=log)
+        done = os.path.join(work, "entry")
+        shutil.rmtree(done, ignore_errors=True)
+        os.makedirs(done)
+        shutil.copy2(os.path.join(src, "linux"), os.path.join(done, "linux"))
+        with open(os.path.join(done, "config"), "w") as f:
+            f.write(config)
+        with open(os.path.join(done, "recipe.json"), "w") as f:
+            json.dump({"source": [SOURCE_PACKAGE, version], "make": MAKE, "fragment": RECIPE,
+                       "seconds": round(time.monotonic() - t0), "resumed": resumed}, f, indent=1)
+        if os.path.isdir(entry):
+            shutil.rmtree(entry)
+        os.rename(done, entry)
+        shutil.rmtree(work, ignore_errors=True)
         _say(progress, f"kernel uml-6.12-tt: built in {time.monotonic() - t0:.0f} s: {target}")
         return target
 

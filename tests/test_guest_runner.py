@@ -4,9 +4,10 @@ outcome, failure report, skip reason and artifacts come back to the host's
 pytest run; a guest that runs too long, or whose pytest is interrupted or
 killed, leaves nothing behind.
 
-Each test runs a small test file in a pytest subprocess (pytester).  They use
-the built ``uml-6.12-tt`` kernel (virtual time) and skip, naming why, where
-it is not built; one test runs Debian's ``uml-6.1`` in real time.
+Each test runs a small test file in a pytest subprocess (pytester), in the
+built ``uml-6.12-tt`` kernel (virtual time) where it is built, else in
+Debian's ``uml-6.1`` (real time); the virtual-time test skips, naming why,
+without the built kernel.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ needs_tt = pytest.mark.skipif(TT_REASON is not None and not os.environ.get("HARN
 OLD_REASON = _kernels.unavailable_reason("uml-6.1")
 needs_old = pytest.mark.skipif(OLD_REASON is not None and not os.environ.get("HARNESS_REQUIRE_UML"),
                                reason=str(OLD_REASON))
+#: the kernel the runner's tests use: the built one, else Debian's
+ANY = TT if TT_REASON is None else "uml-6.1"
+RELEASE = "6.12." if ANY == TT else "6.1."
+needs_any = pytest.mark.skipif(_kernels.unavailable_reason(ANY) is not None and
+                               not os.environ.get("HARNESS_REQUIRE_UML"),
+                               reason=str(_kernels.unavailable_reason(ANY)))
 
 
 def _guest_processes(marker: str) -> list[int]:
@@ -88,29 +95,29 @@ def test_pass_runs_in_the_guest_kernel_in_virtual_time(pytester, guest_tmp):
     assert _leftovers(guest_tmp) == []
 
 
-@needs_tt
+@needs_any
 def test_lab_in_the_guest(pytester, guest_tmp):
     pytester.makepyfile(f"""
         import os, pytest
 
-        @pytest.mark.kernel("{TT}")
+        @pytest.mark.kernel("{ANY}")
         async def test_pair(lab):
             client, server = await lab.pair()
             listener = await server.listen(9000)
             conn = await client.connect(server, 9000)
             await listener.accept()
             assert conn.info().state == "ESTABLISHED"
-            assert os.uname().release.startswith("6.12")
+            assert os.uname().release.startswith("{RELEASE}")
         """)
     _run(pytester).assert_outcomes(passed=1)
 
 
-@needs_tt
+@needs_any
 def test_failure_report_comes_back(pytester, guest_tmp):
     pytester.makepyfile(f"""
         import pytest
 
-        @pytest.mark.kernel("{TT}")
+        @pytest.mark.kernel("{ANY}")
         def test_bad():
             value = 1 + 1
             print("said in the guest")
@@ -119,37 +126,37 @@ def test_failure_report_comes_back(pytester, guest_tmp):
     result = _run(pytester)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        f"*_ test_bad[[]{TT}[]] _*",
+        f"*_ test_bad[[]{ANY}[]] _*",
         ">*assert value == 3",
         "E*assert 2 == 3",
-        "test_failure_report_comes_back.py:8: AssertionError",
+        "test_failure_report_comes_back.py:7: AssertionError",
         "*Captured stdout call*",
         "said in the guest",
-        f"FAILED test_failure_report_comes_back.py::test_bad[[]{TT}[]] - assert 2 == 3",
+        f"FAILED test_failure_report_comes_back.py::test_bad[[]{ANY}[]] - assert 2 == 3",
     ])
     assert _leftovers(guest_tmp) == []
 
 
-@needs_tt
+@needs_any
 def test_skip_names_the_kernel_and_the_feature(pytester, guest_tmp):
     pytester.makepyfile(f"""
         import pytest
 
-        @pytest.mark.kernel("{TT}")
+        @pytest.mark.kernel("{ANY}")
         @pytest.mark.requires("syscall_tracepoints")
         def test_needs_syscalls():
             pass
 
-        @pytest.mark.kernel("{TT}")
+        @pytest.mark.kernel("{ANY}")
         def test_skips_itself():
             pytest.skip("not today")
         """)
     result = _run(pytester)
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines_random([
-        f"SKIPPED * on kernel {TT}: requires syscall_tracepoints: kernel lacks syscall "
-        "tracepoints*",
-        f"SKIPPED * on kernel {TT}: not today",
+        # uml-6.12-tt: "kernel lacks syscall tracepoints"; uml-6.1: no tracefs at all
+        f"SKIPPED * on kernel {ANY}: requires syscall_tracepoints: *",
+        f"SKIPPED * on kernel {ANY}: not today",
     ])
 
 
@@ -164,7 +171,7 @@ def test_unbuilt_kernel_is_a_skip_naming_it(pytester, guest_tmp, tmp_path, monke
     monkeypatch.setenv("HARNESS_KERNEL_CACHE", str(tmp_path / "no-kernels"))
     result = _run(pytester)
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines([f"SKIPPED * kernel {TT} cannot run here: *"])
+    result.stdout.fnmatch_lines([f"SKIPPED * kernel {TT} is not built for *: no */no-kernels/*"])
 
 
 def test_bad_kernel_name_is_a_usage_error(pytester):
@@ -176,32 +183,34 @@ def test_bad_kernel_name_is_a_usage_error(pytester):
             "(from --harness-kernel)") in result.stderr.str()
 
 
-@needs_tt
+@needs_any
 def test_wall_clock_timeout_kills_the_guest(pytester, guest_tmp):
     # CPU time is free in virtual time: a busy loop never advances the
     # guest's clock, so only the host's wall-clock limit ends it.
     pytester.makepyfile(f"""
         import pytest
 
-        @pytest.mark.kernel("{TT}", timeout=8)
+        @pytest.mark.kernel("{ANY}", timeout=30)
         def test_spin():
             while True:
                 pass
         """)
     t0 = time.monotonic()
     result = _run(pytester)
-    assert time.monotonic() - t0 < 60
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*kernel {TT}: UML guest running * did not finish within 8 s*"])
+    assert time.monotonic() - t0 < 90
+    # a failure of the call, or of the setup when the guest had not got that far
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) + outcomes.get("errors", outcomes.get("error", 0)) == 1
+    result.stdout.fnmatch_lines([f"*kernel {ANY}: UML guest running * did not finish within 30 s*"])
     assert _leftovers(guest_tmp) == []
 
 
-@needs_tt
+@needs_any
 def test_artifacts_of_a_failed_test_come_back(pytester, guest_tmp):
     pytester.makepyfile(f"""
         import pytest
 
-        @pytest.mark.kernel("{TT}")
+        @pytest.mark.kernel("{ANY}")
         def test_leaves_a_file(tmp_path):
             (tmp_path / "evidence.txt").write_text("written in the guest")
             assert False
@@ -222,7 +231,7 @@ def _spinning_session(pytester):
     pytester.makepyfile(f"""
         import pytest
 
-        @pytest.mark.kernel("{TT}", timeout=120)
+        @pytest.mark.kernel("{ANY}", timeout=120)
         def test_spin():
             while True:
                 pass
@@ -245,7 +254,7 @@ def _assert_gone(guest_tmp):
     assert _leftovers(guest_tmp) == [], "run directories left behind"
 
 
-@needs_tt
+@needs_any
 def test_ctrl_c_stops_the_guest_and_cleans_up(pytester, guest_tmp):
     proc = _spinning_session(pytester)
     proc.send_signal(signal.SIGINT)
@@ -254,7 +263,7 @@ def test_ctrl_c_stops_the_guest_and_cleans_up(pytester, guest_tmp):
     _assert_gone(guest_tmp)
 
 
-@needs_tt
+@needs_any
 def test_sigkill_of_pytest_leaves_nothing(pytester, guest_tmp):
     proc = _spinning_session(pytester)
     proc.kill()
