@@ -159,7 +159,7 @@ def _guest_argv(item: pytest.Item, basetemp: str) -> list[str]:
     argv = [sys.executable, "-m", "pytest", item.nodeid, "-q", "-p", "no:cacheprovider",
             "-o", "addopts=", f"--basetemp={basetemp}", f"--rootdir={config.rootpath}"]
     if config.inipath is not None:
-        argv.append(f"-c={config.inipath}")
+        argv += ["--config-file", str(config.inipath)]
     if config.pluginmanager.hasplugin("xdist"):
         argv += ["-p", "no:xdist"]
     kernels = config.getoption("--harness-kernel")
