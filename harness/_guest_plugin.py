@@ -192,9 +192,7 @@ def run_item(item: pytest.Item, name: str) -> list:
     kernel = _kernels.get(name)
     reason = _kernels.unavailable_reason(name)
     if reason is not None:
-        return [_report(item, "setup", "skipped",
-                        (str(item.path), item.location[1] or 0,
-                         f"Skipped: {_cannot(name, reason)}"))]
+        return _skipped(item, name, reason)
     timeout = _timeout(item)
     xdir = tempfile.mkdtemp(prefix="harness-guest-")
     reports_path = os.path.join(xdir, "reports.jsonl")
@@ -210,11 +208,9 @@ def run_item(item: pytest.Item, name: str) -> list:
             result = _uml.run_in_guest(
                 _guest_argv(item, basetemp), modules=kernel.modules, kernel=kernel.binary(),
                 kernel_args=kernel.args, timeout=timeout, env=env, cwd=str(item.config.rootpath),
-                writable=[xdir], remove=[xdir])
+                writable=[xdir], remove=[xdir], sysctls=kernel.sysctls)
         except _uml.GuestUnavailable as exc:
-            return [_report(item, "setup", "skipped",
-                            (str(item.path), item.location[1] or 0,
-                             f"Skipped: {_cannot(name, str(exc))}"))]
+            return _skipped(item, name, str(exc))
         except _uml.GuestError as exc:  # GuestTimeout too
             failure = f"kernel {name}: {exc}"
         wall = time.monotonic() - t0
@@ -223,6 +219,12 @@ def run_item(item: pytest.Item, name: str) -> list:
     finally:
         shutil.rmtree(xdir, ignore_errors=True)
     return _complete(item, name, reports, failure, result, wall, artifacts)
+
+
+def _skipped(item, name: str, reason: str) -> list:
+    skip = _report(item, "setup", "skipped", (str(item.path), item.location[1] or 0,
+                                              f"Skipped: {_cannot(name, reason)}"))
+    return _complete(item, name, [skip], None, None, 0.0, None)
 
 
 def _read_reports(item, path: str) -> list:
@@ -290,7 +292,7 @@ def _complete(item, name, reports, failure, result, wall, artifacts) -> list:
             if f"kernel {name}" not in msg:
                 msg = msg.replace("Skipped: ", f"Skipped: on kernel {name}: ", 1)
             r.longrepr = (path, line, msg)
-        if r.when == "call" or (r.when == "setup" and not r.passed):
+        if result is not None and (r.when == "call" or (r.when == "setup" and not r.passed)):
             r.user_properties.append(
                 ("evidence", f"{name}: {guest:.1f} s guest time in {wall:.2f} s wall time"))
             r.user_properties.append(("guest_time", {"kernel": name, "guest_s": guest,

@@ -312,6 +312,9 @@ try:
         mount("hostfs", path, "hostfs", 0, path)
     for path in CFG["modules"]:
         insmod(path)
+    for key, value in CFG["sysctls"].items():
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
     lo_up()
     status["t_start"] = time.time()
     status["returncode"] = run(CFG["argv"], CFG["env"], CFG["cwd"])
@@ -500,6 +503,7 @@ def run_in_guest(
     kernel_args: Sequence[str] = (),
     on_start=None,
     remove: Sequence[str] = (),
+    sysctls: Mapping[str, str] | None = None,
 ) -> GuestResult:
     """Boot a fresh UML guest, run ``argv`` in it as root, power it off.
 
@@ -518,7 +522,8 @@ def run_in_guest(
     appended to its command line (e.g. ``time-travel=inf-cpu``).
     ``on_start(pid)`` is called once UML runs (its process group id).
     ``remove`` names more host paths the watchdog deletes if the caller is
-    killed before it could (the caller deletes them otherwise).
+    killed before it could (the caller deletes them otherwise).  ``sysctls``
+    ({"net.core.x": "1"}) are written in the guest before the command runs.
     """
     argv = [os.fspath(a) for a in argv]
     if not argv:
@@ -559,6 +564,7 @@ def run_in_guest(
             "xchg": GUEST_XCHG,
             "share": shares,
             "writable": writable,
+            "sysctls": {str(k): str(v) for k, v in (sysctls or {}).items()},
             "modules": module_paths,
         }
         with open(init, "w", encoding="utf-8") as f:
