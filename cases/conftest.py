@@ -30,16 +30,19 @@ VERDICTS = {"holds": "holds", "false": "false on Linux", "depends": "depends"}
 _rows: dict[str, dict] = {}  # in the process that reports (the xdist controller too)
 
 
-@pytest.fixture(autouse=True)
-def _catalog_claim(request):
-    """Carry the case's claim in its report (xdist relays user_properties)."""
-    mod = request.module
-    if hasattr(mod, "CLAIM"):
+def pytest_collection_modifyitems(items):
+    """Carry each case's claim in its reports (xdist relays user_properties),
+    from collection on, so a report made before any fixture ran (a skip, a
+    guest kernel's report) carries it too."""
+    for item in items:
+        mod = getattr(item, "module", None)
+        if mod is None or not hasattr(mod, "CLAIM"):
+            continue
         verdict = getattr(mod, "VERDICT", None)
         if verdict not in VERDICTS:
-            raise pytest.UsageError(f"{request.node.path}: VERDICT must be one of "
+            raise pytest.UsageError(f"{item.path}: VERDICT must be one of "
                                     f"{sorted(VERDICTS)}, got {verdict!r}")
-        request.node.user_properties.append(
+        item.user_properties.append(
             ("catalog", {"seed": getattr(mod, "SEED", "?"), "claim": mod.CLAIM,
                          "verdict": VERDICTS[verdict],
                          "notes": dict(getattr(mod, "KERNEL_NOTES", {}))}))

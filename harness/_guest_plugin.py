@@ -142,10 +142,29 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem):
     if name == "host" or os.environ.get(ENV_KERNEL):
         return None  # runs here (in the guest, the guest is "here")
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    for report in run_item(item, name):
+    reports = run_item(item, name)
+    # The host ran no setup for this item, but the previous host item left its
+    # module's and session's fixtures set up for it: tear down here what the
+    # next item does not need, as pytest's own teardown phase would.
+    torn = _teardown_host_side(item, nextitem)
+    if torn is not None:
+        reports = [r for r in reports if r.when != "teardown"] + [torn]
+    for report in reports:
         item.ihook.pytest_runtest_logreport(report=report)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
+
+
+def _teardown_host_side(item, nextitem):
+    """None, or a failed teardown report when a host fixture's finalizer raised."""
+    state = getattr(item.session, "_setupstate", None)
+    if state is None:
+        return None
+    try:
+        state.teardown_exact(nextitem)
+    except Exception as exc:  # noqa: BLE001 - reported as this item's teardown error
+        return _report(item, "teardown", "failed", f"host teardown: {exc!r}")
+    return None
 
 
 def _report(item, when: str, outcome: str, longrepr, duration: float = 0.0, sections=()):
