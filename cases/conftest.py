@@ -105,7 +105,10 @@ def pytest_terminal_summary(terminalreporter, config):
     prefix = config.getoption("--catalog-report")
     with open(prefix + ".json", "w") as f:
         json.dump(rows, f, indent=2)
-    kernels = sorted({k for r in rows for k in r["kernels"]}, key=lambda k: (k != "host", k))
+    from harness._kernels import KERNELS
+    order = list(KERNELS)                           # host, uml-6.12-tt, uml-6.1
+    kernels = sorted({k for r in rows for k in r["kernels"]},
+                     key=lambda k: order.index(k) if k in order else len(order))
     lines = ["| case | seed | claim | verdict on Linux | evidence | "
              + " | ".join(_kernel_label(k) for k in kernels) + " |",
              "|---|---|---|---|---|" + "---|" * len(kernels)]
@@ -119,7 +122,8 @@ def pytest_terminal_summary(terminalreporter, config):
         lines.append(f"| {os.path.basename(r['case'])} | {r['seed']} | {r['claim']} | "
                      f"{r['verdict']} | {'; '.join(r['evidence'])} | {' | '.join(cells)} |")
     with open(prefix + ".md", "w") as f:
-        f.write("# Seed claims, verdicts on this kernel\n\n" + "\n".join(lines) + "\n")
+        where = "this kernel" if kernels == ["host"] else "each kernel"
+        f.write(f"# Seed claims, verdicts on {where}\n\n" + "\n".join(lines) + "\n")
     tr = terminalreporter
     tr.section("catalog: seed claims and their verdict on this kernel")
     if kernels != ["host"]:
