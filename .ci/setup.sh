@@ -6,6 +6,7 @@
 #     (container images are built locally), binutils (readelf for the redis
 #     image), libnetfilter-queue-dev is not needed: NFQUEUE is spoken raw
 #   - a virtualenv at .venv with the package installed (pip install -e .[dev])
+#   - the uml-6.12-tt guest kernel, built once and cached (python -m harness kernel build)
 #   - tracefs mounted at /sys/kernel/tracing
 #   - dockerd started with every network-touching feature off (.ci/dockerd.sh)
 set -euo pipefail
