@@ -11,6 +11,7 @@
 #     services: the tests run them with configurations of their own inside
 #     lab hosts); tshark (a test opens the captures' pcapng with it)
 #   - a virtualenv at .venv with the package installed (pip install -e .[dev])
+#   - the uml-6.12-tt guest kernel, built once and cached (python -m harness kernel build)
 #   - tracefs mounted at /sys/kernel/tracing (where it can be; else the
 #     timeline tests skip, naming why)
 #   - dockerd started with every network-touching feature off (.ci/dockerd.sh)
@@ -54,6 +55,23 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_tr
     .venv/bin/pip uninstall -q -y harness >/dev/null 2>&1 || true
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
 fi
+
+# The uml-6.12-tt guest kernel (Linux's default timers in virtual time): built
+# once per machine from Debian's linux-source-6.12 with the harness's recipe
+# (harness/_kernels.py) and cached by recipe + source version in
+# /var/cache/harness/kernels; ~9 min on 2 idle cores, at nice 19.  ARCH=um
+# needs gcc/make (build-essential), flex, bison, bc and perl; no libelf
+# (no objtool for UML) and no openssl (no modules to sign).
+KPKGS=(linux-source-6.12 build-essential flex bison bc perl)
+kmissing=()
+for p in "${KPKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || kmissing+=("$p")
+done
+if [ ${#kmissing[@]} -gt 0 ]; then
+    echo "setup: installing ${kmissing[*]}"
+    DEBIAN_FRONTEND=noninteractive flock /tmp/apt.lock apt-get install -y -qq "${kmissing[@]}" >/dev/null
+fi
+.venv/bin/python -m harness kernel build
 
 [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null \
     || echo "setup: tracefs cannot be mounted at /sys/kernel/tracing: timeline tests will skip"

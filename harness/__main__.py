@@ -1,11 +1,13 @@
 """``python -m harness doctor``: what this machine supports, and what is
-skipped for lack of it."""
+skipped for lack of it.  ``python -m harness kernel build``: build (once,
+cached) the uml-6.12-tt guest kernel; ``python -m harness kernel list``:
+the kernels a test can run on, and why one cannot here."""
 
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m harness doctor"
+USAGE = "usage: python -m harness doctor | kernel build [--force] | kernel list"
 
 SKIPPED_WITHOUT = {
     "root": "everything", "sysctls": "everything (every host pins its TCP sysctls)",
@@ -42,7 +44,29 @@ def doctor() -> int:
     return 0
 
 
+def kernel(args: list[str]) -> int:
+    from . import _kernels
+    from .errors import HarnessError
+    if args[:1] == ["list"] and len(args) == 1:
+        for name, k in _kernels.KERNELS.items():
+            reason = _kernels.unavailable_reason(name)
+            print(f"  {'yes' if reason is None else 'no ':<4} {name:<12} {k.release:<8} "
+                  f"{k.time} time" + (f"\n       {reason}" if reason else ""))
+        return 0
+    if args[:1] == ["build"] and set(args[1:]) <= {"--force"}:
+        try:
+            _kernels.build(progress=lambda msg: print(msg, flush=True), force="--force" in args)
+        except HarnessError as exc:
+            print(f"kernel build: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str]) -> int:
+    if argv[1:2] == ["kernel"]:
+        return kernel(argv[2:])
     if argv[1:] != ["doctor"]:
         print(USAGE, file=sys.stderr)
         return 2

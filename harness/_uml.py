@@ -191,17 +191,25 @@ def _resolve_modules(moddir: str, modules: Sequence[str]) -> list[str]:
     return order
 
 
-def guest_unavailable_reason(modules: Sequence[str] = DEFAULT_MODULES) -> str | None:
-    """Why no guest can boot here (None if one can).  File checks only."""
+def guest_unavailable_reason(modules: Sequence[str] = DEFAULT_MODULES,
+                             kernel: str | None = None) -> str | None:
+    """Why no guest can boot here (None if one can).  File checks only.
+
+    ``kernel`` is another UML binary (e.g. one harness._kernels built, which
+    has everything built in: pass ``modules=()``)."""
+    binary = kernel or UML_BINARY
     if not sys.platform.startswith("linux"):
         return f"user-mode-linux needs a Linux host (this is {sys.platform})"
     if os.uname().machine != "x86_64":
         # Debian ships UML for amd64 only, and the guest init uses x86_64 syscall numbers.
         return f"user-mode-linux guests need an x86_64 host (this is {os.uname().machine})"
-    if not os.path.exists(UML_BINARY):
-        return f"user-mode-linux not installed: {UML_BINARY} missing"
-    if not os.access(UML_BINARY, os.X_OK):
-        return f"user-mode-linux kernel {UML_BINARY} is not executable"
+    if not os.path.exists(binary):
+        return (f"user-mode-linux not installed: {binary} missing" if kernel is None
+                else f"user-mode-linux kernel {binary} missing")
+    if not os.access(binary, os.X_OK):
+        return f"user-mode-linux kernel {binary} is not executable"
+    if not modules:
+        return None
     if not os.path.isdir(UML_MODULES_ROOT):
         return f"user-mode-linux modules missing: {UML_MODULES_ROOT} missing"
     try:
@@ -300,8 +308,13 @@ try:
     mount("hostfs", X, "hostfs", 0, CFG["hostdir"])
     for path in CFG["share"]:
         mount("hostfs", path, "hostfs", 1, path)  # MS_RDONLY
+    for path in CFG["writable"]:
+        mount("hostfs", path, "hostfs", 0, path)
     for path in CFG["modules"]:
         insmod(path)
+    for key, value in CFG["sysctls"].items():
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
     lo_up()
     status["t_start"] = time.time()
     status["returncode"] = run(CFG["argv"], CFG["env"], CFG["cwd"])
@@ -485,6 +498,12 @@ def run_in_guest(
     cwd: str | None = None,
     mem: str = "512M",
     share: Sequence[str] = (),
+    writable: Sequence[str] = (),
+    kernel: str | None = None,
+    kernel_args: Sequence[str] = (),
+    on_start=None,
+    remove: Sequence[str] = (),
+    sysctls: Mapping[str, str] | None = None,
 ) -> GuestResult:
     """Boot a fresh UML guest, run ``argv`` in it as root, power it off.
 
@@ -493,16 +512,33 @@ def run_in_guest(
     /tmp, /var/tmp, /run or /dev/shm are hidden by the guest's own tmpfs;
     ``share`` lists host directories to expose read-only at the same path
     (``sys.prefix``, ``sys.base_prefix`` and ``cwd`` are shared automatically
-    when needed).  ``timeout`` covers boot, the command and shutdown; on
+    when needed).  ``writable`` lists existing host directories mounted
+    read-write at the same path (e.g. where the guest leaves results).
+    ``timeout`` (wall seconds) covers boot, the command and shutdown; on
     expiry the guest is killed and :class:`GuestTimeout` raised.
+
+    ``kernel`` boots another UML binary than Debian's (``modules`` must then
+    be empty: such a kernel has what it needs built in); ``kernel_args`` are
+    appended to its command line (e.g. ``time-travel=inf-cpu``).
+    ``on_start(pid)`` is called once UML runs (its process group id).
+    ``remove`` names more host paths the watchdog deletes if the caller is
+    killed before it could (the caller deletes them otherwise).  ``sysctls``
+    ({"net.core.x": "1"}) are written in the guest before the command runs.
     """
     argv = [os.fspath(a) for a in argv]
     if not argv:
         raise ValueError("argv must not be empty")
-    reason = guest_unavailable_reason(modules)
+    reason = guest_unavailable_reason(modules, kernel)
     if reason is not None:
         raise GuestUnavailable(reason)
-    module_paths = _resolve_modules(_modules_dir(), modules)
+    module_paths = _resolve_modules(_modules_dir(), modules) if modules else []
+    for arg in kernel_args:
+        if not isinstance(arg, str) or not arg or any(c.isspace() for c in arg):
+            raise ValueError(f"kernel_args must be words without spaces, got {arg!r}")
+    writable = [os.path.realpath(p) for p in writable]
+    for p in writable:
+        if not os.path.isdir(p):
+            raise GuestError(f"cannot share {p} writable into the guest: not a directory")
     cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
     if env is None:
         env = {k: v for k, v in os.environ.items() if k != "TMPDIR"}
@@ -527,15 +563,17 @@ def run_in_guest(
             "hostdir": rundir,
             "xchg": GUEST_XCHG,
             "share": shares,
+            "writable": writable,
+            "sysctls": {str(k): str(v) for k, v in (sysctls or {}).items()},
             "modules": module_paths,
         }
         with open(init, "w", encoding="utf-8") as f:
             f.write(f"{shebang}\nCFG = {config!r}\n{_INIT_SOURCE}")
         os.chmod(init, 0o755)
         memdir = _mem_tmpdir(mem_bytes) or rundir
-        watchdog = _start_watchdog(*{rundir, memdir})
+        watchdog = _start_watchdog(*{rundir, memdir, *remove})
         cmdline = [
-            UML_BINARY,
+            kernel or UML_BINARY,
             f"mem={mem}",
             f"umid={os.path.basename(rundir)}",  # pid file + mconsole socket go to
             f"uml_dir={rundir}",  # rundir/umid/ instead of ~/.uml/
@@ -551,6 +589,7 @@ def run_in_guest(
             # benchmarks (~0.8 s) and 256 legacy BSD ptys (~0.2 s).
             "initcall_blacklist=raid6_select_algo,calibrate_xor_blocks",
             "pty.legacy_count=0",
+            *kernel_args,
         ]
         uml_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": memdir, "HOME": rundir}
         t0_wall = time.time()
@@ -566,6 +605,8 @@ def run_in_guest(
                 start_new_session=True,  # UML and all its helpers in one process group
             )
         _tell_watchdog(watchdog, str(proc.pid))
+        if on_start is not None:
+            on_start(proc.pid)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

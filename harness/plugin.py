@@ -23,7 +23,7 @@ import signal
 
 import pytest
 
-pytest_plugins = ["harness.fixtures"]
+pytest_plugins = ["harness.fixtures", "harness._guest_plugin"]
 
 _KEEP_CHOICES = ("failed", "all", "none")
 TRIO, ASYNCIO, SYNC = "trio", "asyncio", "sync"

@@ -41,7 +41,7 @@ DEFAULT = MappingProxyType({
     _V4 + "tcp_tw_reuse": 2, _V4 + "tcp_max_tw_buckets": 131072,
     _V4 + "tcp_timestamps": 1, _V4 + "tcp_sack": 1, _V4 + "tcp_dsack": 1,
     _V4 + "tcp_window_scaling": 1, _V4 + "tcp_rfc1337": 0,
-    _V4 + "tcp_abort_on_overflow": 0, _V4 + "tcp_syncookies": 1,
+    _V4 + "tcp_abort_on_overflow": 0,
     _V4 + "tcp_max_syn_backlog": 2048, _V4 + "tcp_ecn": 2, _V4 + "tcp_fastopen": 1,
     _V4 + "tcp_autocorking": 1, _V4 + "tcp_early_retrans": 3, _V4 + "tcp_frto": 2,
     _V4 + "tcp_recovery": 1, _V4 + "tcp_thin_linear_timeouts": 0,
@@ -58,6 +58,7 @@ OPTIONAL = MappingProxyType({
     _V4 + "tcp_rto_min_us": 200000,       # 6.11+
     _V4 + "tcp_rto_max_ms": 120000,       # 6.15+
     _V4 + "tcp_syn_linear_timeouts": 4,   # 6.5+: the first SYN retransmissions at 1 s, linear
+    _V4 + "tcp_syncookies": 1,            # only with CONFIG_SYN_COOKIES (not in UML's defconfig)
 })
 
 FAST = MappingProxyType({

@@ -40,6 +40,11 @@ from harness import faults
 SEED = "003"
 CLAIM = "a crashed peer: 8 retransmissions over 15 minutes, then ETIMEDOUT; then EPIPE"
 VERDICT = "false"
+# why a result differs on another kernel (the catalog table shows it)
+KERNEL_NOTES = {
+    'uml-6.12-tt': 'tcp_rto_max_ms is new in 6.15: the compressed set-up cannot be made (the default 924.6 s runs in cases/defaults)',
+    'uml-6.1': 'tcp_rto_min_us (6.11) and tcp_rto_max_ms (6.15) do not exist',
+}
 
 RTO_MIN = 0.2          # TCP_RTO_MIN: the model's base, and the real RTO on a ~0.1 ms link
 RETRIES2, RTO_MAX = 3, 1.0

@@ -1,0 +1,293 @@
+"""Tests of the guest runner (harness._guest_plugin): a test marked
+``@pytest.mark.kernel(...)`` really runs in a UML guest kernel, and its
+outcome, failure report, skip reason and artifacts come back to the host's
+pytest run; a guest that runs too long, or whose pytest is interrupted or
+killed, leaves nothing behind.
+
+Each test runs a small test file in a pytest subprocess (pytester), in the
+built ``uml-6.12-tt`` kernel (virtual time) where it is built, else in
+Debian's ``uml-6.1`` (real time); the virtual-time test skips, naming why,
+without the built kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import _kernels
+
+pytest_plugins = ["pytester"]
+
+TT = "uml-6.12-tt"
+TT_REASON = _kernels.unavailable_reason(TT)
+needs_tt = pytest.mark.skipif(TT_REASON is not None and not os.environ.get("HARNESS_REQUIRE_UML"),
+                              reason=str(TT_REASON))
+OLD_REASON = _kernels.unavailable_reason("uml-6.1")
+needs_old = pytest.mark.skipif(OLD_REASON is not None and not os.environ.get("HARNESS_REQUIRE_UML"),
+                               reason=str(OLD_REASON))
+#: the kernel the runner's tests use: the built one, else Debian's
+ANY = TT if TT_REASON is None else "uml-6.1"
+RELEASE = "6.12." if ANY == TT else "6.1."
+needs_any = pytest.mark.skipif(_kernels.unavailable_reason(ANY) is not None and
+                               not os.environ.get("HARNESS_REQUIRE_UML"),
+                               reason=str(_kernels.unavailable_reason(ANY)))
+
+
+def _guest_processes(marker: str) -> list[int]:
+    """Host processes whose command line names ``marker`` (UML's command line
+    names its run directory, harness-uml-...)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
+def _leftovers(tmpdir: str) -> list[str]:
+    return sorted(n for n in os.listdir(tmpdir) if n.startswith(("harness-guest-", "harness-uml-")))
+
+
+@pytest.fixture
+def guest_tmp(tmp_path, monkeypatch):
+    """A TMPDIR of the test's own, so leftovers of this run alone are seen."""
+    d = tmp_path / "tmpdir"
+    d.mkdir()
+    monkeypatch.setenv("TMPDIR", str(d))
+    return str(d)
+
+
+def _run(pytester, *args, timeout=180):
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *args, timeout=timeout)
+
+
+@needs_tt
+def test_pass_runs_in_the_guest_kernel_in_virtual_time(pytester, guest_tmp):
+    pytester.makepyfile(f"""
+        import os, time, pytest
+
+        @pytest.mark.kernel("{TT}", "host")
+        def test_where():
+            print("release", os.uname().release)
+
+        @pytest.mark.kernel("{TT}")
+        def test_an_hour():
+            t0 = time.monotonic()
+            time.sleep(3600)                       # an hour of the guest's clock
+            print("slept", round(time.monotonic() - t0), "guest seconds")
+        """)
+    t0 = time.monotonic()
+    result = _run(pytester)
+    wall = time.monotonic() - t0
+    result.assert_outcomes(passed=3)
+    out = result.stdout.str()
+    assert "release 6.12." in out and f"release {os.uname().release}" in out
+    assert "test_where[host]" in out and f"test_where[{TT}]" in out
+    assert "slept 3600 guest seconds" in out
+    assert wall < 120                                  # an hour of virtual time
+    assert _leftovers(guest_tmp) == []
+
+
+@needs_any
+def test_lab_in_the_guest(pytester, guest_tmp):
+    pytester.makepyfile(f"""
+        import os, pytest
+
+        @pytest.mark.kernel("{ANY}")
+        async def test_pair(lab):
+            client, server = await lab.pair()
+            listener = await server.listen(9000)
+            conn = await client.connect(server, 9000)
+            await listener.accept()
+            assert conn.info().state == "ESTABLISHED"
+            assert os.uname().release.startswith("{RELEASE}")
+        """)
+    _run(pytester).assert_outcomes(passed=1)
+
+
+@needs_any
+def test_failure_report_comes_back(pytester, guest_tmp):
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.kernel("{ANY}")
+        def test_bad():
+            value = 1 + 1
+            print("said in the guest")
+            assert value == 3
+        """)
+    result = _run(pytester)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"*_ test_bad[[]{ANY}[]] _*",
+        ">*assert value == 3",
+        "E*assert 2 == 3",
+        "test_failure_report_comes_back.py:7: AssertionError",
+        "*Captured stdout call*",
+        "said in the guest",
+        f"FAILED test_failure_report_comes_back.py::test_bad[[]{ANY}[]] - assert 2 == 3",
+    ])
+    assert _leftovers(guest_tmp) == []
+
+
+@needs_any
+def test_skip_names_the_kernel_and_the_feature(pytester, guest_tmp):
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.kernel("{ANY}")
+        @pytest.mark.requires("syscall_tracepoints")
+        def test_needs_syscalls():
+            pass
+
+        @pytest.mark.kernel("{ANY}")
+        def test_skips_itself():
+            pytest.skip("not today")
+        """)
+    result = _run(pytester)
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines_random([
+        # uml-6.12-tt: "kernel lacks syscall tracepoints"; uml-6.1: no tracefs at all
+        f"SKIPPED * on kernel {ANY}: requires syscall_tracepoints: *",
+        f"SKIPPED * on kernel {ANY}: not today",
+    ])
+
+
+def test_unbuilt_kernel_is_a_skip_naming_it(pytester, guest_tmp, tmp_path, monkeypatch):
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.kernel("{TT}")
+        def test_x():
+            pass
+        """)
+    monkeypatch.setenv("HARNESS_KERNEL_CACHE", str(tmp_path / "no-kernels"))
+    result = _run(pytester)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([f"SKIPPED * kernel {TT} is not built for *: no */no-kernels/*"])
+
+
+def test_bad_kernel_name_is_a_usage_error(pytester):
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--harness-kernel=uml-9",
+                                           timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert ("kernel must be one of ['host', 'uml-6.1', 'uml-6.12-tt'], got 'uml-9' "
+            "(from --harness-kernel)") in result.stderr.str()
+
+
+@needs_any
+def test_wall_clock_timeout_kills_the_guest(pytester, guest_tmp):
+    # CPU time is free in virtual time: a busy loop never advances the
+    # guest's clock, so only the host's wall-clock limit ends it.
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.kernel("{ANY}", timeout=30)
+        def test_spin():
+            while True:
+                pass
+        """)
+    t0 = time.monotonic()
+    result = _run(pytester)
+    assert time.monotonic() - t0 < 90
+    # a failure of the call, or of the setup when the guest had not got that far
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) + outcomes.get("errors", outcomes.get("error", 0)) == 1
+    result.stdout.fnmatch_lines([f"*kernel {ANY}: UML guest running * did not finish within 30 s*"])
+    assert _leftovers(guest_tmp) == []
+
+
+@needs_any
+def test_artifacts_of_a_failed_test_come_back(pytester, guest_tmp):
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.kernel("{ANY}")
+        def test_leaves_a_file(tmp_path):
+            (tmp_path / "evidence.txt").write_text("written in the guest")
+            assert False
+        """)
+    base = pytester.path / "base"
+    result = _run(pytester, f"--basetemp={base}")
+    result.assert_outcomes(failed=1)
+    line = next(ln for ln in result.stdout.lines if "artifacts of the guest run:" in ln)
+    dest = line.split("artifacts of the guest run:")[1].strip()
+    assert dest.startswith(str(base))
+    found = [os.path.join(d, f) for d, _, fs in os.walk(dest) for f in fs]
+    assert [os.path.basename(p) for p in found] == ["evidence.txt"]
+    assert open(found[0]).read() == "written in the guest"
+    assert _leftovers(guest_tmp) == []
+
+
+def _spinning_session(pytester):
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.kernel("{ANY}", timeout=120)
+        def test_spin():
+            while True:
+                pass
+        """)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not _guest_processes(os.environ["TMPDIR"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _guest_processes(os.environ["TMPDIR"]), "the guest never started"
+    time.sleep(1)   # let UML start its helpers too
+    return proc
+
+
+def _assert_gone(guest_tmp):
+    deadline = time.monotonic() + 20
+    while (_guest_processes(guest_tmp) or _leftovers(guest_tmp)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _guest_processes(guest_tmp) == [], "UML processes left behind"
+    assert _leftovers(guest_tmp) == [], "run directories left behind"
+
+
+@needs_any
+def test_ctrl_c_stops_the_guest_and_cleans_up(pytester, guest_tmp):
+    proc = _spinning_session(pytester)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert "KeyboardInterrupt" in out
+    _assert_gone(guest_tmp)
+
+
+@needs_any
+def test_sigkill_of_pytest_leaves_nothing(pytester, guest_tmp):
+    proc = _spinning_session(pytester)
+    proc.kill()
+    proc.wait(timeout=10)
+    _assert_gone(guest_tmp)
+
+
+@needs_old
+def test_debian_uml_61_runs_a_lab_in_real_time(pytester, guest_tmp):
+    pytester.makepyfile("""
+        import os, time, pytest
+
+        @pytest.mark.kernel("uml-6.1")
+        async def test_pair(lab):
+            client, server = await lab.pair()
+            listener = await server.listen(9000)
+            conn = await client.connect(server, 9000)
+            await listener.accept()
+            t0, w0 = time.monotonic(), time.time()
+            time.sleep(1)
+            assert os.uname().release.startswith("6.1.")
+            assert time.time() - w0 >= 0.99          # real time: the guest's second is a second
+        """)
+    _run(pytester).assert_outcomes(passed=1)
