@@ -47,9 +47,15 @@ def plain_user() -> list[str]:
         pytest.skip("becoming a plain user needs the machine's root; this is uid "
                     f"{_names.outer_uid()} on the machine")
     for path in (sys.executable, REPO):
-        if not os.access(path, os.R_OK | os.X_OK) or \
-                os.stat(os.path.realpath(path)).st_mode & 0o005 != 0o005:
-            pytest.skip(f"{path} is not readable by uid {NOBODY}: the plain-user run needs it")
+        real = os.path.realpath(path)
+        if os.stat(real).st_mode & 0o005 != 0o005:
+            pytest.skip(f"{real} is not readable by uid {NOBODY}: the plain-user run needs it")
+        parent = os.path.dirname(real)
+        while parent != "/":  # every directory above it must be searchable by others
+            if os.stat(parent).st_mode & 0o001 == 0:
+                pytest.skip(f"{parent} is not searchable by uid {NOBODY}, so {path} cannot "
+                            "run as that user (a venv made from a python under /root?)")
+            parent = os.path.dirname(parent)
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
