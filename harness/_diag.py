@@ -79,7 +79,9 @@ def destroy(sock: socket.socket, family: int, protocol: int, sockid: bytes) -> i
 
 def destroy_all(sock: socket.socket) -> int:
     """Abort every TCP socket (any state, both families) visible to ``sock``'s
-    namespace.  Returns how many were destroyed."""
+    namespace.  Returns how many were destroyed; Unsupported where the kernel
+    has no SOCK_DESTROY (Debian's 6.1 UML, kernels without
+    CONFIG_INET_DIAG_DESTROY)."""
     n = 0
     for family in (socket.AF_INET, socket.AF_INET6):
         for buf, off, _len in dump(sock, family):
@@ -87,6 +89,10 @@ def destroy_all(sock: socket.socket) -> int:
             err = destroy(sock, family, socket.IPPROTO_TCP, sockid)
             if err == 0:
                 n += 1
+            elif err == errno.EOPNOTSUPP:
+                from .errors import Unsupported
+                raise Unsupported("inet_diag SOCK_DESTROY is not in this kernel "
+                                  "(CONFIG_INET_DIAG_DESTROY)")
             elif err not in (errno.ENOENT,):
                 raise OSError(err, f"SOCK_DESTROY: {os.strerror(err)}")
     return n

@@ -359,6 +359,9 @@ def scrub(netns: str, fd: int) -> None:
     from .errors import SetupError
     try:
         backend.scrub(netns, fd)
+    except Unsupported as exc:  # no SOCK_DESTROY: a namespace cannot be emptied
+        _unscrubbable = str(exc)
+        raise
     except SetupError as exc:
         if exc.errno != "EPERM":
             raise
