@@ -1,7 +1,9 @@
 """What this machine supports.  Each probe returns None (supported) or the
 exact reason it is not; ``@pytest.mark.requires(name)`` skips with that
 reason, and ``python -m harness doctor`` prints them all.  Probes are
-cached per process and touch nothing outside namespaces they create."""
+cached per process and touch nothing outside namespaces they create, with
+one exception: the tracefs probe mounts tracefs at /sys/kernel/tracing when
+it is not mounted (as `.ci/setup.sh` does), which is machine-wide."""
 
 from __future__ import annotations
 
