@@ -50,7 +50,7 @@ fi
 
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import harness, pytest_trio, xdist, pytest_asyncio, anyio, build" 2>/dev/null; then
     echo "setup: creating .venv"
-    /usr/bin/python3 -m venv .venv  # Debian's python: a plain user (rootless tests) can run it
+    python3 -m venv .venv
     # the distribution was called "harness" before it became pytest-netfault
     .venv/bin/pip uninstall -q -y harness >/dev/null 2>&1 || true
     .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
