@@ -51,12 +51,10 @@ from dataclasses import dataclass
 
 import trio
 
-from .. import _netns
+from .. import _netns, _tap
 from .._nfqueue import parse_tcp
 from ..errors import FaultError, InvalidArgument, ObservationTimeout
 
-ETH_P_ALL = 0x0003
-SO_TIMESTAMPNS = 35
 SIOCGIFHWADDR = 0x8927
 PROBE_WAIT = 0.5  # seconds a probe may take to be answered (it takes ~0.05 ms)
 MODES = {True: "in_window", False: "out_of_window", "in_window": "in_window",
@@ -261,18 +259,13 @@ class _Tap:
 
     def __init__(self, switch_fd: int, port: str, conn):
         self._pair = {conn.local, conn.remote}
-        with _netns.entered(switch_fd):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                                 | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
+        sock = _tap.open_tap(switch_fd, port)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            sock.bind((port, 0))
             self.port_mac = _mac_string(sock.getsockname()[4])
         except BaseException:
             sock.close()
             raise
         self._sock, self.port = sock, port
-        self._offset = time.monotonic() - time.time()
         self._segments: list[Segment] = []
         self._macs: dict[int, str] = {}
 
@@ -282,18 +275,7 @@ class _Tap:
         return t
 
     def drain(self) -> None:
-        if self._sock.fileno() < 0:
-            return
-        while True:
-            try:
-                frame, anc, _flags, _addr = self._sock.recvmsg(65536, 64)
-            except BlockingIOError:
-                return
-            t = time.monotonic()
-            for level, typ, data in anc:
-                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS:
-                    sec, nsec = struct.unpack("qq", data[:16])
-                    t = sec + nsec / 1e9 + self._offset
+        for frame, t, _addr in _tap.read_frames(self._sock):
             seg = _segment(frame, t)
             if seg is not None and seg.src in self._pair and seg.dst in self._pair:
                 self._macs[id(seg)] = _mac_string(frame[0:6])

@@ -58,14 +58,12 @@ import time
 
 import trio
 
-from .. import _netns, _tcpline
+from .. import _netns, _tap, _tcpline
 from .._nfqueue import fix_checksums
 from ..errors import FaultError, InvalidArgument, ObservationTimeout
 from ..observe.expect import Isns, Seg, check_within, decode_frame, time_of, wait_segment
 from ._base import Fault
 
-ETH_P_ALL = 0x0003
-SO_TIMESTAMPNS = 35
 SOL_PACKET, PACKET_VNET_HDR = 263, 15
 # struct virtio_net_hdr (linux/virtio_net.h): flags, gso_type, hdr_len,
 # gso_size, csum_start, csum_offset
@@ -92,13 +90,8 @@ class Wire:
         self._names = {a: n for n, a in self._addr.items()}
         self._victim_mac = _mac(victim.ns_fd)
         self._remote_mac = _mac(remote.ns_fd)
-        with _netns.entered(self.lab._switch[1]):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                                 | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
+        sock = _tap.open_tap(self.lab._switch[1], f"p{victim.index}", rcvbuf=4 << 20)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.bind((f"p{victim.index}", 0))
             # a second socket only sends: the kernel shows a frame to every
             # packet socket but its sender (dev_queue_xmit_nit()), so the tap
             # stamps our own segments when they really leave
@@ -127,20 +120,8 @@ class Wire:
 
     # --- what crossed the port -----------------------------------------
     def _drain(self) -> None:
-        if self._sock.fileno() < 0:
-            return
-        offset = time.monotonic() - time.time()
         victim = self._addr[self.victim.name]
-        while True:
-            try:
-                frame, anc, _flags, _addr = self._sock.recvmsg(65536, 64)
-            except BlockingIOError:
-                return
-            t = time.monotonic()
-            for level, typ, data in anc:
-                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS:
-                    sec, nsec = struct.unpack("qq", data[:16])
-                    t = sec + nsec / 1e9 + offset
+        for frame, t, _addr in _tap.read_frames(self._sock):
             seg = decode_frame(frame, t)
             if seg is not None and victim in (seg.src[0], seg.dst[0]):
                 self._record(seg)

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 
 import trio
 
-from .. import _netns
+from .. import _tap
 from .._nfqueue import parse_tcp
 
-ETH_P_ALL, ETH_P_IP, ETH_P_IPV6, ETH_P_ARP = 0x0003, 0x0800, 0x86DD, 0x0806
+ETH_P_IP, ETH_P_IPV6, ETH_P_ARP = 0x0800, 0x86DD, 0x0806
 PACKET_OUTGOING = 4
 _PORT_NAME = re.compile(r"p[0-9]+")  # the switch's ports; its bridge device is not one
-SO_TIMESTAMPNS = 35
 
 
 def flag_string(flags: int) -> str:
@@ -151,11 +150,7 @@ class Capture:
     def __init__(self, lab, switch_fd: int, ports: dict[str, str]):
         """``ports`` maps the switch's port names (p1, p2...) to host names."""
         self.lab, self._ports = lab, ports
-        with _netns.entered(switch_fd):
-            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
-                                       socket.htons(ETH_P_ALL))
-        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._sock = _tap.open_tap(switch_fd, rcvbuf=4 << 20)
         self._offset = time.monotonic() - time.time()
         self.packets_seen = 0
         self._packets: list[Packet] = []
@@ -175,27 +170,15 @@ class Capture:
     def drain(self) -> None:
         """Read every frame waiting in the socket (queries call it so they
         see everything captured so far)."""
-        sock = self._sock
-        if sock.fileno() < 0:
-            return
-        # the kernel stamps frames with CLOCK_REALTIME; measure its offset to
-        # the monotonic clock now, not once at the start (realtime may be stepped)
+        # the offset to the realtime clock the pcapng is written in, measured
+        # again now as _tap.read_frames does (realtime may be stepped)
         self._offset = time.monotonic() - time.time()
-        while True:
-            try:
-                frame, anc, _flags, addr = sock.recvmsg(65536, 64)
-            except BlockingIOError:
-                return
+        for frame, t, addr in _tap.read_frames(self._sock):
             if addr[2] == PACKET_OUTGOING:
                 continue
             if addr[0] not in self._ports and not _PORT_NAME.fullmatch(addr[0]):
                 continue  # the bridge's own copy of a broadcast a port already gave us
             self.packets_seen += 1
-            t = time.monotonic()
-            for level, typ, data in anc:
-                if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS:
-                    sec, nsec = struct.unpack("qq", data[:16])
-                    t = sec + nsec / 1e9 + self._offset
             ingress = self._host_of(addr[0])
             kind, src, dst, what = classify(frame)
             self._frames.append(Frame(t, ingress, addr[0], kind, src, dst, what, frame))

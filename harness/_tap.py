@@ -1,0 +1,59 @@
+"""AF_PACKET taps on the lab's switch ports: the one place that opens them and
+reads frames with the kernel's receive time.  Capture, injection and scripted
+peers all read through here.
+
+The kernel stamps each frame with CLOCK_REALTIME (SO_TIMESTAMPNS); the
+harness's clock is time.monotonic().  The offset between the two is measured
+again at every read, not once: the realtime clock may be stepped (NTP) while a
+tap is open.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Iterator
+
+from . import _netns
+
+ETH_P_ALL = 0x0003
+SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; the socket module lacks it
+
+
+def open_tap(switch_fd: int, port: str | None = None, *, rcvbuf: int | None = None
+             ) -> socket.socket:
+    """A non-blocking packet socket in the switch's namespace, stamping frames
+    with their receive time, bound to ``port`` (every port when None)."""
+    with _netns.entered(switch_fd):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                             | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if port is not None:
+            sock.bind((port, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def read_frames(sock: socket.socket) -> Iterator[tuple[bytes, float, tuple]]:
+    """Every frame waiting on the non-blocking ``sock``: (frame, receive time
+    on the monotonic clock, sockaddr_ll tuple).  Nothing on a closed socket."""
+    if sock.fileno() < 0:
+        return
+    offset = time.monotonic() - time.time()
+    while True:
+        try:
+            frame, anc, _flags, addr = sock.recvmsg(65536, 64)
+        except BlockingIOError:
+            return
+        t = time.monotonic()
+        for level, typ, data in anc:
+            if level == socket.SOL_SOCKET and typ == SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack("qq", data[:16])
+                t = sec + nsec / 1e9 + offset
+        yield frame, t, addr
