@@ -436,6 +436,22 @@ class SyscallSession(_Instance):
                                        ret - (1 << 64) if ret >= 1 << 63 else ret))
         return out
 
+    def unprobe_libcs(self) -> None:
+        """Take the getsockopt uprobes away (disabled, then removed): while
+        they exist every glibc getsockopt() on the machine traps, which a
+        ptrace-driven user-mode Linux guest does not survive."""
+        for event in self._libcs.values():
+            name = f"{self._group}/{event}"
+            try:
+                _write(f"{self.path}/events/{name}/enable", "0")
+            except OSError:
+                pass
+            if name in self._enabled:
+                self._enabled.remove(name)
+        if self._libcs:
+            remove_probes(self._group)
+            self._libcs.clear()
+
     def close(self) -> None:
         super().close()
         if self._libcs:

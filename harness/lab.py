@@ -36,6 +36,15 @@ from .topology import netns as backend
 # --- the process's tracefs instance, shared by its labs -----------------------
 
 
+def so_error_probe() -> bool:
+    """Whether labs watch getsockopt(SO_ERROR) with a uprobe on glibc
+    (``HARNESS_SO_ERROR_PROBE=1``).  Off by default: while the uprobe exists
+    every glibc getsockopt() on the machine traps, and user-mode Linux guests
+    (ptrace-driven processes running the host's libc) hang on it; it is
+    removed again when the process's last lab closes."""
+    return os.environ.get("HARNESS_SO_ERROR_PROBE", "0") == "1"
+
+
 class _Tracer:
     """The process's tracefs instances, shared by its labs.
 
@@ -90,10 +99,10 @@ class _Tracer:
                 self.syscalls = _tracefs.SyscallSession(_names.owner_tag() + "-sys")
             except (Unsupported, OSError):
                 pass  # the timeline then has no syscall events
-            else:
-                libc = _libc_of("self")
-                if libc:
-                    self.syscalls.probe_libc(libc)
+        if self.syscalls is not None and so_error_probe():
+            libc = _libc_of("self")
+            if libc:
+                self.syscalls.probe_libc(libc)
         lab._trace_index = lab.slot.index
         self.labs[lab.slot.index] = lab
 
@@ -102,6 +111,8 @@ class _Tracer:
         namespace fds are closed: nothing may look at them again)."""
         for index in [i for i, known in self.labs.items() if known is lab]:
             del self.labs[index]
+        if not self.labs and self.syscalls is not None:
+            self.syscalls.unprobe_libcs()  # they trap every getsockopt on the machine
         for table in (self.roots, self.spawners):
             for pid in [p for p, (h, _) in table.items() if h.lab is lab]:
                 del table[pid]
@@ -152,7 +163,7 @@ class _Tracer:
         if self.syscalls is None:
             return
         libc = _libc_of(str(main.pid))
-        if libc:
+        if libc and so_error_probe():
             self.syscalls.probe_libc(f"/proc/{main.pid}/root{libc}")
         if not _tracefs.in_init_pid_namespace():
             # /proc here shows our pid namespace's numbers, not the kernel's:

@@ -312,3 +312,21 @@ def test_a_kernel_without_sock_destroy_still_tears_a_lab_down(pytester, guest_tm
             await lab.wait_state(conn, "TIME_WAIT")
         """)
     _run(pytester).assert_outcomes(passed=1)
+
+
+def test_a_guest_runs_after_a_lab_that_watched_so_error(pytester, guest_tmp, monkeypatch):
+    """The SO_ERROR uprobe traps every glibc getsockopt on the machine, which a
+    user-mode Linux guest (ptrace-driven processes running the host's libc)
+    does not survive: it exists only while a lab that asked for it is open."""
+    monkeypatch.setenv("HARNESS_SO_ERROR_PROBE", "1")
+    pytester.makepyfile(f"""
+        import os, pytest
+
+        async def test_lab_on_the_host(lab):
+            await lab.pair()
+
+        @pytest.mark.kernel("{ANY}")
+        def test_then_a_guest():
+            assert os.uname().release.startswith("6.")
+        """)
+    _run(pytester, "-p", "no:randomly").assert_outcomes(passed=2)

@@ -35,6 +35,13 @@ def _needs(binary: str) -> str:
     return path
 
 
+@pytest.fixture(autouse=True)
+def so_error_probe(monkeypatch):
+    """getsockopt(SO_ERROR) is watched only when asked for (it traps every
+    glibc getsockopt on the machine while a lab is open)."""
+    monkeypatch.setenv("HARNESS_SO_ERROR_PROBE", "1")
+
+
 @pytest.fixture
 def srvdir():
     """A directory the servers' unprivileged users (nginx's workers run as
