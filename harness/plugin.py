@@ -120,10 +120,11 @@ def pytest_configure(config: pytest.Config) -> None:
     _sigterm_as_ctrl_c(config)
     dirs = [str(p) for p in config.getini("harness_containers")]
     if dirs:
-        from . import _docker
+        from .errors import InvalidArgument
+        from .topology import container
         try:
-            _docker.add_context_dirs(dirs, "ini harness_containers")
-        except _docker.DockerError as exc:
+            container.add_context_dirs(dirs, "ini harness_containers")
+        except InvalidArgument as exc:
             raise pytest.UsageError(str(exc)) from None
 
 

@@ -51,6 +51,16 @@ class ContainerSpec:
         return cls(image, tuple(command) if command else None)
 
 
+def add_context_dirs(dirs: list[str], where: str) -> None:
+    """Search ``dirs`` (each holding ``<name>/Dockerfile``) for build
+    contexts before the harness's own; ``where`` names the setting they came
+    from, for the error."""
+    try:
+        _docker.add_context_dirs(dirs, where)
+    except _docker.DockerError as exc:
+        raise InvalidArgument(str(exc)) from None
+
+
 def resolve_image(image: str) -> str:
     """The local tag to run; builds a containers/ image if needed.  A
     missing image is a clear error, raised before anything is created."""
