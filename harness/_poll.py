@@ -37,18 +37,23 @@ async def until(poll: Callable[[], T], deadline: float, *,
                 first: float = FIRST, longest: float = LONGEST) -> T:
     """Call ``poll()`` until ``done(answer)``; return that answer.  Once
     ``deadline`` (time.monotonic()) has passed with the condition false,
-    raise ``timeout(last answer)``.  ``poll`` runs on the loop: it must be
+    raise ``timeout(last answer)``.  The clock is read before each poll, so
+    the last poll always starts after the deadline: a process descheduled
+    between a poll and its clock reading cannot miss what happened in the
+    pause (the observation's own delay is never counted against the
+    condition).  ``poll`` runs on the loop: it must be
     quick (an inet_diag dump, a file read), as every caller's is; it may be
     async (its answer is then awaited)."""
     _check(deadline)
     delay = first
     while True:
+        expired = time.monotonic() >= deadline
         answer = poll()
         if inspect.isawaitable(answer):
             answer = await answer
         if done(answer):
             return answer
-        if time.monotonic() >= deadline:
+        if expired:
             raise timeout(answer)
         await trio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, longest)
@@ -62,10 +67,11 @@ def until_sync(poll: Callable[[], T], deadline: float, *,
     _check(deadline)
     delay = first
     while True:
+        expired = time.monotonic() >= deadline
         answer = poll()
         if done(answer):
             return answer
-        if time.monotonic() >= deadline:
+        if expired:
             raise timeout(answer)
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, longest)

@@ -25,7 +25,7 @@ from typing import AsyncIterator
 
 import trio
 
-from . import _names, _netns, _sweep, _tracefs
+from . import _names, _netns, _poll, _sweep, _tracefs
 from .errors import InvalidArgument, LabClosed, ObservationTimeout, Unsupported
 from .host import Host
 from .observe.snapshot import Snapshot
@@ -739,21 +739,18 @@ class Lab:
                                   f"{predicate!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
-        deadline = time.monotonic() + timeout
-        delay = 0.0002
-        while True:
-            snaps = self.snapshots()
+        last = {}
+
+        async def poll():
+            last["snaps"] = snaps = self.snapshots()
             value = predicate(snaps)
-            if hasattr(value, "__await__"):
-                value = await value
-            if value:
-                return value
-            if time.monotonic() >= deadline:
-                raise ObservationTimeout(f"{what or predicate!r} did not hold within {timeout}s; "
-                                         f"sockets: { {h: list(s) for h, s in snaps.items()} }",
-                                         last=snaps)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 0.01)
+            return await value if hasattr(value, "__await__") else value
+
+        return await _poll.until(
+            poll, time.monotonic() + timeout,
+            timeout=lambda _v: ObservationTimeout(
+                f"{what or predicate!r} did not hold within {timeout}s; sockets: "
+                f"{ {h: list(s) for h, s in last['snaps'].items()} }", last=last["snaps"]))
 
     def describe(self) -> str:
         """The topology, for a failed test's report; safe on a lab whose

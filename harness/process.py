@@ -224,6 +224,7 @@ async def wait_output(proc, pattern, *, timeout: float, read: Callable[[], str])
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while True:
+        expired = time.monotonic() >= deadline  # before the look (see _poll.until)
         exited = proc.returncode is not None  # read after: its last words count
         text = read()
         for line in text.splitlines():
@@ -234,7 +235,7 @@ async def wait_output(proc, pattern, *, timeout: float, read: Callable[[], str])
             raise ObservationTimeout(f"{proc!r} exited ({proc.returncode}) without writing a "
                                      f"line matching {pattern.pattern!r}; last output: "
                                      f"{text[-500:]!r}")
-        if time.monotonic() >= deadline:
+        if expired:
             raise ObservationTimeout(f"no line matching {pattern.pattern!r} from {proc!r} "
                                      f"within {timeout}s; last output: {text[-500:]!r}")
         await trio.sleep(delay)

@@ -11,10 +11,11 @@ async def wait_until(fn, *, timeout: float = 3.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while True:
+        expired = time.monotonic() >= deadline  # before the look (see harness._poll)
         value = fn()
         if value:
             return value
-        if time.monotonic() >= deadline:
+        if expired:
             raise AssertionError(f"{what} not reached within {timeout}s (last: {value!r})")
         await trio.sleep(delay)
         delay = min(delay * 2, 0.02)

@@ -58,10 +58,11 @@ async def wait_event(lab, ep, cond, *, timeout: float, every: float = 1.0):
     import trio
     deadline = time.monotonic() + timeout
     while True:
+        expired = time.monotonic() >= deadline  # before the look (see harness._poll)
         for e in lab.timeline.events(ep):
             if cond(e):
                 return e
-        if time.monotonic() >= deadline:
+        if expired:
             raise AssertionError(f"no event {cond!r} within {timeout} s; last events: "
                                  f"{lab.timeline.events()[-5:]}")
         await trio.sleep(every)

@@ -235,12 +235,13 @@ class Wire:
         want = decode_frame(frame, t)
         deadline = t + 0.5
         while True:
+            expired = time.monotonic() > deadline  # before the look (see _poll.until)
             self._drain()
             for s in self._segs[n:]:
                 if (s.src, s.dst, s.seq, s.ack, s.flags, s.payload) == \
                         (want.src, want.dst, want.seq, want.ack, want.flags, want.payload):
                     return s
-            if time.monotonic() > deadline:  # not seen (a full tap buffer): our own clock
+            if expired:  # not seen (a full tap buffer): our own clock
                 self._record(want)
                 return want
             await trio.lowlevel.checkpoint()
@@ -338,9 +339,10 @@ class Wire:
             # the first SYN on the port names the flow
             deadline = t0 + check_within(within)[1] + 0.05
             while not self.ends:
+                expired = time.monotonic() > deadline  # before the look (see _poll.until)
                 self._drain()
                 if not self.ends:
-                    if time.monotonic() > deadline:
+                    if expired:
                         raise ObservationTimeout(f"no segment from {self.victim.name} opened a "
                                                  f"flow for {line!r}", last=self._segs[-3:])
                     await trio.sleep(0.001)

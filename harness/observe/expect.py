@@ -229,6 +229,9 @@ async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
     t0 = time_of(after, now)
     slack = 0.05  # wait a little past hi so a late segment is shown, not just "none"
     while True:
+        # the clock before the look: a look that starts past the deadline
+        # (the process may pause between the two) is the last one
+        expired = time.monotonic() > t0 + hi + slack
         seen = [s for s in segments() if s.t >= t0]
         mine = [s for s in seen if s.src == sender and s.dst == receiver
                 and (matched is None or id(s) not in matched)]
@@ -245,7 +248,7 @@ async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
             if matched is not None:
                 matched.add(id(seg))
             return seg
-        if time.monotonic() > t0 + hi + slack:
+        if expired:
             raise SegmentMismatch(_report(line, seen, names, isns_of(), t0, lo, hi,
                                           f"nothing from {names.get(sender[0], sender[0])}"
                                           f":{sender[1]} within +{hi}s"))
