@@ -9,7 +9,9 @@ depends on which kind it is.
 
 from __future__ import annotations
 
+import errno as _errno
 import os
+import socket as _socket
 import subprocess
 import sys
 from typing import Any
@@ -17,9 +19,11 @@ from typing import Any
 import trio
 
 from . import _diag, _netns
-from .errors import InvalidArgument, SetupError, Unsupported
+from ._tracer import tracer as _tracer
+from .errors import FaultError, InvalidArgument, SetupError, Unsupported
 from .observe import snapshot as _snapshot
-from .process import Process, Ready, check_argv, clean_signals, spawn_in, wait_ready
+from .process import (Process, Ready, check_argv, clean_signals, spawn_in, take_pipes,
+                      wait_ready)
 from .sockets import LocalDriver, PeerDriver, SocketFactory, make_socket_in
 
 
@@ -224,7 +228,6 @@ class Host(SocketFactory):
             kw.update(user=ids[1], group=ids[2], extra_groups=[])
         n = len(self.processes)
         base = os.path.join(self.lab.artifacts, f"{self.name}.{n}")
-        from .lab import _tracer
         spawner: list[int | None] = []
         popen, out, err = spawn_in(self, argv, netns_fd=self.ns_fd, out_path=base + ".out",
                                    err_path=base + ".err",
@@ -269,26 +272,26 @@ class Host(SocketFactory):
         self._driver.abort_all()
         self._diag.close()
 
-    async def _replace_backend(self, backend) -> None:
-        """Point this host at a fresh namespace (faults.power_on): a diag
-        socket and a socket driver of the new namespace replace the old ones,
-        which are closed with the old namespace's fd.  Name, addresses and
-        processes stay."""
-        with _netns.entered(backend.fd):
-            diag = _diag.open_socket()
-        self.tainted = True
-        self.generation += 1
-        old, old_diag, old_driver = self.backend, self._diag, self._driver
-        self.backend, self._diag = backend, diag
-        self._driver = LocalDriver(make_socket_in(backend.fd))
-        old_driver.abort_all()
-        old_diag.close()
-        os.close(old.fd)
-        await backend.start_tasks(self.lab._nursery)
-        self.ns_ino = os.fstat(backend.fd).st_ino
-        if backend.main is not None:  # a new main process (a new container) to trace
-            from .lab import _tracer
-            _tracer.watch_container(self)
+
+async def replace_backend(host: Host, backend) -> None:
+    """Point this host at a fresh namespace (faults.power_on): a diag
+    socket and a socket driver of the new namespace replace the old ones,
+    which are closed with the old namespace's fd.  Name, addresses and
+    processes stay."""
+    with _netns.entered(backend.fd):
+        diag = _diag.open_socket()
+    host.tainted = True
+    host.generation += 1
+    old, old_diag, old_driver = host.backend, host._diag, host._driver
+    host.backend, host._diag = backend, diag
+    host._driver = LocalDriver(make_socket_in(backend.fd))
+    old_driver.abort_all()
+    old_diag.close()
+    os.close(old.fd)
+    await backend.start_tasks(host.lab.context)
+    host.ns_ino = os.fstat(backend.fd).st_ino
+    if backend.main is not None:  # a new main process (a new container) to trace
+        _tracer.watch_container(host)
 
 
 class Peer(SocketFactory):
@@ -302,13 +305,10 @@ class Peer(SocketFactory):
 
     @classmethod
     async def start(cls, host: Host, proc: Process) -> "Peer":
-        popen = proc._popen
-        send = trio.lowlevel.FdStream(os.dup(popen.stdin.fileno()))
-        recv = trio.lowlevel.FdStream(os.dup(popen.stdout.fileno()))
-        popen.stdin.close()
-        popen.stdout.close()
+        stdin, stdout = take_pipes(proc)
+        send, recv = trio.lowlevel.FdStream(stdin), trio.lowlevel.FdStream(stdout)
         driver = PeerDriver(proc, send, recv)
-        host.lab._nursery.start_soon(driver.reader)
+        host.lab.context.start_soon(driver.reader)
         try:
             with trio.fail_after(30):
                 out = await driver.call("ready")
@@ -334,3 +334,49 @@ class Peer(SocketFactory):
         reset connection kills it (as a C program that did not ignore it)."""
         await self._driver.call("sigpipe")
 
+
+_AF_OF = {4: _socket.AF_INET, 6: _socket.AF_INET6}
+
+
+def _packed(address: str, family: int) -> bytes:
+    return _socket.inet_pton(_AF_OF[family], address)
+
+
+def destroy_socket(host: "Host", family: int, local: tuple, remote: tuple | None,
+                   label: str):
+    """Abort the TCP socket of ``host`` with this exact 4-tuple through
+    inet_diag SOCK_DESTROY, by tuple *and* cookie (faults.destroy); returns
+    its SocketInfo as seen just before.  FaultError when the kernel has no
+    such socket or refuses."""
+    try:
+        return _destroy_socket(host, family, local, remote, label)
+    except OSError as exc:  # the diag socket itself failed
+        raise FaultError(f"inet_diag failed while destroying {label}: {exc}",
+                         netns=host.netns, call="SOCK_DESTROY", errno=exc.errno) from exc
+
+
+def _destroy_socket(host, family, local, remote, label):
+    n = 4 if family == 4 else 16
+    remote = remote or (("0.0.0.0" if family == 4 else "::"), 0)
+    want = (local[1], remote[1], _packed(local[0], family), _packed(remote[0], family))
+    af = _AF_OF[family]
+    for buf, off, _length in _diag.dump(host._diag, af):
+        head = _diag.decode_header(buf, off)
+        if (head[4], head[5], bytes(head[6][:n]), bytes(head[7][:n])) != want:
+            continue
+        cookie = head[8]
+        info = next((s for s in host.sockets() if s.cookie == cookie), None)
+        if info is None:
+            break  # gone in between: reported below
+        # the sockid as the kernel sent it: 4-tuple, interface and cookie
+        sockid = bytes(buf[off + 4: off + 52])
+        err = _diag.destroy(host._diag, af, _socket.IPPROTO_TCP, sockid)
+        if err == _errno.ENOENT:
+            break
+        if err:
+            raise FaultError(f"SOCK_DESTROY of {label} failed: {os.strerror(err)}",
+                             netns=host.netns, call="SOCK_DESTROY", errno=err)
+        return info
+    raise FaultError(f"{label}: the kernel has no such socket any more (reset, timed out or "
+                     f"closed by its peer process); nothing to destroy",
+                     netns=host.netns, call="SOCK_DESTROY", errno=_errno.ENOENT)

@@ -22,6 +22,16 @@ from . import _netns
 from .errors import InvalidArgument, ObservationTimeout, SetupError
 
 
+def take_pipes(proc: "Process") -> tuple[int, int]:
+    """The stdin and stdout of a process spawned with pipes (a peer program)
+    as fds of the caller's own; the Popen's ends are closed."""
+    popen = proc._popen
+    fds = (os.dup(popen.stdin.fileno()), os.dup(popen.stdout.fileno()))
+    popen.stdin.close()
+    popen.stdout.close()
+    return fds
+
+
 class Process:
     """A process running in a host.  ``returncode`` is None while it runs;
     negative for a signal, as in subprocess."""

@@ -19,7 +19,7 @@ import pytest
 import trio
 
 import harness
-from harness.lab import _tracer
+from harness._tracer import tracer as _tracer
 from helpers import wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="labs need root (network namespaces)")

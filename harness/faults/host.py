@@ -49,7 +49,7 @@ def _check_host(host, what: str):
     if not isinstance(host, Host):
         raise InvalidArgument(f"{what}() takes a Host (e.g. from lab.pair()), got {host!r}")
     host.lab.check_open(f"{what}(): host {host.name}")
-    if host.lab._hosts.get(host.name) is not host:
+    if not host.lab.context.holds(host):
         raise InvalidArgument(f"{what}(): host {host.name!r} is not (or no longer) in its lab")
     return host
 
@@ -82,14 +82,11 @@ async def power_on(host) -> None:
     if host not in _off:
         raise InvalidArgument(f"host {host.name} is not powered off; use reboot() to restart "
                               f"a running host (power_off first, so nothing escapes)")
-    lab = host.lab
-    if lab._switch is None:  # pragma: no cover - a host implies a switch
-        raise FaultError(f"power_on({host.name}): the lab has no switch")
     # anything started while it was off (nothing should be) dies unseen too
     await host.stop_processes()
     host.abort_sockets()  # trio sockets: closed on the loop
     new = await trio.to_thread.run_sync(_rebuild, host)
-    await host._replace_backend(new)
+    await host.lab.context.replace_backend(host, new)
     _off.discard(host)
     await new.booted(host)  # e.g. a container's server listens again
 
@@ -133,7 +130,7 @@ def _rebuild(host):
     old MAC; returns its backend.  On failure the host still points at its
     old (dead) namespace, which the lab's teardown removes as usual."""
     lab = host.lab
-    sw_name, sw_fd = lab._switch
+    sw_name, sw_fd = lab.context.switch
     spec = _backend.HostSpec.make(host.name, host.index, host.profile, host.sysctls)
     mac = _mac(host.ns_fd, host.netns)
     # the veth first: deleting a namespace frees its links only later, in the
@@ -144,7 +141,7 @@ def _rebuild(host):
     try:
         if new.netns != host.netns:  # pragma: no cover - names are derived from the slot
             raise FaultError(f"power_on: namespace {new.netns} is not the host's {host.netns}")
-        _backend.wire_host(lab.slot, spec, lab._switch, (new.netns, new.fd))
+        _backend.wire_host(lab.slot, spec, (sw_name, sw_fd), (new.netns, new.fd))
         if mac:
             with _netlink.rtnl(new.fd, new.netns) as ipr:
                 ipr.link("set", index=_netlink.HOST_IFINDEX, address=mac)

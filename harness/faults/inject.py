@@ -192,7 +192,7 @@ def _check_conn(conn, what: str) -> None:
 async def _inject(conn, kind: str, mode: str | None) -> Injection:
     host = conn.host
     lab = host.lab
-    tap = _Tap(lab._switch[1], f"p{host.index}", conn)
+    tap = _Tap(lab.context.switch[1], lab.context.port(host), conn)
     try:
         victim_mac = _mac(host.ns_fd)
         learnt, peer_mac = await _learn(tap, conn, victim_mac)

@@ -369,7 +369,7 @@ class _LinkEngine(PacketFault):
     async def _apply(self) -> None:
         await super()._apply()
         self._copy_scope = trio.CancelScope()
-        self.lab._nursery.start_soon(self._copy_loop, self._copy_scope)
+        self.lab.context.start_soon(self._copy_loop, self._copy_scope)
 
     async def _teardown(self) -> None:
         # Heal the wire first: from now on every packet passes and no copy is
@@ -542,7 +542,7 @@ class Netem(Fault):
         been replaced by power_on since) or the switch's."""
         if which == "host":
             return self.host.ns_fd, self.host.netns
-        name, fd = self.lab._switch
+        name, fd = self.lab.context.switch
         return fd, name
 
     def _tc_targets(self) -> list[tuple[str, int, str]]:
@@ -550,10 +550,9 @@ class Netem(Fault):
         if self.direction in ("out", "both"):
             out.append(("host", _netlink.HOST_IFINDEX, f"eth0 of host {self.host.name}"))
         if self.direction in ("in", "both"):
-            if self.lab._switch is None:
-                raise FaultError(f"{self.label}: the lab has no switch")
             n = self.host.index
-            out.append(("switch", 100 + n, f"switch port p{n} (towards {self.host.name})"))
+            out.append(("switch", 100 + n, f"switch port {self.lab.context.port(self.host)} "
+                                           f"(towards {self.host.name})"))
         return out
 
     def _netem_options(self) -> dict:

@@ -507,7 +507,7 @@ class PacketFault(Fault):
         try:
             self._done = trio.Event()
             try:
-                await self.lab._nursery.start(self._run)
+                await self.lab.context.start(self._run)
             except BaseException:
                 self._done = None  # the loop never ran: nothing to wait for
                 raise

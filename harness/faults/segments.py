@@ -90,12 +90,12 @@ class Wire:
         self._names = {a: n for n, a in self._addr.items()}
         self._victim_mac = _mac(victim.ns_fd)
         self._remote_mac = _mac(remote.ns_fd)
-        sock = _tap.open_tap(self.lab._switch[1], f"p{victim.index}", rcvbuf=4 << 20)
+        sock = _tap.open_tap(self.lab.context.switch[1], self.lab.context.port(victim), rcvbuf=4 << 20)
         try:
             # a second socket only sends: the kernel shows a frame to every
             # packet socket but its sender (dev_queue_xmit_nit()), so the tap
             # stamps our own segments when they really leave
-            with _netns.entered(self.lab._switch[1]):
+            with _netns.entered(self.lab.context.switch[1]):
                 out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
             try:
                 out.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
@@ -107,7 +107,7 @@ class Wire:
             sock.close()
             raise
         self._sock, self._out = sock, out
-        self._mtu = _mtu(self.lab._switch[1], f"p{victim.index}")
+        self._mtu = _mtu(self.lab.context.switch[1], self.lab.context.port(victim))
         self._segs: list[Seg] = []
         self._matched: set[int] = set()   # ids of segments an expect() took
         self.isns = Isns()

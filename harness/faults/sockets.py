@@ -18,18 +18,12 @@ longer has (reset, timed out) is a FaultError naming it.
 
 from __future__ import annotations
 
-import errno as _errno
-import os
-import socket as _socket
 from typing import Awaitable
 
-from .. import _diag
-from ..errors import FaultError, InvalidArgument
+from ..errors import InvalidArgument
+from ..host import destroy_socket
 from ..observe.snapshot import SocketInfo
 from ..sockets import Socket
-
-_AF = {4: _socket.AF_INET, 6: _socket.AF_INET6}
-
 
 def destroy(sock: Socket) -> Awaitable[SocketInfo]:
     """Abort ``sock`` through SOCK_DESTROY; returns (awaitable) the socket as
@@ -47,41 +41,5 @@ def destroy(sock: Socket) -> Awaitable[SocketInfo]:
     return _destroy(sock)
 
 
-def _packed(address: str, family: int) -> bytes:
-    return _socket.inet_pton(_AF[family], address)
-
-
 async def _destroy(sock: Socket) -> SocketInfo:
-    try:
-        return _destroy_sync(sock)
-    except OSError as exc:  # the diag socket itself failed
-        raise FaultError(f"inet_diag failed while destroying {sock!r}: {exc}",
-                         netns=sock.host.netns, call="SOCK_DESTROY", errno=exc.errno) from exc
-
-
-def _destroy_sync(sock: Socket) -> SocketInfo:
-    host, family = sock.host, sock.family
-    n = 4 if family == 4 else 16
-    remote = sock.remote or (("0.0.0.0" if family == 4 else "::"), 0)
-    want = (sock.local[1], remote[1], _packed(sock.local[0], family), _packed(remote[0], family))
-    af = _AF[family]
-    for buf, off, _length in _diag.dump(host._diag, af):
-        head = _diag.decode_header(buf, off)
-        if (head[4], head[5], bytes(head[6][:n]), bytes(head[7][:n])) != want:
-            continue
-        cookie = head[8]
-        info = next((s for s in host.sockets() if s.cookie == cookie), None)
-        if info is None:
-            break  # gone in between: reported below
-        # the sockid as the kernel sent it: 4-tuple, interface and cookie
-        sockid = bytes(buf[off + 4: off + 52])
-        err = _diag.destroy(host._diag, af, _socket.IPPROTO_TCP, sockid)
-        if err == _errno.ENOENT:
-            break
-        if err:
-            raise FaultError(f"SOCK_DESTROY of {sock!r} failed: {os.strerror(err)}",
-                             netns=host.netns, call="SOCK_DESTROY", errno=err)
-        return info
-    raise FaultError(f"{sock!r}: the kernel has no such socket any more (reset, timed out or "
-                     f"closed by its peer process); nothing to destroy",
-                     netns=host.netns, call="SOCK_DESTROY", errno=_errno.ENOENT)
+    return destroy_socket(sock.host, sock.family, sock.local, sock.remote, repr(sock))

@@ -150,7 +150,7 @@ class Proxy(Fault):
             raise
         self._listener = trio.socket.from_stdlib_socket(raw)
         self._make = make_socket_in(self.host.ns_fd)  # upstream connects leave from here
-        self.lab._nursery.start_soon(self._serve)
+        self.lab.context.start_soon(self._serve)
 
     async def _revert(self) -> None:
         self._cancel.cancel()

@@ -13,7 +13,7 @@ Sources:
 - the outcome of each socket call the test makes,
 - the failing socket calls (syscall exits, and getsockopt(SO_ERROR) handing
   over an error) of every process the lab started and of its descendants,
-  with the kernel's pid, its ancestors and its host (harness.lab._Tracer).
+  with the kernel's pid, its ancestors and its host (harness._tracer).
 
 ``states(endpoint)`` merges the first two: a trace "X -> CLOSE" that inet_diag
 later still saw as a timewait socket was a handoff, not a close.

@@ -27,8 +27,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
-    import trio
-
     from .._names import Slot
     from .netns import HostSpec
 
@@ -98,9 +96,10 @@ class HostBackend(Protocol):
         a readiness condition waits for it again after a reboot; a namespace
         host is up at once.  On the loop, after ``start_tasks``."""
 
-    async def start_tasks(self, nursery: "trio.Nursery") -> None:
-        """Start the background tasks this host needs on the lab's nursery
-        (a container: the watcher of its main process).  Called once, on
+    async def start_tasks(self, context) -> None:
+        """Start the background tasks this host needs through the lab's
+        context (``context.start_soon``: a container starts the watcher of
+        its main process).  Called once, on
         the loop, right after ``Kind.create`` returned."""
 
     def stop(self) -> None:

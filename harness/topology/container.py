@@ -237,8 +237,8 @@ class ContainerHost:
         return ["nsenter", f"--target={self.container.pid}", "--mount", "--uts", "--ipc",
                 "--net", "--root", "--wd", "--", *argv]
 
-    async def start_tasks(self, nursery) -> None:
-        nursery.start_soon(self.main.watch)
+    async def start_tasks(self, context) -> None:
+        context.start_soon(self.main.watch)
 
     async def booted(self, host) -> None:
         """Its readiness condition holds (e.g. the server listens again

@@ -253,7 +253,7 @@ class NamespaceHost:
     def command(self, argv: list[str]) -> list[str]:
         return argv
 
-    async def start_tasks(self, nursery) -> None:
+    async def start_tasks(self, context) -> None:
         return None
 
     async def booted(self, host) -> None:
