@@ -18,7 +18,7 @@ from typing import Any
 
 import trio
 
-from . import _diag, _netns
+from . import _check, _diag, _netns
 from ._tracer import tracer as _tracer
 from .errors import FaultError, InvalidArgument, SetupError, Unsupported
 from .observe import snapshot as _snapshot
@@ -164,8 +164,7 @@ class Host(SocketFactory):
         descendants' are in the timeline).  HOME, USER and LOGNAME follow
         unless ``env`` is given."""
         check_argv(argv, f"host {self.name}.spawn()")
-        if not (isinstance(ready_timeout, (int, float)) and ready_timeout > 0):
-            raise InvalidArgument(f"ready_timeout must be seconds > 0, got {ready_timeout!r}")
+        _check.seconds(ready_timeout, "ready_timeout", positive=True)
         ids = self._user_ids(user) if user is not None else None
         proc = self._start(argv, env=env, cwd=cwd, ids=ids)
         if ready is not None:

@@ -23,7 +23,7 @@ from typing import AsyncIterator
 
 import trio
 
-from . import _names, _poll, _sweep
+from . import _check, _names, _poll, _sweep
 from .errors import InvalidArgument, LabClosed, ObservationTimeout, Unsupported
 from .host import Host, replace_backend
 from .observe.snapshot import Snapshot
@@ -304,8 +304,7 @@ class Lab:
         if name in self._hosts:
             raise InvalidArgument(f"host {name!r} already exists in this lab")
         spec = backend.HostSpec.make(name, len(self._hosts) + 1, profile, sysctls)
-        if not (isinstance(ready_timeout, (int, float)) and ready_timeout > 0):
-            raise InvalidArgument(f"ready_timeout must be seconds > 0, got {ready_timeout!r}")
+        _check.seconds(ready_timeout, "ready_timeout", positive=True)
         reason = await trio.to_thread.run_sync(cbackend.KIND.unavailable)
         if reason:
             raise Unsupported(reason)
@@ -473,8 +472,7 @@ class Lab:
             raise InvalidArgument(f"wait_state() takes a Socket or a SocketInfo (from a "
                                   f"snapshot), got {ep!r} ({type(ep).__name__})")
         st = canonical(state)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        _check.seconds(timeout)
         if ep.local is None:
             raise InvalidArgument(f"{ep!r} is not bound or connected: no state to wait for")
         from ._poll import until
@@ -530,8 +528,7 @@ class Lab:
         if not callable(predicate):
             raise InvalidArgument(f"predicate must be callable with the snapshots, got "
                                   f"{predicate!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        _check.seconds(timeout)
         last = {}
 
         async def poll():

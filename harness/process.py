@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from . import _netns
+from . import _check, _netns
 from .errors import InvalidArgument, ObservationTimeout, SetupError
 
 
@@ -85,8 +85,7 @@ class Process:
 
     async def wait(self, timeout: float | None = None) -> int:
         """Wait for exit and return the returncode."""
-        if timeout is not None and timeout < 0:
-            raise InvalidArgument(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+        _check.seconds(timeout, none_ok=True)
         with trio.move_on_after(float("inf") if timeout is None else timeout):
             while self.returncode is None:
                 if self._pidfd < 0:  # already closed: fall back to polling
@@ -229,8 +228,7 @@ async def wait_output(proc, pattern, *, timeout: float, read: Callable[[], str])
                 from None
     elif not isinstance(pattern, re.Pattern):
         raise InvalidArgument(f"pattern must be a regex string or re.Pattern, got {pattern!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+    _check.seconds(timeout)
     deadline = time.monotonic() + timeout
     delay = 0.0005
     while True:

@@ -21,6 +21,7 @@ from typing import Any
 
 import trio
 
+from . import _check
 from ._sockops import Outcome, SocketTable, encode_option
 from .errors import CallFailed, HarnessError, InvalidArgument
 from .observe.timeline import Event
@@ -282,8 +283,7 @@ class Socket:
             mask = poll_mask(events)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        _check.seconds(timeout)
         return await self._call("poll", events=mask, timeout=timeout, epoll=epoll, edge=edge)
 
     async def epoll(self, events="in,out", *, edge: bool = False) -> "EpollSet":
@@ -364,8 +364,7 @@ class EpollSet:
 
     async def wait(self, timeout: float = 0.0) -> Outcome:
         """epoll_wait for up to ``timeout`` seconds (0: just look)."""
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        _check.seconds(timeout)
         return await self.sock._driver.call("epoll_wait", h=self._h, timeout=timeout)
 
     async def close(self) -> Outcome:

@@ -93,7 +93,7 @@ def _imports(name: str, tree) -> set[str]:
 # the layers, lowest first (the packages' __init__ are the API, on top); a module may import (at top level) only from its
 # own layer or below.  ARCHITECTURE.md draws the same picture.
 LAYERS = [
-    {"errors", "_names", "_netns", "_netlink", "_rtnl", "_diag", "_poll", "_undo", "_tcpline",
+    {"errors", "_check", "_names", "_netns", "_netlink", "_rtnl", "_diag", "_poll", "_undo", "_tcpline",
      "_tap", "_sysctls", "_nfqueue", "_tracefs", "_docker", "_packets", "_sockops", "_uml",
      "_kernels"},
     {"observe", "observe.states", "observe.snapshot", "observe.timeline", "observe.lastinfo",

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import _check
 from ..errors import InvalidArgument, ObservationTimeout
 from .states import canonical
 
@@ -278,8 +279,7 @@ class Timeline:
     async def wait_for(self, cond: Condition | Callable[[Event], bool], *, timeout: float = 5.0,
                        since: float | None = None) -> Event:
         """Wait until an event satisfying ``cond`` is in the timeline."""
-        if not (isinstance(timeout, (int, float)) and timeout >= 0):
-            raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
+        _check.seconds(timeout)
         from .._poll import until
         return await until(
             lambda: next((e for e in self.events(since=since) if cond(e)), None),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import trio
 
-from .. import _docker, _names, _netns
+from .. import _check, _docker, _names, _netns
 from .._poll import until
 from ..errors import InvalidArgument, ObservationTimeout, SetupError
 from .netns import HostSpec, destroy_ns, wire_host
@@ -140,8 +140,7 @@ class ContainerMain:
         return await trio.to_thread.run_sync(_docker.exit_code, self.container.id)
 
     async def wait(self, timeout: float | None = None) -> int:
-        if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
-            raise InvalidArgument(f"timeout must be seconds >= 0 or None, got {timeout!r}")
+        _check.seconds(timeout, none_ok=True)
         with trio.move_on_after(float("inf") if timeout is None else timeout):
             await self._exited.wait()
             if self._code is None:
