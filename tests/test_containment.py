@@ -342,14 +342,17 @@ async def test_host_sysctl_cannot_reach_a_machine_wide_setting(lab):
     ({"net.ipv4.tcp_fin_timeout": 2.5}, "int or a string.*2.5"),
 ])
 async def test_bad_sysctls_are_refused_before_anything_is_made(sysctls, match):
-    names = set(_netns.list_names())
-    instances = set(_tracefs.list_instances())
+    # this process's objects only: other runs on the machine make their own meanwhile
+    tag = owner_tag() + "-"
+    mine = lambda found: {n for n in found if n.startswith(tag)}  # noqa: E731
+    names = mine(_netns.list_names())
+    instances = mine(i + "-" for i in _tracefs.list_instances())
     async with harness.open_lab() as lab:
         with pytest.raises(InvalidArgument, match=match):
             await lab.host("client", sysctls=sysctls)
         assert lab.slot is None and lab.hosts == {}
-        assert set(_netns.list_names()) - names == set()
-        assert set(_tracefs.list_instances()) - instances == set()
+        assert mine(_netns.list_names()) - names == set()
+        assert mine(i + "-" for i in _tracefs.list_instances()) - instances == set()
 
 
 # --- spawned programs: default signal dispositions, empty mask ---------------------------
