@@ -158,18 +158,26 @@ async def acquire(host, family: int, table: str) -> None:
     rec = tables(host)
     key = (table, family)
     if key not in rec.users:
-        present = f"*{table}" in (await save(host, family)).splitlines()
+        present = await _exists(host, family, table)
         rec.users[key] = 0
         if not present:
             rec.created.add(key)
     rec.users[key] += 1
 
 
+async def _exists(host, family: int, table: str) -> bool:
+    """Whether the table exists in the namespace (``iptables-save`` without
+    ``-t`` lists the existing ones; with ``-t`` it prints the table's
+    built-in chains whether it exists or not)."""
+    return f"*{table}" in (await save(host, family)).splitlines()
+
+
 async def release(host, family: int, table: str, without: set[str] = frozenset()) -> bool:
     """Uncount a user of ``table``.  The last one deletes the table when the
     harness created it and, ``without`` the caller's own chains, it is
-    empty; returns whether it did (the caller's chains went with it).
-    Call with ``tables(host).lock`` held."""
+    empty.  Returns whether the table is gone (deleted now, or never made:
+    a load that failed), the caller's chains with it.  Call with
+    ``tables(host).lock`` held."""
     rec = tables(host)
     key = (table, family)
     if key not in rec.users:
@@ -183,6 +191,8 @@ async def release(host, family: int, table: str, without: set[str] = frozenset()
     rec.created.discard(key)
     if backend() != "nf_tables" or shutil.which("nft") is None:
         return False  # iptables cannot delete a table; an empty one stays (harmless)
+    if not await _exists(host, family, table):
+        return True   # never made (the load that would have made it failed)
     if not pristine(await save(host, family, table), table, without):
         return False  # someone else put rules, chains or a policy there: leave it
     await _run(host, ["nft", "delete", "table", _NFT_FAMILY[family], table])
