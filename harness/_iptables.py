@@ -30,6 +30,7 @@ its stderr and the namespace.
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 import weakref
@@ -82,12 +83,20 @@ def tools(family: int) -> tuple[list[str], list[str]]:
 
 async def _run(host, argv: list[str], text: str | None = None) -> str:
     try:
-        res = await host.run(argv, input=None if text is None else text.encode())
+        res = await host.run(argv, input=None if text is None else text.encode(), check=False)
     except SetupError as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
             raise Unsupported(f"{argv[0]} is not installed (needed in host {host.name})") \
                 from exc
-        raise FaultError(str(exc), netns=host.netns, call=argv[0]) from exc
+        raise FaultError(f"{' '.join(argv)} in host {host.name}: {exc}", netns=host.netns,
+                         call=argv[0]) from exc
+    if res.returncode != 0:
+        err = res.stderr.decode(errors="replace").strip()[-2000:]
+        message = f"{' '.join(argv)} failed with {res.returncode} in host {host.name}: {err}"
+        where = re.search(r"line (\d+) failed", err)
+        if where and text is not None and 0 < int(where[1]) <= len(text.splitlines()):
+            message += f"\n  line {where[1]} of what it loaded: {text.splitlines()[int(where[1]) - 1]}"
+        raise FaultError(message, netns=host.netns, call=argv[0])
     return res.stdout.decode()
 
 

@@ -46,8 +46,8 @@ _U32 = 0xFFFFFFFF
 # --- TCP flags (RFC 9293 §3.1; ECE and CWR: RFC 3168) ------------------------------
 
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
-#: user and iptables names (``--tcp-flags`` knows these six), in the order they print
-NAMES = {"SYN": SYN, "ACK": ACK, "FIN": FIN, "RST": RST, "PSH": PSH, "URG": URG}
+#: user and iptables names (``--tcp-flags`` knows these six), printed in bit order
+NAMES = {"FIN": FIN, "SYN": SYN, "RST": RST, "PSH": PSH, "ACK": ACK, "URG": URG}
 #: a filter without "/MASK" compares these bits (PSH and URG ride on data)
 DEFAULT_MASK = SYN | ACK | FIN | RST
 _LETTERS = (("S", SYN), ("F", FIN), ("R", RST), ("P", PSH), ("A", ACK), ("U", URG),

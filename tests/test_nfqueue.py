@@ -33,7 +33,7 @@ from harness._nfqueue import (
     queue_socket,
 )
 from harness import _netns
-from harness.errors import FaultError
+from harness.errors import FaultError, InvalidArgument
 from harness._wire import ACK as TCP_ACK, SYN as TCP_SYN, fix_checksums, internet_checksum, parse_tcp
 
 pytestmark = pytest.mark.skipif(
@@ -524,3 +524,19 @@ def test_bulk_transfer_and_gso(net: Net, gso: bool) -> None:
             assert max(sizes) <= 1500 and not any(f & NFQA_SKB_GSO for f in flags)
         for s in (c, conn, srv):
             s.close()
+
+
+def test_bad_arguments_are_invalid_argument(net: Net) -> None:
+    """The queue client's own checks are harness errors (InvalidArgument is
+    also a ValueError), raised before anything is sent to the kernel."""
+    with pytest.raises(InvalidArgument, match=r"queue_num must be an int in 0\.\.65535, got "
+                                              r"queue_num=70000 from NfQueue\(\)"):
+        NfQueue(70000)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with pytest.raises(InvalidArgument, match="sock must be an AF_NETLINK/NETLINK_NETFILTER"):
+            NfQueue(QNUM, sock=udp)
+    with net.queue() as q:
+        with pytest.raises(InvalidArgument, match=r"payload must be at most 65531 bytes .*got "
+                                                  r"70000 for packet 1 of queue"):
+            q.verdict(1, NF_ACCEPT, b"x" * 70000)
+        assert q.receive() == []   # nothing was sent: no error comes back either
