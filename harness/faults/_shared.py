@@ -1,14 +1,18 @@
 """What several fault modules share, under public names (no fault module
-imports another's private names): the packet chooser of the NFQUEUE faults,
-the check that a connection can be injected into, and the facts about a
-link (its MAC, its MTU) that segments are built from."""
+imports another's private names): the packet chooser of the NFQUEUE faults
+and the alarm their timer heaps sleep on, the check that a connection can be
+injected into, and the facts about a link (its MAC, its MTU) that segments
+are built from."""
 
 from __future__ import annotations
 
 import fcntl
 import socket
 import struct
+import time
 from typing import Any
+
+import trio
 
 from .. import _netns, _wire
 from ..errors import InvalidArgument
@@ -47,6 +51,30 @@ def chooser(when, action, count: int | None, skip: int, where: str):
             return None
         return action
     return choose
+
+
+class Alarm:
+    """What a timer heap's loop sleeps on: until the heap's earliest due
+    time (``heap[0][0]``, on time.monotonic()) or until ``ring()`` says an
+    earlier entry came.  One task sleeps on it at a time."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: trio.Event | None = None
+
+    def ring(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    async def sleep(self, heap: list) -> None:
+        self._event = trio.Event()
+        if heap:
+            left = heap[0][0] - time.monotonic()
+            with trio.move_on_at(trio.current_time() + max(left, 0.0)):
+                await self._event.wait()
+        else:
+            await self._event.wait()
 
 
 # --- injecting into a connection ----------------------------------------------------

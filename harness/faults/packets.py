@@ -391,6 +391,8 @@ class PacketFault(Fault):
     """
 
     label = "packets"
+    #: queue reads per wakeup of the reader loop (a subclass may drain more)
+    READS_PER_WAKEUP = 1
 
     def __init__(self, target: Any, *, flows: list[Flow], decide: Callable[[Any], Action | None],
                  port: int | None = None, scapy: bool = False, where: str = "packets()",
@@ -419,7 +421,7 @@ class PacketFault(Fault):
         self._heap: list[list] = []              # [due_monotonic, order, id, payload, live]
         self._order = itertools.count()
         self._held: list | None = None           # the reorder entry waiting for a successor
-        self._wake: trio.Event | None = None
+        self._alarm = _shared.Alarm()
         self._raw: dict[int, socket.socket] = {}
         self._pending: list[tuple] = []          # verdicts of the batch being handled
 
@@ -571,16 +573,19 @@ class PacketFault(Fault):
         fd = q.fileno()
         while True:
             await trio.lowlevel.wait_readable(fd)
-            try:
-                pkts = q.receive()
-            except NfQueueError as exc:
-                self._errors.append(exc)
-                continue
-            for p in pkts:
-                self._handle(p)
-            if self._pending:
-                q.verdict_many(self._pending)
-                self._pending = []
+            for _ in range(self.READS_PER_WAKEUP):
+                try:
+                    pkts = q.receive()
+                except NfQueueError as exc:
+                    self._errors.append(exc)
+                    break
+                if not pkts:
+                    break
+                for p in pkts:
+                    self._handle(p)
+                if self._pending:
+                    q.verdict_many(self._pending)
+                    self._pending = []
 
     def _handle(self, p: _nfqueue.Packet) -> None:
         c = self._counts
@@ -657,21 +662,14 @@ class PacketFault(Fault):
     def _hold(self, due: float, pid: int) -> list:
         entry = [due, next(self._order), pid, None, True]
         heapq.heappush(self._heap, entry)
-        if self._wake is not None:
-            self._wake.set()
+        self._alarm.ring()
         return entry
 
     async def _timer_loop(self) -> None:
         while True:
             while self._heap and not self._heap[0][4]:
                 heapq.heappop(self._heap)
-            self._wake = trio.Event()
-            if self._heap:
-                left = self._heap[0][0] - time.monotonic()
-                with trio.move_on_at(trio.current_time() + max(left, 0.0)):
-                    await self._wake.wait()
-            else:
-                await self._wake.wait()
+            await self._alarm.sleep(self._heap)
             now = time.monotonic()
             out = []
             while self._heap and (not self._heap[0][4] or self._heap[0][0] <= now):
