@@ -123,7 +123,9 @@ def iptables_backend() -> str:
 def nfqueue() -> str | None:
     if iptables():
         return iptables()
-    return _probe_in_scratch_ns(["iptables", "-A", "INPUT", "-j", "NFQUEUE", "--queue-num", "1"])
+    from . import _iptables
+    return _probe_in_scratch_ns([_iptables.command(4), "-A", "INPUT", "-j", "NFQUEUE",
+                                 "--queue-num", "1"])
 
 
 def _probe_in_scratch_ns(argv: list[str]) -> str | None:

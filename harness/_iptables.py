@@ -69,11 +69,17 @@ def backend() -> str:
     raise Unsupported(f"cannot tell the iptables backend from {out!r}")
 
 
+def command(family: int) -> str:
+    """The backend's own ``iptables`` (``iptables-nft``, ``ip6tables-legacy``...)
+    for a family, for a one-off rule (the feature probes)."""
+    return f"{_STEM[family]}-{'nft' if backend() == 'nf_tables' else 'legacy'}"
+
+
 @functools.cache
 def tools(family: int) -> tuple[list[str], list[str]]:
     """(restore argv, save argv) of the backend's tools for a family."""
     kind = "nft" if backend() == "nf_tables" else "legacy"
-    restore, save = f"{_STEM[family]}-{kind}-restore", f"{_STEM[family]}-{kind}-save"
+    restore, save = f"{command(family)}-restore", f"{command(family)}-save"
     for tool in (restore, save):
         if shutil.which(tool) is None:
             raise Unsupported(f"{tool} is not installed (iptables backend {backend()})")

@@ -63,7 +63,7 @@ import trio
 from ..errors import InvalidArgument, ObservationTimeout
 from ..host import Host
 from ._base import Fault
-from ._rules import REJECT_WITH, Rules, build, check_host  # noqa: F401 (REJECT_WITH: documented)
+from ._rules import Rules, build, check_host
 
 # --- the fault ------------------------------------------------------------------
 

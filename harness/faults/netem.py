@@ -118,7 +118,7 @@ from typing import Any
 import trio
 
 from .. import _features, _netlink
-from .._nfqueue import NF_ACCEPT, NF_DROP, NfQueueError
+from .._nfqueue import NF_ACCEPT, NF_DROP
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ._base import Fault
 from ._shared import Alarm
