@@ -75,6 +75,7 @@ LOG_MAX = 10000         # log entries kept (counters keep counting)
 _CHAIN = {"in": "PREROUTING", "out": "POSTROUTING"}
 _HOOK_DIRECTION = {0: "in", 1: "in", 3: "out", 4: "out"}  # NF_INET_* hooks
 _U32 = 0xFFFFFFFF
+_CONTROL = _wire.SYN | _wire.FIN | _wire.RST | _wire.ACK
 
 
 # --- the packet a predicate sees -------------------------------------------------
@@ -84,34 +85,38 @@ class TcpPacket:
 
     ``direction`` is "in" or "out" from the host's point of view; ``t`` is
     when the engine read it (time.monotonic, the timeline's clock); ``raw``
-    the bytes from the IP header on; ``data`` the TCP payload.
+    the bytes from the IP header on; ``data`` the TCP payload; ``bits`` the
+    flag bits (harness._wire.SYN...) and ``flags`` the same as letters
+    ("SA", "FA", "A"), as every segment the harness shows.
     """
 
     __slots__ = ("t", "direction", "raw", "version", "src", "dst", "sport", "dport", "seq",
-                 "ack", "flags", "window", "payload_len", "_data_off")
+                 "ack", "bits", "window", "payload_len", "_data_off")
 
     def __init__(self, t: float, direction: str, raw: bytes, v: _wire.TcpView):
         self.t, self.direction, self.raw = t, direction, raw
         self.version, self.src, self.dst = v.version, v.src, v.dst
         self.sport, self.dport, self.seq, self.ack = v.sport, v.dport, v.seq, v.ack
-        self.flags, self.window, self.payload_len = v.flags, v.window, v.payload_len
+        self.bits, self.window, self.payload_len = v.flags, v.window, v.payload_len
         self._data_off = v.data_offset
 
-    syn = property(lambda self: bool(self.flags & 0x02))
-    fin = property(lambda self: bool(self.flags & 0x01))
-    rst = property(lambda self: bool(self.flags & 0x04))
-    psh = property(lambda self: bool(self.flags & 0x08))
-    ack_flag = property(lambda self: bool(self.flags & 0x10))
+    flags = property(lambda self: _wire.letters(self.bits))
+    syn = property(lambda self: bool(self.bits & _wire.SYN))
+    fin = property(lambda self: bool(self.bits & _wire.FIN))
+    rst = property(lambda self: bool(self.bits & _wire.RST))
+    psh = property(lambda self: bool(self.bits & _wire.PSH))
+    ack_flag = property(lambda self: bool(self.bits & _wire.ACK))
 
     @property
     def pure_ack(self) -> bool:
         """ACK set, no SYN/FIN/RST, no payload."""
-        return self.flags & 0x17 == 0x10 and self.payload_len == 0
+        return self.bits & _CONTROL == _wire.ACK and self.payload_len == 0
 
     @property
     def end_seq(self) -> int:
         """The sequence number after this segment (SYN and FIN count one)."""
-        return (self.seq + self.payload_len + (self.flags & 0x01) + ((self.flags >> 1) & 1)) & _U32
+        return (self.seq + self.payload_len + bool(self.bits & _wire.FIN)
+                + bool(self.bits & _wire.SYN)) & _U32
 
     @property
     def data(self) -> bytes:
@@ -119,7 +124,7 @@ class TcpPacket:
 
     @property
     def flag_names(self) -> str:
-        return _wire.names(self.flags)
+        return _wire.names(self.bits)
 
     @property
     def summary(self) -> str:
