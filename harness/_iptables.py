@@ -90,6 +90,10 @@ def tools(family: int) -> tuple[list[str], list[str]]:
 async def _run(host, argv: list[str], text: str | None = None) -> str:
     try:
         res = await host.run(argv, input=None if text is None else text.encode(), check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise FaultError(f"{' '.join(argv)} did not finish within {exc.timeout}s in host "
+                         f"{host.name} (a held xtables lock?)", netns=host.netns,
+                         call=argv[0]) from exc
     except SetupError as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
             raise Unsupported(f"{argv[0]} is not installed (needed in host {host.name})") \

@@ -80,3 +80,16 @@ async def test_release_without_acquire_and_a_table_never_made(lab):
         assert _iptables.tables(host).created == {("mangle", 6)}
         assert await _iptables.release(host, 6, "mangle") is True
     assert _iptables.tables(host).users == {} and await rules(host) == before
+
+
+async def test_a_hung_tool_is_a_fault_error(lab, monkeypatch):
+    """host.run's timeout (subprocess.TimeoutExpired) does not leak
+    (mocked: a restore that never returns on demand)."""
+    host = await lab.host("h")
+
+    async def hung(argv, **kw):
+        raise subprocess.TimeoutExpired(argv, 30.0)
+    monkeypatch.setattr(host, "run", hung)
+    with pytest.raises(FaultError, match=r"did not finish within 30.0s in host h") as info:
+        await _iptables.restore(host, 4, "*filter\nCOMMIT\n")
+    assert isinstance(info.value.__cause__, subprocess.TimeoutExpired)
