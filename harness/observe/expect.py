@@ -28,7 +28,7 @@ import time
 import trio
 
 from .. import _tcpline, _wire
-from .._wire import Seg, decode, decode_frame  # the one segment type  # noqa: F401
+from .._wire import Seg  # the one segment type (harness._wire)
 from ..errors import InvalidArgument
 
 DEFAULT_WITHIN = 1.0
