@@ -56,7 +56,7 @@ def _request(family: int, protocol: int, states: int, sockid: bytes | None = Non
              msg_type: int = SOCK_DIAG_BY_FAMILY, flags: int = NLM_F_REQUEST | NLM_F_DUMP,
              ext: int = 1 << (INET_DIAG_INFO - 1)) -> bytes:
     body = _REQ.pack(family, protocol, ext, states) + (sockid or bytes(48))
-    return _NLH.pack(_NLH.size + len(body), msg_type, flags, 1, 0) + body
+    return _nlmsg.message(msg_type, flags, 1, body)
 
 
 def dump(sock: socket.socket, family: int) -> list[tuple[bytes, int, int]]:

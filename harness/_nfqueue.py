@@ -344,12 +344,8 @@ class NfQueue:
 
     def _msg(self, msg_type: int, flags: int, body: bytes, seq: int) -> bytes:
         hdr = _NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, self.queue_num)
-        ln = _NLMSGHDR.size + len(hdr) + len(body)
-        return (
-            _NLMSGHDR.pack(ln, (NFNL_SUBSYS_QUEUE << 8) | msg_type, NLM_F_REQUEST | flags, seq, 0)
-            + hdr
-            + body
-        )
+        return _nlmsg.message((NFNL_SUBSYS_QUEUE << 8) | msg_type, NLM_F_REQUEST | flags, seq,
+                              hdr + body)
 
     def _configure(self, cmd: int, op: str, *, params: bool) -> None:
         body = _attr(NFQA_CFG_CMD, struct.pack("!BBH", cmd, 0, 0))

@@ -1,5 +1,5 @@
-"""Netlink message framing, packed with struct: the header and the
-attributes (TLVs) every netlink family shares.  The lean clients --
+"""Netlink message framing, packed with struct: the header, the message and
+the attributes (TLVs) every netlink family shares.  The lean clients --
 rtnetlink (``_rtnl``), inet_diag (``_diag``), nfnetlink_queue
 (``_nfqueue``) -- build and read their messages with these; pyroute2
 (``_netlink``) keeps what they do not do.
@@ -24,6 +24,12 @@ TYPE_MASK = 0x3FFF
 def align(n: int) -> int:
     """NLA_ALIGN / NLMSG_ALIGN: up to a multiple of 4."""
     return (n + 3) & ~3
+
+
+def message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
+    """One netlink message: the header (length, type, flags, sequence, port
+    id 0: the kernel fills in ours) and its body."""
+    return HDR.pack(HDR.size + len(body), kind, flags, seq, 0) + body
 
 
 def attr(kind: int, data: bytes) -> bytes:

@@ -62,7 +62,7 @@ class Rtnl:
 
     def _send(self, mtype: int, flags: int, body: bytes) -> int:
         self.seq += 1
-        self.sock.send(_NLH.pack(16 + len(body), mtype, NLM_F_REQUEST | flags, self.seq, 0) + body)
+        self.sock.send(_nlmsg.message(mtype, NLM_F_REQUEST | flags, self.seq, body))
         return self.seq
 
     def request(self, mtype: int, body: bytes, what: str,
@@ -173,8 +173,8 @@ class Rtnl:
             if dst:
                 self.seq += 1
                 body = _NDMSG.pack(family, ifindex, 0, 0, 0) + attr(NDA_DST, bytes(dst))
-                batch.append(_NLH.pack(16 + len(body), RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK,
-                                       self.seq, 0) + body)
+                batch.append(_nlmsg.message(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, self.seq,
+                                            body))
                 seqs.append(self.seq)
         if not batch:
             return 0
