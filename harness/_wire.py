@@ -67,6 +67,18 @@ def letters(bits: int) -> str:
     return "".join(c for c, bit in _LETTERS if bits & bit)
 
 
+def from_letters(text: object, where: str) -> int:
+    """The bits of a flags string in :func:`letters`' alphabet, in any
+    order (``"AS"`` is ``"SA"``); InvalidArgument otherwise."""
+    alphabet = dict(_LETTERS)
+    if not isinstance(text, str) or any(c not in alphabet for c in text) \
+            or len(set(text)) != len(text):
+        raise InvalidArgument(f"flags must be a segment's flag letters from "
+                              f"{''.join(alphabet)} (S F R P A U E C), e.g. 'S', 'SA', 'FA', "
+                              f"'RA', 'A', or '' for none; got flags={text!r} from {where}")
+    return sum(alphabet[c] for c in text)
+
+
 def tcpdump(bits: int) -> str:
     """tcpdump's (and packetdrill's) notation: ``"S."`` for SYN+ACK."""
     return "".join(c for c in _TCPDUMP_ORDER if bits & TCPDUMP[c])

@@ -47,6 +47,15 @@ def test_other_spellings_are_refused_with_the_one_to_use(bad, message):
         _wire.flag_filter(bad, "drop()")
 
 
+def test_letters_read_back_in_any_order():
+    assert _wire.from_letters("SA", "x") == _wire.from_letters("AS", "x") == SYN | ACK
+    assert _wire.from_letters("", "x") == 0
+    for bad in ("SYN", "S.", "SS", None):
+        with pytest.raises(InvalidArgument, match=r"flags must be a segment's flag letters from "
+                                                  r"SFRPAUEC .* from packets\(\)"):
+            _wire.from_letters(bad, "packets()")
+
+
 def test_flag_notations():
     assert _wire.letters(SYN | ACK) == "SA" and _wire.letters(RST | ACK) == "RA"
     assert _wire.letters(FIN | PSH | ACK) == "FPA" and _wire.letters(0) == ""

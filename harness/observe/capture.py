@@ -193,7 +193,8 @@ class Capture:
             a, b = conn.local, conn.remote
             out = [p for p in out if (p.src, p.dst) in ((a, b), (b, a))]
         if flags is not None:
-            out = [p for p in out if p.flags == flags]
+            want = _wire.from_letters(flags, "packets()")
+            out = [p for p in out if p.bits == want]
         return list(out)
 
     async def expect(self, conn, line: str, *, within=None, after=None):
