@@ -93,3 +93,19 @@ async def test_a_hung_tool_is_a_fault_error(lab, monkeypatch):
     with pytest.raises(FaultError, match=r"did not finish within 30.0s in host h") as info:
         await _iptables.restore(host, 4, "*filter\nCOMMIT\n")
     assert isinstance(info.value.__cause__, subprocess.TimeoutExpired)
+
+
+@pytest.mark.parametrize("version, restore, save", [
+    ("iptables v1.8.9 (nf_tables)", ["ip6tables-nft-restore", "--noflush"], ["ip6tables-nft-save"]),
+    # the legacy backend serialises on /run/xtables.lock: wait for it (-w)
+    ("iptables v1.8.9 (legacy)", ["ip6tables-legacy-restore", "--noflush", "-w"],
+     ["ip6tables-legacy-save"]),
+])
+def test_the_backend_picks_its_own_tools(monkeypatch, fresh_probe, version, restore, save):
+    """Never a mix: the restore and save of the backend ``iptables
+    --version`` names (mocked: both backends on one machine)."""
+    monkeypatch.setattr(_iptables.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 0, stdout=version + "\n", stderr=""))
+    monkeypatch.setattr(_iptables.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    assert _iptables.tools(6) == (restore, save)
+    assert _iptables.command(6) == restore[0].removesuffix("-restore")
