@@ -9,7 +9,7 @@ repeatedly: adds N rules in a chain of their own and removes them, (a) as one
 process per rule (plus the chain's create and jump; removal: unjump, flush,
 delete).  Prints the median time of applying and of removing each way, and
 the ratios.  Uses the binaries of the backend that
-``iptables --version`` names, as harness.faults.firewall does.
+``iptables --version`` names, through harness._iptables as the faults do.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import trio
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from harness import open_lab  # noqa: E402
-from harness.faults.firewall import _tools  # noqa: E402
+from harness import _iptables  # noqa: E402
 
 
 def rule_bodies(n: int) -> list[str]:
@@ -61,9 +61,9 @@ async def per_rule(host, iptables: list[str], chain: str,
 
 
 async def main(n: int, rounds: int) -> None:
-    backend, tools = _tools()
-    restore = tools[4][0]
-    iptables = restore[0].replace("-restore", "")
+    backend = _iptables.backend()
+    restore, save = _iptables.tools(4)
+    iptables = _iptables.command(4)
     wait = ["-w"] if backend == "legacy" else []  # the xtables lock, as restore does
     bodies = rule_bodies(n)
     async with open_lab() as lab:
@@ -72,7 +72,7 @@ async def main(n: int, rounds: int) -> None:
         for r in range(rounds):  # interleaved, so drift hits both alike
             batch.append(await one_restore(host, restore, f"bench{r}a", bodies))
             single.append(await per_rule(host, [iptables, *wait], f"bench{r}b", bodies))
-        assert (await host.run(tools[4][1])).stdout.count(b"bench") == 0, "rules left behind"
+        assert (await host.run(save)).stdout.count(b"bench") == 0, "rules left behind"
     print(f"iptables backend: {backend} ({restore[0]}, {iptables})")
     print(f"{n} rules in a chain of their own, median of {rounds} rounds:")
     for i, what, calls in ((0, "apply ", n + 2), (1, "remove", 3)):

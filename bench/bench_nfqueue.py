@@ -31,7 +31,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from harness._nfqueue import NF_ACCEPT, NfQueue, socket_in_netns  # noqa: E402
+from harness import _netns  # noqa: E402
+from harness._nfqueue import NF_ACCEPT, NfQueue, queue_socket  # noqa: E402
 
 QNUM = 5
 TCP_PORT = 9000
@@ -95,7 +96,7 @@ class Env:
         self.created = []
 
     def sock(self, ns: str, kind: int) -> socket.socket:
-        return socket_in_netns(ns, self.af, kind, 0)
+        return _netns.socket_in(ns, self.af, kind, 0)
 
     def rule(self, action: str, proto: str, port: int) -> None:
         tool = "iptables" if self.v == 4 else "ip6tables"
@@ -118,7 +119,7 @@ class Env:
 
 
 def _engine_main(ns: str, gso: bool, many: bool, ready: "mp.synchronize.Event", stop_r: int, result: "mp.connection.Connection") -> None:
-    q = NfQueue(QNUM, sock=socket_in_netns(ns), gso=gso, max_len=8192)
+    q = NfQueue(QNUM, sock=queue_socket(ns), gso=gso, max_len=8192)
     ready.set()
     n = 0
     t0 = t1 = 0.0

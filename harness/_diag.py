@@ -18,6 +18,8 @@ import os
 import socket
 import struct
 
+from . import _nlmsg
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21
@@ -25,7 +27,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 INET_DIAG_INFO, INET_DIAG_SHUTDOWN = 2, 8
 
-_NLH = struct.Struct("=IHHII")
+_NLH = _nlmsg.HDR
 # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid
 _REQ = struct.Struct("=BBBxI")
 # inet_diag_sockid: sport, dport (network order), src[16], dst[16], if, cookie[2]
@@ -34,7 +36,6 @@ _SOCKID_TAIL = struct.Struct("=III")
 # inet_diag_msg: family, state, timer, retrans, sockid(48), expires, rqueue, wqueue, uid, inode
 _MSG = struct.Struct("=BBBB")
 _MSG_TAIL = struct.Struct("=IIIII")
-_RTA = struct.Struct("=HH")
 
 ALL_STATES = 0xFFFFFFFF
 # TCP_BOUND_INACTIVE (13): bound, never listened nor connected.  Asking for it
@@ -55,7 +56,7 @@ def _request(family: int, protocol: int, states: int, sockid: bytes | None = Non
              msg_type: int = SOCK_DIAG_BY_FAMILY, flags: int = NLM_F_REQUEST | NLM_F_DUMP,
              ext: int = 1 << (INET_DIAG_INFO - 1)) -> bytes:
     body = _REQ.pack(family, protocol, ext, states) + (sockid or bytes(48))
-    return _NLH.pack(_NLH.size + len(body), msg_type, flags, 1, 0) + body
+    return _nlmsg.message(msg_type, flags, 1, body)
 
 
 def dump(sock: socket.socket, family: int) -> list[tuple[bytes, int, int]]:
@@ -144,16 +145,8 @@ def decode_header(buf: bytes, off: int):
 
 
 def attributes(buf: bytes, off: int, length: int) -> dict[int, memoryview]:
-    attrs = {}
-    pos, end = off + 72, off + length
-    mv = memoryview(buf)
-    while pos + 4 <= end:
-        alen, atype = _RTA.unpack_from(buf, pos)
-        if alen < 4:
-            break
-        attrs[atype & 0x3FFF] = mv[pos + 4: pos + alen]
-        pos += (alen + 3) & ~3
-    return attrs
+    """The attributes after the inet_diag_msg (72 bytes) of a record."""
+    return _nlmsg.attrs(buf, off + 72, off + length)
 
 
 # struct tcp_info (linux/tcp.h), the fields we expose, by offset

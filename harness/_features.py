@@ -14,6 +14,7 @@ import subprocess
 import uuid
 
 from ._names import owner_tag
+from .errors import Unsupported
 
 
 def _run(argv: list[str], timeout: float = 10.0) -> subprocess.CompletedProcess:
@@ -102,23 +103,29 @@ def netns() -> str | None:
 
 @functools.cache
 def iptables() -> str | None:
-    exe = shutil.which("iptables-restore")
-    if not exe:
-        return "iptables-restore not installed (apt-get install iptables)"
-    out = _run(["iptables", "--version"]).stdout.strip()
-    return None if out else "iptables --version printed nothing"
+    from . import _iptables
+    try:
+        _iptables.tools(4), _iptables.tools(6)
+    except Unsupported as exc:
+        return str(exc)
+    return None
 
 
 def iptables_backend() -> str:
-    out = _run(["iptables", "--version"]).stdout if shutil.which("iptables") else ""
-    return "nf_tables" if "nf_tables" in out else ("legacy" if "legacy" in out else "unknown")
+    from . import _iptables
+    try:
+        return _iptables.backend()
+    except Unsupported:
+        return "unknown"
 
 
 @functools.cache
 def nfqueue() -> str | None:
     if iptables():
         return iptables()
-    return _probe_in_scratch_ns(["iptables", "-A", "INPUT", "-j", "NFQUEUE", "--queue-num", "1"])
+    from . import _iptables
+    return _probe_in_scratch_ns([_iptables.command(4), "-A", "INPUT", "-j", "NFQUEUE",
+                                 "--queue-num", "1"])
 
 
 def _probe_in_scratch_ns(argv: list[str]) -> str | None:

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import socket
 from typing import Iterator
 
 from .errors import SetupError, Unsupported
@@ -328,3 +329,18 @@ def read_sysctl(fd: int, key: str) -> str:
             raise Unsupported(f"sysctl {key} does not exist in this kernel") from exc
     with f:
         return f.read().strip()
+
+
+def socket_in(netns: str | None, family: int, type: int, proto: int = 0) -> socket.socket:
+    """A socket created inside a network namespace (it stays there).
+
+    ``netns`` is a name under /run/netns or a path such as
+    ``/proc/<pid>/ns/net``; ``None`` means the calling thread's own."""
+    if netns is None:
+        return socket.socket(family, type, proto)
+    fd = open_fd(netns if "/" in netns else path(netns))
+    try:
+        with entered(fd):
+            return socket.socket(family, type, proto)
+    finally:
+        os.close(fd)

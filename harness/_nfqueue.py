@@ -32,7 +32,8 @@ Kernel behaviour worth knowing (verified on 6.x):
   bound the rule drops everything unless it has ``--queue-bypass``.
 * A verdict carrying a payload makes the kernel mark the skb
   ``CHECKSUM_NONE``: checksums are *not* recomputed, the receiving stack
-  verifies them in software, so a rewrite must call :func:`fix_checksums`.
+  verifies them in software, so a rewrite must call
+  :func:`harness._wire.fix_checksums`.
 * Closing/unbinding the queue drops every packet still waiting for a verdict.
 """
 
@@ -47,6 +48,10 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
+from . import _nlmsg
+from ._nlmsg import attr as _attr
+from .errors import FaultError, InvalidArgument
+
 __all__ = [
     "NF_DROP",
     "NF_ACCEPT",
@@ -60,11 +65,7 @@ __all__ = [
     "NfQueueError",
     "NfQueue",
     "Packet",
-    "TcpView",
-    "parse_tcp",
-    "fix_checksums",
-    "internet_checksum",
-    "socket_in_netns",
+    "queue_socket",
 ]
 
 # --------------------------------------------------------------------------
@@ -89,7 +90,7 @@ NLM_F_ACK_TLVS = 0x200
 
 NLMSGERR_ATTR_MSG = 1
 
-NLA_TYPE_MASK = ~(0x8000 | 0x4000) & 0xFFFF
+NLA_TYPE_MASK = _nlmsg.TYPE_MASK
 
 NFNETLINK_V0 = 0
 NFNL_SUBSYS_QUEUE = 3
@@ -148,9 +149,9 @@ NF_STOP = 5
 # kernel clamps copy_range to 0xffff - NLA_HDRLEN
 NFQNL_MAX_COPY_RANGE = 0xFFFF - 4
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, portid
+_NLMSGHDR = _nlmsg.HDR  # len, type, flags, seq, portid
 _NFGENMSG = struct.Struct("!BBH")  # family, version, res_id (big endian)
-_NLATTR = struct.Struct("=HH")
+_NLATTR = _nlmsg.ATTR
 _NLMSGERR = struct.Struct("=i")
 _BE32 = struct.Struct("!I")
 _PKT_HDR = struct.Struct("!IHB")
@@ -190,8 +191,13 @@ _GENERIC_HINTS: dict[int, str] = {
 }
 
 
-class NfQueueError(OSError):
-    """An NFQUEUE operation failed; ``errno``, ``queue_num``, ``operation`` are set."""
+class NfQueueError(FaultError):
+    """An NFQUEUE operation failed (a FaultError: the packet engine broke).
+
+    ``errno`` is the errno's name ("EPERM"), as on every harness error;
+    ``code`` its number; ``queue_num`` and ``operation`` ("bind",
+    "verdict", "receive"...) say what was asked.  The OSError that caused
+    it, if any, rides in ``__cause__``."""
 
     def __init__(self, queue_num: int, operation: str, err: int, detail: str | None = None):
         name = _errno.errorcode.get(err, f"errno {err}")
@@ -199,39 +205,11 @@ class NfQueueError(OSError):
         msg = f"NFQUEUE {operation} queue {queue_num} failed: {name} ({hint})"
         if detail:
             msg += f": {detail}"
-        super().__init__(err, msg)
+        super().__init__(msg, call=f"nfnetlink_queue {operation}", errno=err)
+        self.code = err
         self.queue_num = queue_num
         self.operation = operation
         self.message = msg
-
-    def __str__(self) -> str:  # OSError's default is "[Errno n] ..."
-        return self.message
-
-
-# --------------------------------------------------------------------------
-# Netlink encoding helpers
-# --------------------------------------------------------------------------
-
-
-def _align4(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def _attr(atype: int, data: bytes) -> bytes:
-    ln = 4 + len(data)
-    return _NLATTR.pack(ln, atype) + data + b"\0" * (_align4(ln) - ln)
-
-
-def _parse_attrs(buf: memoryview | bytes, off: int, end: int) -> dict[int, memoryview]:
-    attrs: dict[int, memoryview] = {}
-    mv = memoryview(buf)
-    while off + 4 <= end:
-        ln, atype = _NLATTR.unpack_from(mv, off)
-        if ln < 4 or off + ln > end:
-            break
-        attrs[atype & NLA_TYPE_MASK] = mv[off + 4 : off + ln]
-        off += _align4(ln)
-    return attrs
 
 
 # --------------------------------------------------------------------------
@@ -295,8 +273,10 @@ class NfQueue:
         rcvbuf: int = 8 << 20,
         timeout: float = 5.0,
     ) -> None:
-        if not 0 <= queue_num <= 0xFFFF:
-            raise ValueError(f"queue_num must be 0..65535, got {queue_num}")
+        if isinstance(queue_num, bool) or not isinstance(queue_num, int) \
+                or not 0 <= queue_num <= 0xFFFF:
+            raise InvalidArgument(f"queue_num must be an int in 0..65535, got "
+                                  f"queue_num={queue_num!r} from NfQueue()")
         self.queue_num = queue_num
         self.copy_range = min(max(copy_range, 0), NFQNL_MAX_COPY_RANGE)
         self.fail_open = fail_open
@@ -320,7 +300,8 @@ class NfQueue:
             except OSError as e:
                 raise NfQueueError(queue_num, "open socket for", e.errno or 0) from e
         elif sock.family != socket.AF_NETLINK or sock.proto != NETLINK_NETFILTER:
-            raise ValueError("sock must be an AF_NETLINK/NETLINK_NETFILTER socket")
+            raise InvalidArgument(f"sock must be an AF_NETLINK/NETLINK_NETFILTER socket, got "
+                                  f"{sock!r} from NfQueue()")
         self._sock = sock
         try:
             self._setup_socket(rcvbuf)
@@ -363,12 +344,8 @@ class NfQueue:
 
     def _msg(self, msg_type: int, flags: int, body: bytes, seq: int) -> bytes:
         hdr = _NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, self.queue_num)
-        ln = _NLMSGHDR.size + len(hdr) + len(body)
-        return (
-            _NLMSGHDR.pack(ln, (NFNL_SUBSYS_QUEUE << 8) | msg_type, NLM_F_REQUEST | flags, seq, 0)
-            + hdr
-            + body
-        )
+        return _nlmsg.message((NFNL_SUBSYS_QUEUE << 8) | msg_type, NLM_F_REQUEST | flags, seq,
+                              hdr + body)
 
     def _configure(self, cmd: int, op: str, *, params: bool) -> None:
         body = _attr(NFQA_CFG_CMD, struct.pack("!BBH", cmd, 0, 0))
@@ -427,7 +404,7 @@ class NfQueue:
                 raise NfQueueError(self.queue_num, op, e.errno or 0) from e
             if ln > len(buf):
                 # cannot happen with copy_range <= 0xffff; grow and drop this one
-                self._buf = buf = bytearray(_align4(ln) + 4096)
+                self._buf = buf = bytearray(_nlmsg.align(ln) + 4096)
                 self.overruns += 1
                 continue
             n += self._parse_datagram(buf, ln)
@@ -454,7 +431,7 @@ class NfQueue:
                 self._handle_error(mv, off + 16, end, flags, seq)
             elif mtype == NLMSG_OVERRUN:
                 self.overruns += 1
-            off += _align4(ln)
+            off += _nlmsg.align(ln)
         return n
 
     @staticmethod
@@ -501,15 +478,15 @@ class NfQueue:
         payload_end = off + 4 + 16
         msg_type = o_type & 0xFF if (o_type >> 8) == NFNL_SUBSYS_QUEUE else -1
         if not (flags & NLM_F_CAPPED) and err:
-            payload_end = off + 4 + _align4(o_len)
+            payload_end = off + 4 + _nlmsg.align(o_len)
             if msg_type == NFQNL_MSG_VERDICT and payload_end <= end:
-                a = _parse_attrs(mv, off + 4 + 16 + 4, off + 4 + o_len)
+                a = _nlmsg.attrs(mv, off + 4 + 16 + 4, off + 4 + o_len)
                 vh = a.get(NFQA_VERDICT_HDR)
                 if vh is not None and len(vh) >= 8:
                     v, pid = _VERDICT_HDR.unpack_from(vh)
                     detail_parts.append(f"packet id {pid}, verdict {v}")
         if flags & NLM_F_ACK_TLVS and payload_end < end:
-            tl = _parse_attrs(mv, payload_end, end)
+            tl = _nlmsg.attrs(mv, payload_end, end)
             m = tl.get(NLMSGERR_ATTR_MSG)
             if m is not None:
                 detail_parts.append(bytes(m).rstrip(b"\0").decode(errors="replace"))
@@ -552,7 +529,9 @@ class NfQueue:
             body += _attr(NFQA_MARK, _BE32.pack(mark & 0xFFFFFFFF))
         if payload is not None:
             if len(payload) > 0xFFFF - 4:
-                raise ValueError("payload too large for a netlink attribute (max 65531 bytes)")
+                raise InvalidArgument(f"a verdict's payload must be at most 65531 bytes (a "
+                                      f"netlink attribute), got {len(payload)} for packet "
+                                      f"{packet_id} of queue {self.queue_num}")
             body += _attr(NFQA_PAYLOAD, payload)
         return self._msg(NFQNL_MSG_VERDICT, 0, body, self._next_seq())
 
@@ -626,245 +605,9 @@ class NfQueue:
         return f"<NfQueue {self.queue_num} {state}>"
 
 
-# --------------------------------------------------------------------------
-# Network namespace helper
-# --------------------------------------------------------------------------
-
-
-def socket_in_netns(
-    netns: str | None,
-    family: int = socket.AF_NETLINK,
-    type: int = socket.SOCK_RAW,
-    proto: int = NETLINK_NETFILTER,
-) -> socket.socket:
-    """Create a socket inside a network namespace and return it.
-
-    ``netns`` is a name under /run/netns (as made by ``ip netns add``) or a
-    path such as ``/proc/<pid>/ns/net``; ``None`` means the current one.  A
-    socket stays in the namespace it was created in.
-    """
-    if netns is None:
-        return socket.socket(family, type, proto)
+def queue_socket(netns: str | None) -> socket.socket:
+    """A NETLINK_NETFILTER socket for :class:`NfQueue` inside ``netns`` (a
+    name under /run/netns or a path; None: the caller's namespace): a
+    queue serves the namespace its socket was created in."""
     from . import _netns
-    fd = _netns.open_fd(netns if "/" in netns else _netns.path(netns))
-    try:
-        with _netns.entered(fd):
-            return socket.socket(family, type, proto)
-    finally:
-        os.close(fd)
-
-
-# --------------------------------------------------------------------------
-# Raw packet helpers (no scapy)
-# --------------------------------------------------------------------------
-
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-_V6_EXT = {0, 43, 60, 135, 139, 140}  # hop-by-hop, routing, dstopts, mobility, HIP, shim6
-_V6_FRAG = 44
-_V6_AH = 51
-
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_PSH = 0x08
-TCP_ACK = 0x10
-TCP_URG = 0x20
-TCP_ECE = 0x40
-TCP_CWR = 0x80
-
-
-@dataclass(frozen=True, slots=True)
-class TcpView:
-    """Decoded IPv4/IPv6 + TCP header fields.
-
-    Offsets are into the packet bytes: ``l4_offset`` = start of the TCP header,
-    ``data_offset`` = start of TCP payload; ``payload_len`` = TCP payload bytes
-    (by the IP length field, clamped to what was captured).
-    """
-
-    version: int
-    src: str
-    dst: str
-    sport: int
-    dport: int
-    seq: int
-    ack: int
-    flags: int
-    window: int
-    l4_offset: int
-    data_offset: int
-    payload_len: int
-
-    @property
-    def syn(self) -> bool:
-        return bool(self.flags & TCP_SYN)
-
-    @property
-    def fin(self) -> bool:
-        return bool(self.flags & TCP_FIN)
-
-    @property
-    def rst(self) -> bool:
-        return bool(self.flags & TCP_RST)
-
-    @property
-    def ack_flag(self) -> bool:
-        return bool(self.flags & TCP_ACK)
-
-
-def _l4_locate(pkt: bytes) -> tuple[int, int, int, int] | None:
-    """Return (ip_version, l4_proto, l4_offset, l4_end) or None (non-first fragment, garbage)."""
-    if len(pkt) < 20:
-        return None
-    ver = pkt[0] >> 4
-    if ver == 4:
-        ihl = (pkt[0] & 0x0F) * 4
-        if ihl < 20 or len(pkt) < ihl:
-            return None
-        total = struct.unpack_from("!H", pkt, 2)[0]
-        frag = struct.unpack_from("!H", pkt, 6)[0]
-        if frag & 0x1FFF:  # non-first fragment: no L4 header
-            return None
-        return 4, pkt[9], ihl, min(total, len(pkt))
-    if ver == 6:
-        if len(pkt) < 40:
-            return None
-        plen = struct.unpack_from("!H", pkt, 4)[0]
-        end = min(40 + plen, len(pkt)) if plen else len(pkt)  # plen 0: jumbogram / BIG TCP
-        nh = pkt[6]
-        off = 40
-        while True:
-            if nh in _V6_EXT:
-                if off + 8 > end:
-                    return None
-                nh, hl = pkt[off], (pkt[off + 1] + 1) * 8
-                off += hl
-            elif nh == _V6_FRAG:
-                if off + 8 > end:
-                    return None
-                fo = struct.unpack_from("!H", pkt, off + 2)[0]
-                if fo & 0xFFF8:
-                    return None
-                nh = pkt[off]
-                off += 8
-            elif nh == _V6_AH:
-                if off + 8 > end:
-                    return None
-                nh, hl = pkt[off], (pkt[off + 1] + 2) * 4
-                off += hl
-            else:
-                break
-        if off > end:
-            return None
-        return 6, nh, off, end
-    return None
-
-
-def parse_tcp(payload: bytes) -> TcpView | None:
-    """Parse an IPv4/IPv6 packet (IP header onward); ``None`` unless it carries a TCP header."""
-    loc = _l4_locate(payload)
-    if loc is None:
-        return None
-    ver, proto, off, end = loc
-    if proto != IPPROTO_TCP or off + 20 > len(payload):
-        return None
-    sport, dport, seq, ack, doff_flags, window = struct.unpack_from("!HHIIHH", payload, off)
-    thl = (doff_flags >> 12) * 4
-    if thl < 20:
-        return None
-    if ver == 4:
-        src = socket.inet_ntop(socket.AF_INET, payload[12:16])
-        dst = socket.inet_ntop(socket.AF_INET, payload[16:20])
-    else:
-        src = socket.inet_ntop(socket.AF_INET6, payload[8:24])
-        dst = socket.inet_ntop(socket.AF_INET6, payload[24:40])
-    return TcpView(
-        version=ver,
-        src=src,
-        dst=dst,
-        sport=sport,
-        dport=dport,
-        seq=seq,
-        ack=ack,
-        flags=doff_flags & 0x1FF,
-        window=window,
-        l4_offset=off,
-        data_offset=off + thl,
-        payload_len=max(0, end - off - thl),
-    )
-
-
-def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """RFC 1071 checksum of ``data`` (one's complement of the one's complement sum).
-
-    ``initial`` is an unfolded partial sum to add (e.g. of a pseudo-header).
-    Uses the identity ``sum of 16-bit words == value mod 0xffff`` on one big int.
-    """
-    if len(data) & 1:
-        data = bytes(data) + b"\0"
-    n = int.from_bytes(data, "big") + initial
-    s = n % 0xFFFF
-    if s == 0 and n:
-        s = 0xFFFF
-    return (~s) & 0xFFFF
-
-
-def fix_checksums(payload: bytes, *, fix_lengths: bool = True) -> bytes:
-    """Recompute the IPv4 header checksum and the TCP/UDP checksum of a packet.
-
-    With ``fix_lengths`` the IPv4 total length / IPv6 payload length is first
-    set to match ``len(payload)`` (so a rewrite may change the size).  Handles
-    IPv6 extension headers (the pseudo-header uses the IPv6 header's
-    destination; routing headers are not followed).  Fragments beyond the
-    first and other protocols only get the IP-level fix.  UDP over IPv4 keeps
-    a zero ("no checksum") checksum.
-    """
-    p = bytearray(payload)
-    if len(p) < 20:
-        return bytes(p)
-    ver = p[0] >> 4
-    if ver == 4:
-        ihl = (p[0] & 0x0F) * 4
-        if ihl < 20 or len(p) < ihl:
-            return bytes(p)
-        if fix_lengths and len(p) <= 0xFFFF:
-            struct.pack_into("!H", p, 2, len(p))
-        struct.pack_into("!H", p, 10, 0)
-        struct.pack_into("!H", p, 10, internet_checksum(p[:ihl]))
-    elif ver == 6:
-        if len(p) < 40:
-            return bytes(p)
-        if fix_lengths:
-            struct.pack_into("!H", p, 4, len(p) - 40 if len(p) - 40 <= 0xFFFF else 0)
-    else:
-        return bytes(p)
-    loc = _l4_locate(bytes(p))
-    if loc is None:
-        return bytes(p)
-    _, proto, off, end = loc
-    if proto == IPPROTO_TCP:
-        ck_off = off + 16
-        if end < off + 20:
-            return bytes(p)
-    elif proto == IPPROTO_UDP:
-        ck_off = off + 6
-        if end < off + 8:
-            return bytes(p)
-        if ver == 4 and p[ck_off] == 0 and p[ck_off + 1] == 0:
-            return bytes(p)  # IPv4 UDP without checksum stays so
-        if fix_lengths:
-            struct.pack_into("!H", p, off + 4, (end - off) & 0xFFFF)
-    else:
-        return bytes(p)
-    l4len = end - off
-    if ver == 4:
-        pseudo = bytes(p[12:20]) + struct.pack("!BBH", 0, proto, l4len)
-    else:
-        pseudo = bytes(p[8:40]) + struct.pack("!IxxxB", l4len, proto)
-    struct.pack_into("!H", p, ck_off, 0)
-    ck = internet_checksum(bytes(pseudo) + bytes(p[off:end]))
-    if proto == IPPROTO_UDP and ck == 0:
-        ck = 0xFFFF
-    struct.pack_into("!H", p, ck_off, ck)
-    return bytes(p)
+    return _netns.socket_in(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)

@@ -2,8 +2,8 @@
 
 Kept tiny on purpose: scapy costs ~0.5 s to import and ~35x the raw parser
 per packet (see DESIGN.md), so the harness parses with
-``harness._nfqueue.parse_tcp`` and comes here only when a user asks for a
-scapy packet.  Scapy's own errors become InvalidArgument.
+``harness._wire`` (parse_tcp, and tcp_packet to build) and comes here only
+when a user asks for a scapy packet.  Scapy's own errors become InvalidArgument.
 """
 
 from __future__ import annotations
@@ -32,20 +32,3 @@ def to_bytes(pkt: object) -> bytes:
         return bytes(pkt)
     except Exception as exc:  # scapy raises many kinds while building
         raise InvalidArgument(f"scapy could not build {pkt!r}: {exc}") from exc
-
-
-def tcp_frame(*, family: int, src_mac: str, dst_mac: str, src: str, dst: str, sport: int,
-              dport: int, seq: int, ack: int, flags: str, window: int,
-              timestamps: tuple[int, int] | None = None, payload: bytes = b"") -> bytes:
-    """An Ethernet frame carrying one TCP segment, checksums filled in, as a
-    Linux stack would send it (DF set, TTL/hop limit 64, the timestamp option
-    when the connection negotiated it).  Used by faults.inject."""
-    from scapy.layers.inet import TCP
-    from scapy.layers.l2 import Ether
-
-    options = [("NOP", None), ("NOP", None), ("Timestamp", timestamps)] if timestamps else []
-    l3 = (IP(src=src, dst=dst, ttl=64, flags="DF") if family == 4
-          else IPv6(src=src, dst=dst, hlim=64))
-    seg = TCP(sport=sport, dport=dport, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF,
-              flags=flags, window=window, options=options)
-    return to_bytes(Ether(src=src_mac, dst=dst_mac) / l3 / seg / payload)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import socket
 import struct
 
-from . import _netns
+from . import _netns, _nlmsg
+from ._nlmsg import attr
 from .errors import SetupError
 
 RTM_NEWLINK, RTM_GETLINK = 16, 18
@@ -37,27 +38,10 @@ NDA_DST = 1
 IFF_UP = 1
 IF_OPER_UP = 6
 
-_NLH = struct.Struct("=IHHII")
+_NLH = _nlmsg.HDR
 _IFINFO = struct.Struct("=BxHiII")   # family, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBI")    # family, prefixlen, flags, scope, index
 _NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
-_RTA = struct.Struct("=HH")
-
-
-def attr(kind: int, data: bytes) -> bytes:
-    n = 4 + len(data)
-    return _RTA.pack(n, kind) + data + b"\0" * ((4 - n % 4) % 4)
-
-
-def _attrs(data: bytes, pos: int, end: int) -> dict[int, bytes]:
-    out = {}
-    while pos + 4 <= end:
-        alen, kind = _RTA.unpack_from(data, pos)
-        if alen < 4:
-            break
-        out[kind & 0x3FFF] = data[pos + 4:pos + alen]
-        pos += (alen + 3) & ~3
-    return out
 
 
 class Rtnl:
@@ -78,7 +62,7 @@ class Rtnl:
 
     def _send(self, mtype: int, flags: int, body: bytes) -> int:
         self.seq += 1
-        self.sock.send(_NLH.pack(16 + len(body), mtype, NLM_F_REQUEST | flags, self.seq, 0) + body)
+        self.sock.send(_nlmsg.message(mtype, NLM_F_REQUEST | flags, self.seq, body))
         return self.seq
 
     def request(self, mtype: int, body: bytes, what: str,
@@ -171,8 +155,8 @@ class Rtnl:
                     raise SetupError(f"rtnetlink get link {index} failed", netns=self.netns,
                                      call="get link", errno=-err)
                 return False
-            attrs = _attrs(data, 16 + _IFINFO.size, len(data))
-            qdisc = attrs.get(IFLA_QDISC, b"").rstrip(b"\0")
+            attrs = _nlmsg.attrs(data, 16 + _IFINFO.size, len(data))
+            qdisc = bytes(attrs.get(IFLA_QDISC, b"")).rstrip(b"\0")
             oper = attrs.get(IFLA_OPERSTATE, b"\0")[0]
             return oper == IF_OPER_UP and qdisc not in (b"", b"noop")
 
@@ -185,12 +169,12 @@ class Rtnl:
         batch, seqs = [], []
         for data, off, end in found:
             family, ifindex, _state, _flags, _type = _NDMSG.unpack_from(data, off)
-            dst = _attrs(data, off + _NDMSG.size, end).get(NDA_DST)
+            dst = _nlmsg.attrs(data, off + _NDMSG.size, end).get(NDA_DST)
             if dst:
                 self.seq += 1
-                body = _NDMSG.pack(family, ifindex, 0, 0, 0) + attr(NDA_DST, dst)
-                batch.append(_NLH.pack(16 + len(body), RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK,
-                                       self.seq, 0) + body)
+                body = _NDMSG.pack(family, ifindex, 0, 0, 0) + attr(NDA_DST, bytes(dst))
+                batch.append(_nlmsg.message(RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, self.seq,
+                                            body))
                 seqs.append(self.seq)
         if not batch:
             return 0

@@ -16,6 +16,7 @@ import time
 from typing import Iterator
 
 from . import _netns
+from .errors import SetupError
 
 ETH_P_ALL = 0x0003
 SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; the socket module lacks it
@@ -24,16 +25,26 @@ SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; the socket module lacks it
 def open_tap(switch_fd: int, port: str | None = None, *, rcvbuf: int | None = None
              ) -> socket.socket:
     """A non-blocking packet socket in the switch's namespace, stamping frames
-    with their receive time, bound to ``port`` (every port when None)."""
-    with _netns.entered(switch_fd):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                             | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
+    with their receive time, bound to ``port`` (every port when None).  The
+    OS's refusal (no CAP_NET_RAW, no such port) is SetupError naming it."""
+    what = f"AF_PACKET socket on switch port {port}" if port else "AF_PACKET socket"
+    try:
+        with _netns.entered(switch_fd):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                                 | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
+    except OSError as exc:
+        raise SetupError(f"cannot open an {what}: {exc}", call="socket(AF_PACKET)",
+                         errno=exc.errno) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if port is not None:
             sock.bind((port, 0))
+    except OSError as exc:
+        sock.close()
+        raise SetupError(f"cannot set up the {what}: {exc}", call="setsockopt/bind",
+                         errno=exc.errno) from exc
     except BaseException:
         sock.close()
         raise

@@ -18,22 +18,19 @@ and one expected on the wire (observe.expect):
 
 Options: ``nop``, ``eol``, ``mss N``, ``sackOK``, ``wscale N``, ``TS val N
 ecr N``, ``sack A:B C:D ...`` (other kinds are decoded as ``opt<kind>``).
-Parsing and option bytes only: the numbers are made relative (or absolute)
-by observe.expect's Isns.
+Parsing and text only (the flags' letters and the option bytes are
+harness._wire's): the numbers are made relative (or absolute) by
+observe.expect's Isns.
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass
 
+from ._wire import TCPDUMP
 from .errors import InvalidArgument
 
-FLAG_BITS = {"F": 0x01, "S": 0x02, "R": 0x04, "P": 0x08, ".": 0x10, "U": 0x20, "E": 0x40,
-             "W": 0x80}
-# tcpdump's order (print-tcp.c tcp_flag_values): F S R P U E W, then "." for ACK
-_ORDER = "FSRPUEW."
 ANY = None  # a wildcard field
 
 _LINE = re.compile(
@@ -65,10 +62,6 @@ class Line:
         return self.text
 
 
-def flags_text(bits: int) -> str:
-    return "".join(c for c in _ORDER if bits & FLAG_BITS[c])
-
-
 def _num(text: str | None, what: str, line: str, limit: int = 2**32) -> int | None:
     if text is None or text == "*":
         return None
@@ -91,7 +84,7 @@ def parse(text: object) -> Line:
             f"('.' is ACK) and '*' for any value")
     flags = 0
     for c in m["flags"]:
-        flags |= FLAG_BITS[c]
+        flags |= TCPDUMP[c]
     seq = length = None
     if m["seq"] and m["seq"] != "*":
         start, end, length = (_num(m[k], "sequence", text) for k in ("start", "end", "len"))
@@ -154,68 +147,3 @@ def options_text(options: tuple) -> str:
         else:
             parts.append(f"{o[0]} {v(o[1])}")
     return "<" + ",".join(parts) + ">"
-
-
-def decode_options(raw: bytes) -> tuple:
-    """The TCP options of a header (bytes after the fixed 20), absolute
-    numbers.  Unknown kinds come out as ("opt<kind>",)."""
-    out, i = [], 0
-    while i < len(raw):
-        kind = raw[i]
-        if kind == 0:
-            out.append(("eol",))
-            break
-        if kind == 1:
-            out.append(("nop",))
-            i += 1
-            continue
-        if i + 1 >= len(raw) or raw[i + 1] < 2 or i + raw[i + 1] > len(raw):
-            out.append((f"opt{kind}",))
-            break
-        size, body = raw[i + 1], raw[i + 2: i + raw[i + 1]]
-        if kind == 2 and size == 4:
-            out.append(("mss", struct.unpack("!H", body)[0]))
-        elif kind == 3 and size == 3:
-            out.append(("wscale", body[0]))
-        elif kind == 4 and size == 2:
-            out.append(("sackOK",))
-        elif kind == 8 and size == 10:
-            out.append(("TS",) + struct.unpack("!II", body))
-        elif kind == 5 and size >= 10 and (size - 2) % 8 == 0:
-            out.append(("sack", tuple(struct.unpack_from("!II", body, j)
-                                      for j in range(0, size - 2, 8))))
-        else:
-            out.append((f"opt{kind}",))
-        i += size
-    return tuple(out)
-
-
-def encode_options(options: tuple) -> bytes:
-    """Option tuples (absolute numbers, no wildcards) to header bytes,
-    padded with EOL to a multiple of 4 (RFC 9293 §3.1)."""
-    out = bytearray()
-    for o in options:
-        name = o[0]
-        if name == "nop":
-            out += b"\x01"
-        elif name == "eol":
-            out += b"\x00"
-        elif name == "mss":
-            out += struct.pack("!BBH", 2, 4, o[1])
-        elif name == "wscale":
-            out += struct.pack("!BBB", 3, 3, o[1])
-        elif name == "sackOK":
-            out += b"\x04\x02"
-        elif name == "TS":
-            out += struct.pack("!BBII", 8, 10, o[1] & 0xFFFFFFFF, o[2] & 0xFFFFFFFF)
-        elif name == "sack":
-            out += struct.pack("!BB", 5, 2 + 8 * len(o[1]))
-            for a, b in o[1]:
-                out += struct.pack("!II", a & 0xFFFFFFFF, b & 0xFFFFFFFF)
-        else:
-            raise InvalidArgument(f"cannot encode TCP option {o!r}")
-    if len(out) > 40:
-        raise InvalidArgument(f"TCP options take {len(out)} bytes; a header has room for 40: "
-                              f"{options_text(options)}")
-    out += b"\x00" * (-len(out) % 4)
-    return bytes(out)

@@ -61,3 +61,14 @@ async def test_tshark_reads_the_pcapng_one_interface_per_host(lab, tmp_path):
     assert icmp[0][1] == f"switch port p{client.index} of host client"
 
 
+
+
+async def test_a_tap_the_os_refuses_is_a_setup_error(lab):
+    """A switch port that is not there: the OS's ENODEV does not leak; the
+    socket opened for it is closed."""
+    from harness import SetupError, _tap
+    await lab.pair()
+    with pytest.raises(SetupError, match=r"cannot set up the AF_PACKET socket on switch port "
+                                         r"p99") as info:
+        _tap.open_tap(lab.context.switch[1], "p99")
+    assert info.value.errno == "ENODEV" and isinstance(info.value.__cause__, OSError)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from harness import InvalidArgument
-from harness import _tcpline
+from harness import _tcpline, _wire
 from harness.observe.expect import SegmentMismatch
 
 
@@ -87,10 +87,10 @@ async def test_bad_lines_are_refused_before_waiting(lab):
 def test_options_round_trip():
     opts = _tcpline.parse_options("mss 1000,sackOK,TS val 7 ecr 0,nop,wscale 7,"
                                   "nop,nop,sack 1:2 5:9")
-    raw = _tcpline.encode_options(opts)
+    raw = _wire.encode_options(opts)
     assert len(raw) % 4 == 0
-    assert _tcpline.decode_options(raw)[:len(opts)] == opts
+    assert _wire.decode_options(raw)[:len(opts)] == opts
     assert _tcpline.options_text(opts) == ("<mss 1000,sackOK,TS val 7 ecr 0,nop,wscale 7,nop,"
                                            "nop,sack 1:2 5:9>")
     with pytest.raises(InvalidArgument, match="room for 40"):
-        _tcpline.encode_options(opts + (("TS", 1, 2),) * 2)
+        _wire.encode_options(opts + (("TS", 1, 2),) * 2)

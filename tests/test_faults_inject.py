@@ -6,10 +6,12 @@ it draws a challenge ACK; outside it is dropped.  §4: a SYN on a
 synchronized connection draws a challenge ACK too.
 """
 
+import errno
+
 import pytest
 import trio
 
-from harness import InvalidArgument, rst_received
+from harness import FaultError, InvalidArgument, rst_received
 from harness.faults.inject import inject_fin, inject_rst, inject_syn
 from helpers import still_works
 
@@ -145,3 +147,27 @@ async def test_bad_parameters(lab):
     with pytest.raises(InvalidArgument, match=r"is TIME_WAIT; injection needs a synchronized"):
         await inject_rst(conn)
     assert len(lab.undo) == steps  # nothing was opened
+
+
+class _Refusing:
+    """A packet socket whose sends fail as a full device queue makes them."""
+
+    def send(self, data):
+        raise OSError(errno.ENOBUFS, "No buffer space available")
+
+
+def test_a_failed_send_is_a_fault_error():
+    """The tap's OSError does not leak: FaultError naming the port, with the
+    errno and the OSError as its cause (mocked: a full queue on demand)."""
+    from harness.faults import inject, segments
+    tap = inject._Tap.__new__(inject._Tap)
+    tap._sock, tap.port = _Refusing(), "p3"
+    with pytest.raises(FaultError, match="cannot send a segment out of switch port p3") as info:
+        tap.send(b"frame")
+    assert info.value.errno == "ENOBUFS" and isinstance(info.value.__cause__, OSError)
+    w = segments.Wire.__new__(segments.Wire)
+    w._out, w.ends = _Refusing(), {}
+    w.victim = w.remote = type("H", (), {"name": "server", "index": 2})()
+    with pytest.raises(FaultError, match="cannot send a segment out of switch port p2") as info:
+        w._send(b"frame")
+    assert info.value.errno == "ENOBUFS"

@@ -215,6 +215,60 @@ async def test_undo_is_exact_and_releases_held_packets(lab, family):
     assert not f.active and not g.active
 
 
+async def test_state_is_fresh_after_power_off_and_on(lab, family):
+    """A packet fault alive across power_off/power_on: its rules, its queue
+    and the mangle table died with the old namespace, so its undo touches
+    nothing of the new one, and the harness's record of the host starts
+    afresh (keyed by the namespace's generation, not its name): the next
+    fault makes the mangle table and takes it away again."""
+    from harness import _iptables
+    client, server, conn, peer = await connected(lab, family)
+    before = saved(client)
+    f = await faults.packets(client, port=PORT, direction="out", when=data,
+                             action=Action.delay(30)).start()
+    old = _iptables.tables(client)
+    assert f.queue_num in old.queues and old.users == {("mangle", 4): 1, ("mangle", 6): 1}
+    await faults.power_off(client)
+    await faults.power_on(client)
+    assert saved(client) == before                   # the new namespace never saw it
+    await f.stop()                                   # nothing to remove, nothing raised
+    assert not f.active and saved(client) == before
+    fresh = _iptables.tables(client)
+    assert fresh is not old and fresh.users == {} and fresh.queues == set()
+    again = await client.connect(server, PORT, family=family)
+    g = await faults.packets(again, direction="out", when=data,
+                             action=Action.delay(0.2)).start()
+    assert fresh.users == {("mangle", family): 1} and fresh.created == {("mangle", family)}
+    assert g.queue_num == f.queue_num                # the new namespace's first free number
+    sent = await again.send(b"x")
+    await wait_until(lambda: g.counts["delayed"] == 1, what="the segment held")
+    await g.stop()
+    assert saved(client) == before                   # the table it made is gone again
+    assert sent.errno is None
+
+
+async def test_tcp_flags_take_one_spelling(lab):
+    """packets() and the helpers on it take the firewall's spelling
+    ("FLAGS[/MASK]"); iptables' ("MASK", "COMP") pair is refused with the
+    spelling to write instead, before anything is touched."""
+    client, server, conn, peer = await connected(lab, 4)
+    before, steps = saved(client), len(lab.undo)
+    for make in (lambda f: faults.packets(conn, tcp_flags=f),
+                 lambda f: faults.drop_first(conn, tcp_flags=f),
+                 lambda f: faults.drop_nth(conn, 2, tcp_flags=f),
+                 lambda f: faults.drop(server, tcp_flags=f),
+                 lambda f: faults.reject(server, tcp_flags=f, with_="tcp-reset")):
+        with pytest.raises(InvalidArgument, match=r"iptables' \(MASK, COMP\) pair: write "
+                                                  r"tcp_flags='FIN/FIN'"):
+            make(("FIN", "FIN"))
+        with pytest.raises(InvalidArgument, match=r"write tcp_flags='SYN,ACK/SYN,ACK,FIN,RST'"):
+            make(("SYN,ACK,FIN,RST", "SYN,ACK"))
+        make("FIN/FIN")                              # built, not started
+    assert saved(client) == before and len(lab.undo) == steps
+    f = faults.packets(conn, direction="out", tcp_flags="FIN/FIN")
+    assert [fl.tcp_flags.iptables() for fl in f.flows] == [["--tcp-flags", "FIN", "FIN"]]
+
+
 async def test_predicate_errors_are_reported_at_undo(lab):
     client, _, conn, peer = await connected(lab, 4)
     f = await faults.packets(conn, direction="out", when=lambda p: 1 / 0).start()

@@ -4,7 +4,7 @@ Every test builds its own pair of network namespaces (``nq-c-<pid>-<n>`` client,
 ``nq-s-<pid>-<n>`` server) joined by a veth pair created directly inside them
 (the root namespace is never touched), installs the NFQUEUE rule in the server
 namespace and binds the queue from a netlink socket created in that namespace.
-All sockets are created in their namespace via ``socket_in_netns`` (a
+All sockets are created in their namespace via ``_netns.socket_in`` (a
 throw-away thread does the ``setns``), so the tests run single-threaded.
 """
 
@@ -27,16 +27,14 @@ from harness._nfqueue import (
     NF_ACCEPT,
     NF_DROP,
     NFQA_SKB_GSO,
-    TCP_ACK,
-    TCP_SYN,
     NfQueue,
     NfQueueError,
     Packet,
-    fix_checksums,
-    internet_checksum,
-    socket_in_netns,
-    parse_tcp,
+    queue_socket,
 )
+from harness import _netns
+from harness.errors import FaultError, InvalidArgument
+from harness._wire import ACK as TCP_ACK, SYN as TCP_SYN, fix_checksums, internet_checksum, parse_tcp
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "iptables", "ip6tables")),
@@ -71,10 +69,10 @@ class Net:
         sh("ip", "netns", "exec", self.server, tool, "-w", *rule)
 
     def sock(self, ns: str, kind: int) -> socket.socket:
-        return socket_in_netns(ns, self.family, kind, 0)
+        return _netns.socket_in(ns, self.family, kind, 0)
 
     def queue(self, num: int = QNUM, **kw: object) -> NfQueue:
-        return NfQueue(num, sock=socket_in_netns(self.server), **kw)  # type: ignore[arg-type]
+        return NfQueue(num, sock=queue_socket(self.server), **kw)  # type: ignore[arg-type]
 
     def queue_stats(self, num: int = QNUM) -> dict[str, int] | None:
         """Parse /proc/net/netfilter/nfnetlink_queue of the server namespace."""
@@ -459,10 +457,10 @@ def test_double_bind_raises_clear_error(net: Net) -> None:
         with pytest.raises(NfQueueError) as ei:
             net.queue()
         e = ei.value
-        assert e.errno == 1 and e.queue_num == QNUM and e.operation == "bind"
+        assert e.code == 1 and e.errno == "EPERM" and e.queue_num == QNUM and e.operation == "bind"
         assert str(e).startswith(f"NFQUEUE bind queue {QNUM} failed: EPERM (")
         assert "another" in str(e)
-        assert isinstance(e, OSError)
+        assert isinstance(e, FaultError) and not isinstance(e, OSError)  # a harness error
         # the first binding is unaffected and usable
         assert q.receive() == []
     # once closed, the number can be bound again; close() is idempotent
@@ -481,7 +479,7 @@ def test_kernel_error_for_unknown_packet_id_is_raised(net: Net) -> None:
             while time.monotonic() < deadline:
                 select.select([q], [], [], 0.05)
                 q.receive()
-        assert ei.value.errno == 2  # ENOENT
+        assert ei.value.code == 2 and ei.value.errno == "ENOENT"
         assert f"NFQUEUE verdict queue {QNUM} failed: ENOENT" in str(ei.value)
         assert "packet id 424242" in str(ei.value)
         assert q.receive() == []  # error reported once; queue still usable
@@ -526,3 +524,19 @@ def test_bulk_transfer_and_gso(net: Net, gso: bool) -> None:
             assert max(sizes) <= 1500 and not any(f & NFQA_SKB_GSO for f in flags)
         for s in (c, conn, srv):
             s.close()
+
+
+def test_bad_arguments_are_invalid_argument(net: Net) -> None:
+    """The queue client's own checks are harness errors (InvalidArgument is
+    also a ValueError), raised before anything is sent to the kernel."""
+    with pytest.raises(InvalidArgument, match=r"queue_num must be an int in 0\.\.65535, got "
+                                              r"queue_num=70000 from NfQueue\(\)"):
+        NfQueue(70000)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with pytest.raises(InvalidArgument, match="sock must be an AF_NETLINK/NETLINK_NETFILTER"):
+            NfQueue(QNUM, sock=udp)
+    with net.queue() as q:
+        with pytest.raises(InvalidArgument, match=r"payload must be at most 65531 bytes .*got "
+                                                  r"70000 for packet 1 of queue"):
+            q.verdict(1, NF_ACCEPT, b"x" * 70000)
+        assert q.receive() == []   # nothing was sent: no error comes back either

@@ -94,7 +94,7 @@ def _imports(name: str, tree) -> set[str]:
 # own layer or below.  ARCHITECTURE.md draws the same picture.
 LAYERS = [
     {"errors", "_check", "_names", "_netns", "_netlink", "_rtnl", "_diag", "_poll", "_undo", "_tcpline",
-     "_tap", "_sysctls", "_nfqueue", "_tracefs", "_docker", "_packets", "_sockops", "_uml",
+     "_tap", "_sysctls", "_nfqueue", "_nlmsg", "_wire", "_iptables", "_tracefs", "_docker", "_packets", "_sockops", "_uml",
      "_kernels"},
     {"observe", "observe.states", "observe.snapshot", "observe.timeline", "observe.lastinfo",
      "observe.expect", "observe.capture", "timers"},

@@ -30,8 +30,8 @@ import weakref
 
 import trio
 
-from .. import _netlink
-from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
+from .. import _iptables, _netlink
+from ..errors import FaultError, InvalidArgument
 from ..topology import netns as _backend
 
 # hosts currently powered off (by this module); weak: a lab's hosts die with it
@@ -39,9 +39,9 @@ _off: "weakref.WeakSet" = weakref.WeakSet()
 
 # inserted at the top of the built-in chains, ahead of any fault's jump; with
 # --noflush, so other faults' chains stay and their own undo still finds them
-_BLACKHOLE = (b"*filter\n"
-              b"-I INPUT 1 -j DROP\n-I FORWARD 1 -j DROP\n-I OUTPUT 1 -j DROP\n"
-              b"COMMIT\n")
+_BLACKHOLE = ("*filter\n"
+              "-I INPUT 1 -j DROP\n-I FORWARD 1 -j DROP\n-I OUTPUT 1 -j DROP\n"
+              "COMMIT\n")
 
 
 def _check_host(host, what: str):
@@ -103,15 +103,9 @@ async def reboot(host) -> None:
 async def _blackhole(host) -> None:
     """DROP everything in and out of the host, loopback included, both
     families (atomically per family: one iptables-restore each)."""
-    for tool in ("iptables-restore", "ip6tables-restore"):
-        try:
-            await host.run([tool, "--noflush"], input=_BLACKHOLE)
-        except SetupError as exc:
-            if isinstance(exc.__cause__, FileNotFoundError):
-                raise Unsupported(f"{tool} is not installed: power_off needs it to blackhole "
-                                  f"host {host.name}") from exc
-            raise FaultError(f"power_off({host.name}): {exc}", netns=host.netns,
-                             call=tool) from exc
+    async with _iptables.tables(host).lock:
+        for family in _iptables.FAMILIES:
+            await _iptables.restore(host, family, _BLACKHOLE)
 
 
 def _link_down(host) -> None:

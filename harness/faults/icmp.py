@@ -39,7 +39,8 @@ import shutil
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ..host import Host
 from ._base import Fault
-from .firewall import Firewall, _build, _Rules
+from ._rules import Rules, build
+from .firewall import Firewall
 
 _ids = itertools.count(1)
 
@@ -123,7 +124,7 @@ def port_unreachable(host: Host, port: int, *, family: int | None = None) -> Fir
     if port is None:
         raise InvalidArgument("port must be an int in 1..65535, got port=None from "
                               "port_unreachable()")
-    host, bodies, label = _build("reject", host, "in", None, port, "all", None, family,
+    host, bodies, label = build("reject", host, "in", None, port, "all", None, family,
                                  "icmp-port-unreachable", where="port_unreachable")
     label = f"port_unreachable({host.name!r}, {port}" + (f", IPv{family})" if family else ")")
-    return Firewall(host.lab, label, [_Rules(host, bodies)])
+    return Firewall(host.lab, label, [Rules(host, bodies)])

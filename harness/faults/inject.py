@@ -1,7 +1,7 @@
 """Spoofed RST, FIN and SYN segments from a third position: the blind
 attacker (or the confused middlebox) of RFC 5961.
 
-The segment is crafted with scapy (harness._packets) and sent from the
+The segment is built from raw bytes (harness._wire) and sent from the
 lab's switch namespace straight out of the victim's switch port (an
 AF_PACKET socket bound to ``p<n>``), so it reaches the victim's eth0 as if
 its peer had sent it: the peer's addresses, ports and MAC, the timestamp
@@ -42,47 +42,20 @@ undoable faults: a segment once sent cannot be taken back.
 
 from __future__ import annotations
 
-import fcntl
 import random
-import socket
-import struct
 import time
-from dataclasses import dataclass
 
 import trio
 
-from .. import _netns, _tap
-from .._nfqueue import parse_tcp
+from .. import _tap, _wire
+from .._wire import ACK, FIN, RST, SYN, Seg
 from ..errors import FaultError, InvalidArgument, ObservationTimeout
+from ._shared import check_injectable, link_mac
 
-SIOCGIFHWADDR = 0x8927
 PROBE_WAIT = 0.5  # seconds a probe may take to be answered (it takes ~0.05 ms)
 MODES = {True: "in_window", False: "out_of_window", "in_window": "in_window",
          "exact": "exact", "out_of_window": "out_of_window"}
-# full sockets that have a receive window (TIME_WAIT has none: tcp_timewait_state_process)
-SYNCHRONIZED = frozenset({"ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE_WAIT", "CLOSING",
-                          "LAST_ACK"})
 OUT_OF_WINDOW = 1 << 30  # beyond any window: RFC 7323 caps it below 2**30
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One TCP segment of the connection, as seen on the victim's port."""
-
-    t: float
-    src: tuple[str, int]
-    dst: tuple[str, int]
-    seq: int
-    ack: int
-    flags: str                               # "A", "RA", "FA", "S", ... (capture's order)
-    window: int                              # raw, unscaled
-    length: int                              # payload bytes
-    timestamps: tuple[int, int] | None       # (TSval, TSecr)
-
-    def __repr__(self) -> str:
-        return (f"<{self.t:.6f} {self.src[0]}:{self.src[1]} > {self.dst[0]}:{self.dst[1]} "
-                f"[{self.flags}] seq={self.seq} ack={self.ack} win={self.window} "
-                f"len={self.length}>")
 
 
 class Injection:
@@ -93,20 +66,20 @@ class Injection:
     port stays tapped until the lab ends (or ``close()``)."""
 
     def __init__(self, kind: str, mode: str | None, victim, tap: "_Tap", mark: int,
-                 learnt: Segment, sent: Segment, counters: dict[str, int]):
+                 learnt: Seg, sent: Seg, counters: dict[str, int]):
         self.kind, self.mode, self.victim = kind, mode, victim
         self._tap, self._mark, self.learnt, self.sent = tap, mark, learnt, sent
-        self.rcv_nxt, self.snd_nxt = learnt.ack, _seq_end(learnt)
+        self.rcv_nxt, self.snd_nxt = learnt.ack, learnt.end()
         self._counters = counters
 
     def __repr__(self) -> str:
         return f"<Injection {self.kind} {self.mode or ''} {self.sent!r}>"
 
-    def replies(self) -> list[Segment]:
+    def replies(self) -> list[Seg]:
         """The victim's segments to its peer since the injection."""
         return [s for s in self._tap.segments(self._mark) if s.src == self.victim.local]
 
-    async def wait_reply(self, *, timeout: float = 1.0) -> Segment:
+    async def wait_reply(self, *, timeout: float = 1.0) -> Seg:
         """The victim's first segment to its peer after the injection (a
         challenge ACK, the ACK of a FIN...)."""
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
@@ -133,14 +106,14 @@ async def inject_rst(conn, in_window: bool | str = "exact") -> Injection:
     (seq == RCV.NXT: the connection dies), True (inside the window, not
     exact: a challenge ACK, it lives), "out_of_window" or False (ignored)."""
     mode = _check_mode(in_window)
-    _check_conn(conn, "inject_rst")
+    check_injectable(conn, "inject_rst")
     return await _inject(conn, "RST", mode)
 
 
 async def inject_fin(conn) -> Injection:
     """Send ``conn`` a FIN at RCV.NXT spoofed from its peer: its owner reads
     end-of-stream, the socket enters CLOSE_WAIT."""
-    _check_conn(conn, "inject_fin")
+    check_injectable(conn, "inject_fin")
     return await _inject(conn, "FIN", None)
 
 
@@ -148,7 +121,7 @@ async def inject_syn(conn) -> Injection:
     """Send ``conn`` an in-window SYN spoofed from its peer (a peer that
     rebooted and reconnects from the same port): a challenge ACK, the
     connection lives (RFC 5961 §4)."""
-    _check_conn(conn, "inject_syn")
+    check_injectable(conn, "inject_syn")
     return await _inject(conn, "SYN", None)
 
 
@@ -163,30 +136,6 @@ def _check_mode(in_window) -> str:
                               f"{in_window!r}") from None
 
 
-def _check_conn(conn, what: str) -> None:
-    from ..sockets import Socket
-    from .host import is_off
-    if not isinstance(conn, Socket):
-        raise InvalidArgument(f"{what}() takes a connected Socket (from connect() or accept()), "
-                              f"got {conn!r}")
-    conn.host.lab.check_open(f"{what}(): {conn!r}")
-    if conn.closed:
-        raise InvalidArgument(f"{what}(): {conn!r} was closed by the test; there is no "
-                              f"connection to inject into")
-    if conn.remote is None or conn.remote[1] == 0:
-        raise InvalidArgument(f"{what}(): {conn!r} is not connected (a listener or an "
-                              f"unconnected socket has no peer to impersonate)")
-    if is_off(conn.host):
-        raise InvalidArgument(f"{what}(): host {conn.host.name} is powered off")
-    info = conn.info()
-    if info is None:
-        raise InvalidArgument(f"{what}(): the kernel has no socket {conn!r} any more "
-                              f"(reset or closed)")
-    if info.state not in SYNCHRONIZED or info.timer == "time_wait":
-        raise InvalidArgument(f"{what}(): {conn!r} is {info.state}; injection needs a "
-                              f"synchronized connection, one of {sorted(SYNCHRONIZED)}")
-
-
 # --- the injection --------------------------------------------------------------
 
 async def _inject(conn, kind: str, mode: str | None) -> Injection:
@@ -194,10 +143,10 @@ async def _inject(conn, kind: str, mode: str | None) -> Injection:
     lab = host.lab
     tap = _Tap(lab.context.switch[1], lab.context.port(host), conn)
     try:
-        victim_mac = _mac(host.ns_fd)
+        victim_mac = link_mac(host.ns_fd)
         learnt, peer_mac = await _learn(tap, conn, victim_mac)
-        rcv_nxt, snd_nxt = learnt.ack, _seq_end(learnt)
-        ts = (learnt.timestamps[1], learnt.timestamps[0]) if learnt.timestamps else None
+        rcv_nxt, snd_nxt = learnt.ack, learnt.end()
+        ts = (learnt.tsecr, learnt.tsval) if learnt.timestamps else None
         if kind == "RST":
             if mode == "exact":
                 seq = rcv_nxt
@@ -208,16 +157,16 @@ async def _inject(conn, kind: str, mode: str | None) -> Injection:
                 seq = rcv_nxt + max(1, learnt.window // 2)
             else:
                 seq = rcv_nxt + OUT_OF_WINDOW
-            flags, ack = "RA", snd_nxt
+            flags, ack = RST | ACK, snd_nxt
         elif kind == "FIN":
-            seq, flags, ack = rcv_nxt, "FA", snd_nxt
+            seq, flags, ack = rcv_nxt, FIN | ACK, snd_nxt
         else:
-            seq, flags, ack = rcv_nxt, "S", 0
+            seq, flags, ack = rcv_nxt, SYN, 0
         counters = host.counters("TcpExt")
         mark = tap.mark()
         t = tap.send(_frame(conn, peer_mac, victim_mac, seq, ack, flags, ts))
-        sent = Segment(t, conn.remote, conn.local, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                       _flag_string(flags), 0xFFFF, 0, ts)
+        sent = Seg(t, conn.remote, conn.local, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, flags, 0xFFFF,
+                   0, _timestamp_option(ts))
     except BaseException:
         tap.close()
         raise
@@ -225,14 +174,14 @@ async def _inject(conn, kind: str, mode: str | None) -> Injection:
     return Injection(kind, mode, conn, tap, mark, learnt, sent, counters)
 
 
-async def _learn(tap: "_Tap", conn, victim_mac: str) -> tuple[Segment, str]:
+async def _learn(tap: "_Tap", conn, victim_mac: str) -> tuple[Seg, str]:
     """Make the victim tell its SND.NXT and RCV.NXT: a probe it answers with
     a duplicate ACK (see the module's docstring).  Returns the victim's most
     recent segment and the peer's MAC (that segment's destination)."""
     seq = random.getrandbits(32)
     for attempt in range(2):
         mark = tap.mark()
-        tap.send(_frame(conn, tap.port_mac, victim_mac, seq, random.getrandbits(32), "A", None,
+        tap.send(_frame(conn, tap.port_mac, victim_mac, seq, random.getrandbits(32), ACK, None,
                         payload=b"\0"))
         try:
             await tap.wait(mark, lambda s: s.src == conn.local, PROBE_WAIT, "")
@@ -245,12 +194,19 @@ async def _learn(tap: "_Tap", conn, victim_mac: str) -> tuple[Segment, str]:
                      f"host reachable and the connection alive?", netns=conn.host.netns)
 
 
-def _frame(conn, src_mac: str, dst_mac: str, seq: int, ack: int, flags: str, ts,
+def _timestamp_option(ts: tuple[int, int] | None) -> tuple:
+    """The options a Linux peer puts on a segment of a connection that
+    negotiated timestamps (nop, nop, TS: tcp_options_write())."""
+    return (("nop",), ("nop",), ("TS", ts[0], ts[1])) if ts else ()
+
+
+def _frame(conn, src_mac: str, dst_mac: str, seq: int, ack: int, flags: int, ts,
            payload: bytes = b"") -> bytes:
-    from .._packets import tcp_frame
-    return tcp_frame(family=conn.family, src_mac=src_mac, dst_mac=dst_mac, src=conn.remote[0],
-                     dst=conn.local[0], sport=conn.remote[1], dport=conn.local[1], seq=seq,
-                     ack=ack, flags=flags, window=0xFFFF, timestamps=ts, payload=payload)
+    """A segment from conn's peer to conn, as the peer's stack would send it."""
+    options = _wire.encode_options(_timestamp_option(ts))
+    packet = _wire.tcp_packet(conn.family, conn.remote, conn.local, seq, ack, flags, 0xFFFF,
+                              options, payload)
+    return _wire.ether(dst_mac, src_mac, packet)
 
 
 class _Tap:
@@ -261,24 +217,28 @@ class _Tap:
         self._pair = {conn.local, conn.remote}
         sock = _tap.open_tap(switch_fd, port)
         try:
-            self.port_mac = _mac_string(sock.getsockname()[4])
+            self.port_mac = _wire.mac_text(sock.getsockname()[4])
         except BaseException:
             sock.close()
             raise
         self._sock, self.port = sock, port
-        self._segments: list[Segment] = []
+        self._segments: list[Seg] = []
         self._macs: dict[int, str] = {}
 
     def send(self, frame: bytes) -> float:
         t = time.monotonic()
-        self._sock.send(frame)
+        try:
+            self._sock.send(frame)
+        except OSError as exc:
+            raise FaultError(f"cannot send a segment out of switch port {self.port}: {exc}",
+                             call="send on AF_PACKET", errno=exc.errno) from exc
         return t
 
     def drain(self) -> None:
         for frame, t, _addr in _tap.read_frames(self._sock):
-            seg = _segment(frame, t)
+            seg = _wire.decode_frame(frame, t)
             if seg is not None and seg.src in self._pair and seg.dst in self._pair:
-                self._macs[id(seg)] = _mac_string(frame[0:6])
+                self._macs[id(seg)] = _wire.mac_text(frame[0:6])
                 self._segments.append(seg)
 
     def mark(self) -> int:
@@ -286,15 +246,15 @@ class _Tap:
         self.drain()
         return len(self._segments)
 
-    def segments(self, start: int = 0) -> list[Segment]:
+    def segments(self, start: int = 0) -> list[Seg]:
         self.drain()
         return self._segments[start:]
 
-    def mac_of(self, seg: Segment) -> str:
+    def mac_of(self, seg: Seg) -> str:
         """The destination MAC of a captured segment."""
         return self._macs[id(seg)]
 
-    async def wait(self, start: int, pred, timeout: float, message: str) -> Segment:
+    async def wait(self, start: int, pred, timeout: float, message: str) -> Seg:
         deadline = trio.current_time() + timeout
         while True:
             for s in self.segments(start):
@@ -315,60 +275,3 @@ class _Tap:
             except RuntimeError:  # not in trio (closed by a synchronous undo)
                 pass
             self._sock.close()
-
-
-def _segment(frame: bytes, t: float) -> Segment | None:
-    if len(frame) < 14 or struct.unpack_from("!H", frame, 12)[0] not in (0x0800, 0x86DD):
-        return None
-    pkt = frame[14:]
-    v = parse_tcp(pkt)
-    if v is None:
-        return None
-    return Segment(t, (v.src, v.sport), (v.dst, v.dport), v.seq, v.ack, _flag_string(v.flags),
-                   v.window, v.payload_len, _timestamps(pkt, v.l4_offset + 20, v.data_offset))
-
-
-def _timestamps(pkt: bytes, start: int, end: int) -> tuple[int, int] | None:
-    """The TCP timestamp option (kind 8), raw bytes: RFC 7323 §3."""
-    i = start
-    while i < end:
-        kind = pkt[i]
-        if kind == 0:
-            return None
-        if kind == 1:
-            i += 1
-            continue
-        if i + 1 >= end or pkt[i + 1] < 2:
-            return None
-        if kind == 8 and pkt[i + 1] == 10 and i + 10 <= end:
-            return struct.unpack_from("!II", pkt, i + 2)
-        i += pkt[i + 1]
-    return None
-
-
-def _seq_end(s: Segment) -> int:
-    """The sequence number after this segment: its sender's SND.NXT when it
-    was sent (a retransmission shows less; harmless for an ACK field)."""
-    return (s.seq + s.length + ("S" in s.flags) + ("F" in s.flags)) & 0xFFFFFFFF
-
-
-def _flag_string(flags) -> str:
-    order = (("S", 0x02), ("F", 0x01), ("R", 0x04), ("P", 0x08), ("A", 0x10))
-    if isinstance(flags, str):
-        return "".join(c for c, _bit in order if c in flags)
-    return "".join(c for c, bit in order if flags & bit)
-
-
-def _mac_string(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw[:6])
-
-
-def _mac(ns_fd: int, ifname: str = "eth0") -> str:
-    with _netns.entered(ns_fd):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        raw = fcntl.ioctl(s, SIOCGIFHWADDR, struct.pack("256s", ifname.encode()))
-    finally:
-        s.close()
-    return _mac_string(raw[18:24])
-

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .packets import (Action, Flow, PacketFault, _chooser, check_connection, check_count,
-                      check_direction, check_positive)
+from .._wire import flag_filter
+from ._shared import chooser
+from .packets import (Action, Flow, PacketFault, check_connection, check_count, check_direction,
+                      check_positive)
 
 __all__ = ["DropLastAck", "drop_last_ack", "drop_nth_fin", "drop_synack"]
 
@@ -54,8 +56,8 @@ class DropLastAck(PacketFault):
         self.peer_fin_seq: int | None = None
         self.fins = 0
         self.acks = 0
-        flows = [Flow("in", tcp_flags=("FIN", "FIN")),
-                 Flow("out", tcp_flags=("SYN,FIN,RST,ACK", "ACK"), max_len=_PURE_ACK_MAX)]
+        flows = [Flow("in", tcp_flags=flag_filter("FIN/FIN", where)),
+                 Flow("out", tcp_flags=flag_filter("ACK", where), max_len=_PURE_ACK_MAX)]
         super().__init__(conn, flows=flows, decide=self._decide, where=where,
                          label=f"drop_last_ack on {conn!r}")
 
@@ -86,8 +88,8 @@ def drop_nth_fin(conn: Any, n: int = 1, *, direction: str = "out") -> PacketFaul
     check_connection(conn, where)
     check_positive(n, where, "n")
     check_direction(direction, where, ("in", "out"))
-    return PacketFault(conn, flows=[Flow(direction, tcp_flags=("FIN", "FIN"))],
-                       decide=_chooser(None, Action.drop, 1, n - 1, where), where=where,
+    return PacketFault(conn, flows=[Flow(direction, tcp_flags=flag_filter("FIN/FIN", where))],
+                       decide=chooser(None, Action.drop, 1, n - 1, where), where=where,
                        label=f"drop FIN #{n} {direction} on {conn!r}")
 
 
@@ -96,7 +98,7 @@ def drop_synack(host: Any, port: int, count: int | None = 1) -> PacketFault:
     ``host``: outbound if it is the server, inbound if it is the client."""
     where = "drop_synack()"
     count = check_count(count, where)
-    synack = ("SYN,ACK,FIN,RST", "SYN,ACK")
+    synack = flag_filter("SYN,ACK", where)
     flows = [Flow("in", tcp_flags=synack, sport=port), Flow("out", tcp_flags=synack, sport=port)]
-    return PacketFault(host, flows=flows, decide=_chooser(None, Action.drop, count, 0, where),
+    return PacketFault(host, flows=flows, decide=chooser(None, Action.drop, count, 0, where),
                        port=port, where=where, label=f"drop_synack from port {port} in {host!r}")

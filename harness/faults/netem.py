@@ -118,9 +118,10 @@ from typing import Any
 import trio
 
 from .. import _features, _netlink
-from .._nfqueue import NF_ACCEPT, NF_DROP, NfQueueError
+from .._nfqueue import NF_ACCEPT, NF_DROP
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ._base import Fault
+from ._shared import Alarm
 from .packets import MARK, Action, Flow, PacketFault
 
 __all__ = ["Netem", "NetemParams", "netem"]
@@ -363,7 +364,7 @@ class _LinkEngine(PacketFault):
         self._rng = rng
         self._copies: list[tuple[float, int, bytes, bool]] = []  # (due, order, raw, original)
         self._copy_order = itertools.count()
-        self._copy_wake: trio.Event | None = None
+        self._copy_alarm = Alarm()
         self._copy_scope: trio.CancelScope | None = None
 
     async def _apply(self) -> None:
@@ -390,30 +391,12 @@ class _LinkEngine(PacketFault):
     def _matched(self, p, pkt, act) -> None:
         self._counts["matched"] += 1
 
-    async def _reader_loop(self) -> None:
-        """As the engine's, but after a batch's verdicts the queue is read
-        again at once (a few times) before the loop gets its turn: freeing
-        packets the host sent lets its socket's TCP Small Queues tasklet send
-        the next ones within the verdict call, so they are already queued,
-        and waiting for the event loop would add its latency to every round
-        of about two skbs that TSQ lets below TCP."""
-        q = self._q
-        fd = q.fileno()
-        while True:
-            await trio.lowlevel.wait_readable(fd)
-            for _ in range(16):
-                try:
-                    pkts = q.receive()
-                except NfQueueError as exc:
-                    self._errors.append(exc)
-                    break
-                if not pkts:
-                    break
-                for p in pkts:
-                    self._handle(p)
-                if self._pending:
-                    q.verdict_many(self._pending)
-                    self._pending = []
+    # after a batch's verdicts the queue is read again at once (a few times)
+    # before the loop gets its turn: freeing packets the host sent lets its
+    # socket's TCP Small Queues tasklet send the next ones within the verdict
+    # call, so they are already queued, and waiting for the event loop would
+    # add its latency to every round of about two skbs that TSQ lets below TCP
+    READS_PER_WAKEUP = 16
 
     def _act(self, p, pkt, act) -> None:
         if act.kind == "delay" and pkt.direction == "out":
@@ -465,19 +448,13 @@ class _LinkEngine(PacketFault):
         first = self._copies[0][0] if self._copies else None
         heapq.heappush(self._copies, (due, next(self._copy_order), raw, original))
         # wake the loop only if this copy is due before the one it sleeps for
-        if self._copy_wake is not None and (first is None or due < first):
-            self._copy_wake.set()
+        if first is None or due < first:
+            self._copy_alarm.ring()
 
     async def _copy_loop(self, scope: trio.CancelScope) -> None:
         with scope:
             while True:
-                self._copy_wake = trio.Event()
-                if self._copies:
-                    left = self._copies[0][0] - time.monotonic()
-                    with trio.move_on_at(trio.current_time() + max(left, 0.0)):
-                        await self._copy_wake.wait()
-                else:
-                    await self._copy_wake.wait()
+                await self._copy_alarm.sleep(self._copies)
                 now = time.monotonic()
                 while self._copies and self._copies[0][0] <= now:
                     try:

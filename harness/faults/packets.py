@@ -46,6 +46,7 @@ that the kernel drops, as a congested link would.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import math
@@ -56,10 +57,12 @@ from typing import Any, Callable
 
 import trio
 
-from .. import _netns, _nfqueue
-from .._nfqueue import NF_ACCEPT, NF_DROP, NfQueue, NfQueueError, fix_checksums, parse_tcp
+from .. import _iptables, _netns, _nfqueue, _wire
+from .._nfqueue import NF_ACCEPT, NF_DROP, NfQueue, NfQueueError
 from .._names import owner_tag
-from ..errors import FaultError, InvalidArgument, SetupError
+from .._wire import FlagFilter, fix_checksums, flag_filter, parse_tcp
+from ..errors import FaultError, InvalidArgument
+from . import _shared
 from ._base import Fault
 
 __all__ = ["Action", "LogEntry", "PacketFault", "TcpPacket", "drop_first", "drop_nth", "packets"]
@@ -71,9 +74,8 @@ MAX_LEN = 16384         # kernel queue length
 LOG_MAX = 10000         # log entries kept (counters keep counting)
 _CHAIN = {"in": "PREROUTING", "out": "POSTROUTING"}
 _HOOK_DIRECTION = {0: "in", 1: "in", 3: "out", 4: "out"}  # NF_INET_* hooks
-_FLAGS = {"FIN": 0x01, "SYN": 0x02, "RST": 0x04, "PSH": 0x08, "ACK": 0x10, "URG": 0x20}
-_FLAG_WORDS = set(_FLAGS) | {"ALL", "NONE"}
 _U32 = 0xFFFFFFFF
+_CONTROL = _wire.SYN | _wire.FIN | _wire.RST | _wire.ACK
 
 
 # --- the packet a predicate sees -------------------------------------------------
@@ -83,34 +85,38 @@ class TcpPacket:
 
     ``direction`` is "in" or "out" from the host's point of view; ``t`` is
     when the engine read it (time.monotonic, the timeline's clock); ``raw``
-    the bytes from the IP header on; ``data`` the TCP payload.
+    the bytes from the IP header on; ``data`` the TCP payload; ``bits`` the
+    flag bits (harness._wire.SYN...) and ``flags`` the same as letters
+    ("SA", "FA", "A"), as every segment the harness shows.
     """
 
     __slots__ = ("t", "direction", "raw", "version", "src", "dst", "sport", "dport", "seq",
-                 "ack", "flags", "window", "payload_len", "_data_off")
+                 "ack", "bits", "window", "payload_len", "_data_off")
 
-    def __init__(self, t: float, direction: str, raw: bytes, v: _nfqueue.TcpView):
+    def __init__(self, t: float, direction: str, raw: bytes, v: _wire.TcpView):
         self.t, self.direction, self.raw = t, direction, raw
         self.version, self.src, self.dst = v.version, v.src, v.dst
         self.sport, self.dport, self.seq, self.ack = v.sport, v.dport, v.seq, v.ack
-        self.flags, self.window, self.payload_len = v.flags, v.window, v.payload_len
+        self.bits, self.window, self.payload_len = v.flags, v.window, v.payload_len
         self._data_off = v.data_offset
 
-    syn = property(lambda self: bool(self.flags & 0x02))
-    fin = property(lambda self: bool(self.flags & 0x01))
-    rst = property(lambda self: bool(self.flags & 0x04))
-    psh = property(lambda self: bool(self.flags & 0x08))
-    ack_flag = property(lambda self: bool(self.flags & 0x10))
+    flags = property(lambda self: _wire.letters(self.bits))
+    syn = property(lambda self: bool(self.bits & _wire.SYN))
+    fin = property(lambda self: bool(self.bits & _wire.FIN))
+    rst = property(lambda self: bool(self.bits & _wire.RST))
+    psh = property(lambda self: bool(self.bits & _wire.PSH))
+    ack_flag = property(lambda self: bool(self.bits & _wire.ACK))
 
     @property
     def pure_ack(self) -> bool:
         """ACK set, no SYN/FIN/RST, no payload."""
-        return self.flags & 0x17 == 0x10 and self.payload_len == 0
+        return self.bits & _CONTROL == _wire.ACK and self.payload_len == 0
 
     @property
     def end_seq(self) -> int:
         """The sequence number after this segment (SYN and FIN count one)."""
-        return (self.seq + self.payload_len + (self.flags & 0x01) + ((self.flags >> 1) & 1)) & _U32
+        return (self.seq + self.payload_len + bool(self.bits & _wire.FIN)
+                + bool(self.bits & _wire.SYN)) & _U32
 
     @property
     def data(self) -> bytes:
@@ -118,7 +124,7 @@ class TcpPacket:
 
     @property
     def flag_names(self) -> str:
-        return ",".join(n for n, b in _FLAGS.items() if self.flags & b) or "NONE"
+        return _wire.names(self.bits)
 
     @property
     def summary(self) -> str:
@@ -284,22 +290,6 @@ def check_connection(conn: Any, where: str, name: str = "conn"):
     return conn
 
 
-def _flag_spec(value: Any, where: str) -> tuple[str, str] | None:
-    """iptables --tcp-flags MASK COMP.  A string is COMP among SYN,ACK,FIN,RST."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = ("SYN,ACK,FIN,RST", value)
-    ok = (isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value)
-          and all(w in _FLAG_WORDS for v in value for w in v.upper().split(",")))
-    if not ok:
-        raise InvalidArgument(
-            f"tcp_flags must be 'COMP' (flags set among SYN,ACK,FIN,RST) or ('MASK', 'COMP') as "
-            f"for iptables --tcp-flags, with comma-separated names from {sorted(_FLAG_WORDS)}, "
-            f"got tcp_flags={value!r} from {where}")
-    return value[0].upper(), value[1].upper()
-
-
 # --- the flows a fault queues -------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -310,7 +300,7 @@ class Flow:
     ``sport``/``dport`` instead of "either port is ``port``")."""
 
     direction: str
-    tcp_flags: tuple[str, str] | None = None
+    tcp_flags: FlagFilter | None = None
     max_len: int | None = None
     sport: int | None = None
     dport: int | None = None
@@ -357,7 +347,7 @@ class _Target:
             tcp += ["--sport", str(flow.sport)] if flow.sport is not None else []
             tcp += ["--dport", str(flow.dport)] if flow.dport is not None else []
         if flow.tcp_flags is not None:
-            tcp += ["--tcp-flags", *flow.tcp_flags]
+            tcp += flow.tcp_flags.iptables()
         if tcp:
             parts += ["-m", "tcp", *tcp]
         if self.conn is None and flow.sport is None and flow.dport is None:
@@ -368,57 +358,12 @@ class _Target:
         return " ".join(parts)
 
 
-# --- table bookkeeping: exact undo ----------------------------------------------------
-
-_TOOLS = {4: ("iptables-restore", "iptables-save", "ip"), 6: ("ip6tables-restore", "ip6tables-save", "ip6")}
-_table_users: dict[tuple[str, int], list] = {}   # (netns, family) -> [users, created_by_us]
-_locks: dict[str, trio.Lock] = {}
-_queues: dict[str, set[int]] = {}               # netns -> queue numbers in use
-
-
-def _lock(host) -> trio.Lock:
-    lock = _locks.get(host.netns)
-    if lock is None:
-        lock = _locks[host.netns] = trio.Lock()
-    return lock
-
-
-async def _table_acquire(host, family: int) -> None:
-    key = (host.netns, family)
-    use = _table_users.get(key)
-    if use is None:
-        saved = (await host.run([_TOOLS[family][1]])).stdout.decode()
-        use = _table_users[key] = [0, "*mangle" not in saved.splitlines()]
-    use[0] += 1
-
-
-async def _table_release(host, family: int) -> None:
-    key = (host.netns, family)
-    use = _table_users.get(key)
-    if use is None:
-        return
-    use[0] -= 1
-    if use[0] > 0:
-        return
-    del _table_users[key]
-    if not use[1]:
-        return
-    saved = (await host.run([_TOOLS[family][1], "-t", "mangle"])).stdout.decode()
-    if any(ln.startswith("-A ") or (ln.startswith(":") and ln.split()[1] != "ACCEPT")
-           for ln in saved.splitlines()):
-        return  # someone else put rules, chains or a policy there since: leave it
-    # iptables cannot delete a table; nft can (on the nf_tables backend).  Without
-    # nft an empty mangle table stays behind (harmless, but iptables-save shows it).
-    try:
-        await host.run(["nft", "delete", "table", _TOOLS[family][2], "mangle"], check=False)
-    except SetupError:
-        pass
-
+# --- the queue ---------------------------------------------------------------------
 
 def _open_queue(host) -> NfQueue:
     """Bind the lowest free queue number of the namespace, from a netlink
     socket created inside it."""
-    used = _queues.setdefault(host.netns, set())
+    used = _iptables.tables(host).queues
     last: Exception | None = None
     for num in range(QUEUE_BASE, QUEUE_BASE + 256):
         if num in used:
@@ -429,10 +374,10 @@ def _open_queue(host) -> NfQueue:
             q = NfQueue(num, sock=sock, max_len=MAX_LEN)
         except NfQueueError as exc:
             last = exc
-            if exc.errno in (1, 16):  # EPERM/EBUSY: bound by someone else
+            if exc.code in (errno.EPERM, errno.EBUSY):  # bound by someone else
                 continue
             raise FaultError(f"cannot bind NFQUEUE {num} in host {host.name}: {exc}",
-                             netns=host.netns, call="nfnetlink_queue bind", errno=exc.errno) from exc
+                             netns=host.netns, call="nfnetlink_queue bind", errno=exc.code) from exc
         used.add(num)
         return q
     raise FaultError(f"no free NFQUEUE number in {QUEUE_BASE}..{QUEUE_BASE + 255} in host "
@@ -451,6 +396,8 @@ class PacketFault(Fault):
     """
 
     label = "packets"
+    #: queue reads per wakeup of the reader loop (a subclass may drain more)
+    READS_PER_WAKEUP = 1
 
     def __init__(self, target: Any, *, flows: list[Flow], decide: Callable[[Any], Action | None],
                  port: int | None = None, scapy: bool = False, where: str = "packets()",
@@ -468,6 +415,7 @@ class PacketFault(Fault):
         self.queue_num: int | None = None
         self.rules: dict[int, list[str]] = {}    # family -> rule specs installed
         self._q: NfQueue | None = None
+        self._generation: int | None = None
         self._installed: list[int] = []
         self._scope: trio.CancelScope | None = None
         self._done: trio.Event | None = None
@@ -478,7 +426,7 @@ class PacketFault(Fault):
         self._heap: list[list] = []              # [due_monotonic, order, id, payload, live]
         self._order = itertools.count()
         self._held: list | None = None           # the reorder entry waiting for a successor
-        self._wake: trio.Event | None = None
+        self._alarm = _shared.Alarm()
         self._raw: dict[int, socket.socket] = {}
         self._pending: list[tuple] = []          # verdicts of the batch being handled
 
@@ -502,6 +450,7 @@ class PacketFault(Fault):
             from .. import _packets   # the only scapy importer; imported only when asked
             self._parse = _packets
         host = self.host
+        self._generation = host.generation   # the namespace its rules and queue live in
         self._q = _open_queue(host)
         self.queue_num = self._q.queue_num
         try:
@@ -511,18 +460,19 @@ class PacketFault(Fault):
             except BaseException:
                 self._done = None  # the loop never ran: nothing to wait for
                 raise
-            async with _lock(host):
+            async with _iptables.tables(host).lock:
                 for family in self._target.families:
                     specs = [f"{_CHAIN[d]} {self._target.match(fl, d, family)} -m comment --comment "
                              f"{owner_tag()}-q{self.queue_num} -j NFQUEUE --queue-num {self.queue_num} "
                              f"--queue-bypass"
                              for fl in self.flows for d in (("in", "out") if fl.direction == "both"
                                                             else (fl.direction,))]
-                    await _table_acquire(host, family)
+                    await _iptables.acquire(host, family, "mangle")
                     try:
                         await self._restore(family, "-I", specs)
                     except BaseException:
-                        await _table_release(host, family)
+                        with trio.CancelScope(shield=True):
+                            await _iptables.release(host, family, "mangle")
                         raise
                     self.rules[family] = specs
                     self._installed.append(family)
@@ -533,7 +483,7 @@ class PacketFault(Fault):
 
     async def _restore(self, family: int, op: str, specs: list[str]) -> None:
         text = "*mangle\n" + "".join(f"{op} {s}\n" for s in specs) + "COMMIT\n"
-        await self.host.run([_TOOLS[family][0], "-w", "--noflush"], input=text.encode())
+        await _iptables.restore(self.host, family, text)
 
     async def _revert(self) -> None:
         await self._teardown()
@@ -547,10 +497,14 @@ class PacketFault(Fault):
         """Rules out first (nothing new is queued), then the loop stops and
         the held and still-queued packets are accepted, and only then the
         mangle table goes: deleting it would drop every packet still in the
-        queue (they would arrive as retransmissions instead)."""
+        queue (they would arrive as retransmissions instead).  After
+        power_on gave the host a new namespace, the rules, the table and the
+        queue's binding died with the old one: only the loop is stopped."""
         failure: BaseException | None = None
         removed = []
-        async with _lock(self.host):
+        if self.host.generation != self._generation:
+            self._installed.clear()
+        async with _iptables.tables(self.host).lock:
             while self._installed:
                 family = self._installed.pop()
                 try:
@@ -563,10 +517,10 @@ class PacketFault(Fault):
         if self._done is not None:
             await self._done.wait()
         self._close_queue()
-        async with _lock(self.host):
+        async with _iptables.tables(self.host).lock:
             for family in removed:
                 try:
-                    await _table_release(self.host, family)
+                    await _iptables.release(self.host, family, "mangle")
                 except BaseException as exc:  # noqa: BLE001
                     failure = failure or exc
         if failure is not None:
@@ -598,7 +552,8 @@ class PacketFault(Fault):
                     self._counts["accepted"] += len(pkts)
         finally:
             q.close()
-            _queues.get(self.host.netns, set()).discard(q.queue_num)
+            if self.host.generation == self._generation:
+                _iptables.tables(self.host).queues.discard(q.queue_num)
             for s in self._raw.values():
                 s.close()
             self._raw.clear()
@@ -623,16 +578,19 @@ class PacketFault(Fault):
         fd = q.fileno()
         while True:
             await trio.lowlevel.wait_readable(fd)
-            try:
-                pkts = q.receive()
-            except NfQueueError as exc:
-                self._errors.append(exc)
-                continue
-            for p in pkts:
-                self._handle(p)
-            if self._pending:
-                q.verdict_many(self._pending)
-                self._pending = []
+            for _ in range(self.READS_PER_WAKEUP):
+                try:
+                    pkts = q.receive()
+                except NfQueueError as exc:
+                    self._errors.append(exc)
+                    break
+                if not pkts:
+                    break
+                for p in pkts:
+                    self._handle(p)
+                if self._pending:
+                    q.verdict_many(self._pending)
+                    self._pending = []
 
     def _handle(self, p: _nfqueue.Packet) -> None:
         c = self._counts
@@ -709,21 +667,14 @@ class PacketFault(Fault):
     def _hold(self, due: float, pid: int) -> list:
         entry = [due, next(self._order), pid, None, True]
         heapq.heappush(self._heap, entry)
-        if self._wake is not None:
-            self._wake.set()
+        self._alarm.ring()
         return entry
 
     async def _timer_loop(self) -> None:
         while True:
             while self._heap and not self._heap[0][4]:
                 heapq.heappop(self._heap)
-            self._wake = trio.Event()
-            if self._heap:
-                left = self._heap[0][0] - time.monotonic()
-                with trio.move_on_at(trio.current_time() + max(left, 0.0)):
-                    await self._wake.wait()
-            else:
-                await self._wake.wait()
+            await self._alarm.sleep(self._heap)
             now = time.monotonic()
             out = []
             while self._heap and (not self._heap[0][4] or self._heap[0][0] <= now):
@@ -756,7 +707,7 @@ class PacketFault(Fault):
 # --- constructors ------------------------------------------------------------------
 
 def packets(target: Any, *, direction: str = "both", port: int | None = None,
-            tcp_flags: str | tuple[str, str] | None = None,
+            tcp_flags: str | None = None,
             when: Callable[[Any], Any] | None = None, action: Any = "drop",
             count: int | None = None, skip: int = 0,
             decide: Callable[[Any], Action | None] | None = None,
@@ -765,7 +716,8 @@ def packets(target: Any, *, direction: str = "both", port: int | None = None,
     4-tuple, in its host) or a Host with ``port`` (either end's port).
 
     Packets the rules queue (``direction`` "in", "out" or "both"; optional
-    ``tcp_flags`` prefilter, e.g. "SYN,ACK" or ("FIN", "FIN")) are handed to
+    ``tcp_flags`` prefilter in the spelling of ``drop()``: "SYN,ACK" (exactly
+    these among SYN, ACK, FIN, RST) or "FIN/FIN" (FIN set)) are handed to
     ``when(pkt)`` (a TcpPacket, or a scapy packet with ``scapy=True``); of
     those it selects, the first ``skip`` pass, the next ``count`` (None: all)
     get ``action``, the rest pass.  ``decide(pkt) -> Action | None`` replaces
@@ -773,7 +725,7 @@ def packets(target: Any, *, direction: str = "both", port: int | None = None,
     """
     where = "packets()"
     check_direction(direction, where)
-    flags = _flag_spec(tcp_flags, where)
+    flags = None if tcp_flags is None else flag_filter(tcp_flags, where)
     if not isinstance(scapy, bool):
         raise InvalidArgument(f"scapy must be True or False, got scapy={scapy!r} from {where}")
     if decide is not None:
@@ -785,40 +737,15 @@ def packets(target: Any, *, direction: str = "both", port: int | None = None,
                                   f"count={count!r}, skip={skip!r} from {where}")
         chooser = decide
     else:
-        chooser = _chooser(when, _action(action, where), check_count(count, where),
-                           _check_skip(skip, where), where)
+        chooser = _shared.chooser(when, _action(action, where), check_count(count, where),
+                                  _shared.check_skip(skip, where), where)
     return PacketFault(target, flows=[Flow(direction, flags)], decide=chooser, port=port,
                        scapy=scapy, where=where)
 
 
-def _check_skip(skip: Any, where: str) -> int:
-    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
-        raise InvalidArgument(f"skip must be an int >= 0, got skip={skip!r} "
-                              f"({type(skip).__name__}) from {where}")
-    return skip
-
-
-def _chooser(when, action: Action, count: int | None, skip: int, where: str):
-    if when is not None and not callable(when):
-        raise InvalidArgument(f"when must be callable (a predicate over packets) or None, got "
-                              f"when={when!r} from {where}")
-    n = 0
-    last = None if count is None else skip + count
-
-    def choose(pkt):
-        nonlocal n
-        if when is not None and not when(pkt):
-            return None
-        n += 1
-        if n <= skip or (last is not None and n > last):
-            return None
-        return action
-    return choose
-
-
 def drop_first(target: Any, n: int = 1, *, when: Callable[[Any], Any] | None = None,
                direction: str = "both", port: int | None = None,
-               tcp_flags: str | tuple[str, str] | None = None) -> PacketFault:
+               tcp_flags: str | None = None) -> PacketFault:
     """Drop the first ``n`` packets of the flow that ``when`` selects."""
     check_positive(n, "drop_first()", "n")
     return packets(target, direction=direction, port=port, tcp_flags=tcp_flags, when=when,
@@ -827,7 +754,7 @@ def drop_first(target: Any, n: int = 1, *, when: Callable[[Any], Any] | None = N
 
 def drop_nth(target: Any, n: int, *, when: Callable[[Any], Any] | None = None,
              direction: str = "both", port: int | None = None,
-             tcp_flags: str | tuple[str, str] | None = None) -> PacketFault:
+             tcp_flags: str | None = None) -> PacketFault:
     """Drop only the ``n``-th packet (1-based) of the flow that ``when`` selects."""
     check_positive(n, "drop_nth()", "n")
     return packets(target, direction=direction, port=port, tcp_flags=tcp_flags, when=when,

@@ -58,21 +58,19 @@ import time
 
 import trio
 
-from .. import _netns, _tap, _tcpline
-from .._nfqueue import fix_checksums
+from .. import _netns, _tap, _tcpline, _wire
+from .._wire import ACK, ETH_HLEN, SYN, Seg, decode_frame
 from ..errors import FaultError, InvalidArgument, ObservationTimeout
-from ..observe.expect import Isns, Seg, check_within, decode_frame, time_of, wait_segment
+from ..observe.expect import Isns, check_within, time_of, wait_segment
 from ._base import Fault
+from ._shared import check_injectable, link_mac, link_mtu
 
 SOL_PACKET, PACKET_VNET_HDR = 263, 15
 # struct virtio_net_hdr (linux/virtio_net.h): flags, gso_type, hdr_len,
 # gso_size, csum_start, csum_offset
 VNET_NONE = bytes(10)
 VNET_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6 = 1, 1, 4
-ETH_HLEN = 14
-SIOCGIFMTU = 0x8921
 PROBE_WAIT = 0.5
-ACK, SYN, FIN = 0x10, 0x02, 0x01
 # states in which the victim has sent / received a FIN (for ISNs from byte counts)
 FIN_SENT = frozenset({"FIN_WAIT1", "FIN_WAIT2", "CLOSING", "LAST_ACK", "TIME_WAIT"})
 FIN_RECEIVED = frozenset({"CLOSE_WAIT", "LAST_ACK", "CLOSING", "TIME_WAIT"})
@@ -83,14 +81,14 @@ class Wire:
     segments (see the module docstring)."""
 
     def __init__(self, victim, remote, family: int, port: int | None = None):
-        from .inject import _mac
         self.victim, self.remote, self.family, self.port = victim, remote, family, port
         self.lab = victim.lab
         self._addr = {victim.name: victim.address(family), remote.name: remote.address(family)}
         self._names = {a: n for n, a in self._addr.items()}
-        self._victim_mac = _mac(victim.ns_fd)
-        self._remote_mac = _mac(remote.ns_fd)
-        sock = _tap.open_tap(self.lab.context.switch[1], self.lab.context.port(victim), rcvbuf=4 << 20)
+        self._victim_mac = link_mac(victim.ns_fd)
+        self._remote_mac = link_mac(remote.ns_fd)
+        sock = _tap.open_tap(self.lab.context.switch[1], self.lab.context.port(victim),
+                             rcvbuf=4 << 20)
         try:
             # a second socket only sends: the kernel shows a frame to every
             # packet socket but its sender (dev_queue_xmit_nit()), so the tap
@@ -107,7 +105,7 @@ class Wire:
             sock.close()
             raise
         self._sock, self._out = sock, out
-        self._mtu = _mtu(self.lab.context.switch[1], self.lab.context.port(victim))
+        self._mtu = link_mtu(self.lab.context.switch[1], self.lab.context.port(victim))
         self._segs: list[Seg] = []
         self._matched: set[int] = set()   # ids of segments an expect() took
         self.isns = Isns()
@@ -128,7 +126,7 @@ class Wire:
 
     def _record(self, seg: Seg) -> None:
         self.isns.learn(seg)
-        if seg.flags & SYN and not self.ends and {seg.src[0], seg.dst[0]} <= set(self._names):
+        if seg.bits & SYN and not self.ends and {seg.src[0], seg.dst[0]} <= set(self._names):
             self.ends = {self._names[seg.src[0]]: seg.src, self._names[seg.dst[0]]: seg.dst}
         self._segs.append(seg)
 
@@ -162,7 +160,7 @@ class Wire:
         for s in self.segments(flow_only=False):
             if s.src == sender and s.dst == receiver:
                 cand = s.end()
-            elif s.src == receiver and s.dst == sender and s.flags & ACK:
+            elif s.src == receiver and s.dst == sender and s.bits & ACK:
                 cand = s.ack
             else:
                 continue
@@ -231,15 +229,15 @@ class Wire:
         """Send a frame; the segment as the tap saw it leave (kernel time)."""
         t = time.monotonic()
         n = len(self._segs)
-        self._out.send(self._vnet(frame))
+        self._send(self._vnet(frame))
         want = decode_frame(frame, t)
         deadline = t + 0.5
         while True:
             expired = time.monotonic() > deadline  # before the look (see _poll.until)
             self._drain()
             for s in self._segs[n:]:
-                if (s.src, s.dst, s.seq, s.ack, s.flags, s.payload) == \
-                        (want.src, want.dst, want.seq, want.ack, want.flags, want.payload):
+                if (s.src, s.dst, s.seq, s.ack, s.bits, s.payload) == \
+                        (want.src, want.dst, want.seq, want.ack, want.bits, want.payload):
                     return s
             if expired:  # not seen (a full tap buffer): our own clock
                 self._record(want)
@@ -300,27 +298,22 @@ class Wire:
     def _last_syn_mss(self) -> int | None:
         remote = self._addr[self.remote.name]
         for s in self._segs:
-            if s.flags & SYN and s.src[0] == remote and s.option("mss"):
+            if s.bits & SYN and s.src[0] == remote and s.option("mss"):
                 return s.option("mss")[1]
         return None
 
+    def _send(self, data: bytes) -> None:
+        try:
+            self._out.send(data)
+        except OSError as exc:
+            raise FaultError(f"{self!r}: cannot send a segment out of switch port "
+                             f"p{self.victim.index}: {exc}", call="send on AF_PACKET",
+                             errno=exc.errno) from exc
+
     def _frame(self, src, dst, seq, ack, flags, window, options, data) -> bytes:
-        opts = _tcpline.encode_options(options) if options else b""
-        tcp = struct.pack("!HHIIBBHHH", src[1], dst[1], seq, ack, (20 + len(opts)) // 4 << 4,
-                          flags, window, 0, 0) + opts + data
-        if self.family == 4:
-            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
-                             socket.inet_pton(socket.AF_INET, src[0]),
-                             socket.inet_pton(socket.AF_INET, dst[0]))
-            eth_type = 0x0800
-        else:
-            ip = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), 6, 64,
-                             socket.inet_pton(socket.AF_INET6, src[0]),
-                             socket.inet_pton(socket.AF_INET6, dst[0]))
-            eth_type = 0x86DD
-        eth = (bytes.fromhex(self._victim_mac.replace(":", ""))
-               + bytes.fromhex(self._remote_mac.replace(":", "")) + struct.pack("!H", eth_type))
-        return eth + fix_checksums(ip + tcp)
+        opts = _wire.encode_options(options) if options else b""
+        packet = _wire.tcp_packet(self.family, src, dst, seq, ack, flags, window, opts, data)
+        return _wire.ether(self._victim_mac, self._remote_mac, packet)
 
     # --- expecting ------------------------------------------------------
     async def expect(self, line: str, *, within=None, after=None) -> Seg:
@@ -387,16 +380,6 @@ class Wire:
             self._sock.close()
         if self._out.fileno() >= 0:
             self._out.close()
-
-
-def _mtu(ns_fd: int, ifname: str) -> int:
-    """A link's MTU (SIOCGIFMTU) in a namespace."""
-    import fcntl
-    with _netns.entered(ns_fd):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    with s:
-        raw = fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16si", ifname.encode(), 0))
-    return struct.unpack_from("i", raw, 16)[0]
 
 
 SPIN = 0.005  # the last stretch before a scheduled send is spun, not slept
@@ -470,8 +453,7 @@ async def wire(conn, *, capture=None) -> Wire:
     docstring).  The tap stays until the lab ends or ``wire.close()``."""
     from ..sockets import Socket
     if capture is None:
-        from .inject import _check_conn
-        _check_conn(conn, "wire")
+        check_injectable(conn, "wire")
     elif not isinstance(conn, Socket) or conn.local is None or conn.remote is None \
             or conn.remote[1] == 0:
         raise InvalidArgument(f"wire() takes a connected Socket, got {conn!r}")
@@ -510,7 +492,7 @@ async def _learn_isns(w: Wire, conn) -> None:
     probe_seq = random.getrandbits(32)
     for _ in range(2):
         t0 = time.monotonic()
-        w._out.send(w._vnet(w._frame(conn.remote, conn.local, probe_seq,
+        w._send(w._vnet(w._frame(conn.remote, conn.local, probe_seq,
                                      random.getrandbits(32), ACK, 65535, (), b"\0")))
         deadline = t0 + PROBE_WAIT
         while time.monotonic() < deadline:

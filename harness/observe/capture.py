@@ -3,8 +3,10 @@
 An AF_PACKET socket in the switch's namespace receives each frame once, on
 the port it entered by (outgoing copies are skipped), so ``ingress`` names
 the host that sent it.  Every frame is kept as a :class:`Frame` (ARP,
-neighbour discovery, ICMP, UDP, TCP, anything); TCP segments are also parsed
-into :class:`Packet` records (``packets()``, ``summary()``).  A packet
+neighbour discovery, ICMP, UDP, TCP, anything); TCP segments are also
+decoded into the harness's one segment type, :class:`harness._wire.Seg`
+(``packets()``, ``summary()``, ``expect()``), with ``ingress`` the host that
+sent it and ``frame`` its bytes.  A packet
 dropped by a host's own firewall before it left never crossed the wire and
 is not here; one dropped on arrival is.  The bridge device's own copy of a
 broadcast (ARP, ND) is skipped: the port it entered by already gave it.
@@ -26,19 +28,12 @@ from dataclasses import dataclass
 
 import trio
 
-from .. import _tap
-from .._nfqueue import parse_tcp
+from .. import _tap, _wire
+from .._wire import Seg
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_ARP = 0x0800, 0x86DD, 0x0806
 PACKET_OUTGOING = 4
 _PORT_NAME = re.compile(r"p[0-9]+")  # the switch's ports; its bridge device is not one
-
-
-def flag_string(flags: int) -> str:
-    """TCP flags as tcpdump-like letters in a fixed order: S, F, R, P, A."""
-    order = (("S", 0x02), ("F", 0x01), ("R", 0x04), ("P", 0x08), ("A", 0x10), ("U", 0x20),
-             ("E", 0x40), ("C", 0x80))
-    return "".join(c for c, bit in order if flags & bit)
 
 
 _ICMP4 = {0: "echo-reply", 3: "unreachable", 8: "echo-request", 11: "time-exceeded",
@@ -115,32 +110,11 @@ def _icmp_what(names: dict, typ: int, code: int) -> str:
 
 def _l4(proto: int, src: str, dst: str, l4: bytes, family: str):
     if proto == 6:
-        return "tcp", src, dst, flag_string(l4[13])
+        return "tcp", src, dst, _wire.letters(l4[13])
     if proto == 17:
         sport, dport = struct.unpack_from("!HH", l4)
         return "udp", src, dst, f"{sport} > {dport}"
     return family, src, dst, f"proto {proto}"
-
-
-@dataclass(frozen=True)
-class Packet:
-    """One TCP segment on the wire (other frames are counted, not kept)."""
-
-    t: float
-    ingress: str          # the host whose link it came from
-    family: int
-    src: tuple[str, int]
-    dst: tuple[str, int]
-    seq: int
-    ack: int
-    flags: str            # e.g. "S", "SA", "A", "PA", "FA", "R", "RA"
-    window: int
-    length: int           # TCP payload bytes
-    frame: bytes
-
-    def __repr__(self) -> str:
-        return (f"<{self.t:.6f} {self.src[0]}:{self.src[1]} > {self.dst[0]}:{self.dst[1]} "
-                f"[{self.flags}] seq={self.seq} ack={self.ack} len={self.length}>")
 
 
 class Capture:
@@ -153,7 +127,7 @@ class Capture:
         self._sock = _tap.open_tap(switch_fd, rcvbuf=4 << 20)
         self._offset = time.monotonic() - time.time()
         self.packets_seen = 0
-        self._packets: list[Packet] = []
+        self._packets: list[Seg] = []
         self._frames: list[Frame] = []
         self._stopped = trio.Event()
         self._cancel = trio.CancelScope()
@@ -184,13 +158,9 @@ class Capture:
             self._frames.append(Frame(t, ingress, addr[0], kind, src, dst, what, frame))
             if kind != "tcp":
                 continue
-            view = parse_tcp(frame[14:])
-            if view is None:
-                continue
-            self._packets.append(Packet(
-                t, ingress,
-                view.version, (view.src, view.sport), (view.dst, view.dport), view.seq, view.ack,
-                flag_string(view.flags), view.window, view.payload_len, frame))
+            seg = _wire.decode_frame(frame, t, ingress=ingress)
+            if seg is not None:
+                self._packets.append(seg)
 
     def _host_of(self, port: str) -> str:
         """The host on a switch port (hosts added after the capture started
@@ -212,9 +182,10 @@ class Capture:
         return [f for f in self._frames
                 if (kind is None or f.kind == kind) and (name is None or f.ingress == name)]
 
-    def packets(self, conn=None, *, flags: str | None = None) -> list[Packet]:
+    def packets(self, conn=None, *, flags: str | None = None) -> list[Seg]:
         """Segments seen so far, in time order; of one connection (either
-        direction) when ``conn`` is a Socket; with exactly ``flags`` if given."""
+        direction) when ``conn`` is a Socket; with exactly ``flags`` if given
+        (letters as a segment's ``flags`` shows them: "S", "SA", "FA", "RA")."""
         self.lab.check_open(f"capture {self!r}")
         self.drain()
         out = self._packets
@@ -222,7 +193,8 @@ class Capture:
             a, b = conn.local, conn.remote
             out = [p for p in out if (p.src, p.dst) in ((a, b), (b, a))]
         if flags is not None:
-            out = [p for p in out if p.flags == flags]
+            want = _wire.from_letters(flags, "packets()")
+            out = [p for p in out if p.bits == want]
         return list(out)
 
     async def expect(self, conn, line: str, *, within=None, after=None):

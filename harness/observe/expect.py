@@ -23,14 +23,12 @@ differed.
 
 from __future__ import annotations
 
-import struct
 import time
-from dataclasses import dataclass, field
 
 import trio
 
-from .. import _tcpline
-from .._nfqueue import parse_tcp
+from .. import _tcpline, _wire
+from .._wire import Seg  # the one segment type (harness._wire)
 from ..errors import InvalidArgument
 
 DEFAULT_WITHIN = 1.0
@@ -41,63 +39,6 @@ class SegmentMismatch(AssertionError):
     """The expected segment did not come, or another came first."""
 
 
-@dataclass(frozen=True)
-class Seg:
-    """One TCP segment with its decoded options (absolute numbers)."""
-
-    t: float
-    src: tuple[str, int]
-    dst: tuple[str, int]
-    seq: int
-    ack: int
-    flags: int
-    window: int
-    length: int
-    options: tuple
-    payload: bytes = field(repr=False, default=b"")
-
-    @property
-    def flag_text(self) -> str:
-        return _tcpline.flags_text(self.flags)
-
-    def option(self, name: str):
-        """The first option of that name (e.g. "TS" -> ("TS", val, ecr)), or None."""
-        return next((o for o in self.options if o[0] == name), None)
-
-    @property
-    def tsval(self) -> int | None:
-        o = self.option("TS")
-        return None if o is None else o[1]
-
-    @property
-    def tsecr(self) -> int | None:
-        o = self.option("TS")
-        return None if o is None else o[2]
-
-    def end(self) -> int:
-        """Sequence number after this segment (SYN and FIN count one)."""
-        return (self.seq + self.length + bool(self.flags & 0x02) + bool(self.flags & 0x01)) \
-            & 0xFFFFFFFF
-
-
-def decode(packet: bytes, t: float) -> Seg | None:
-    """An IP packet (IP header onward) to a Seg; None unless TCP."""
-    v = parse_tcp(packet)
-    if v is None:
-        return None
-    opts = _tcpline.decode_options(bytes(packet[v.l4_offset + 20: v.data_offset]))
-    payload = bytes(packet[v.data_offset: v.data_offset + v.payload_len])
-    return Seg(t, (v.src, v.sport), (v.dst, v.dport), v.seq, v.ack, v.flags & 0xFF, v.window,
-               v.payload_len, opts, payload)
-
-
-def decode_frame(frame: bytes, t: float) -> Seg | None:
-    """An Ethernet frame to a Seg; None unless IPv4/IPv6 TCP."""
-    if len(frame) < 14 or struct.unpack_from("!H", frame, 12)[0] not in (0x0800, 0x86DD):
-        return None
-    return decode(frame[14:], t)
-
-
 class Isns:
     """Each end's initial sequence number, by address, for relative numbers."""
 
@@ -105,7 +46,7 @@ class Isns:
         self.of: dict[tuple[str, int], int] = {}
 
     def learn(self, seg: Seg) -> None:
-        if seg.flags & 0x02 and seg.src not in self.of:
+        if seg.bits & _wire.SYN and seg.src not in self.of:
             self.of[seg.src] = seg.seq
 
     def rel(self, end: tuple[str, int], n: int) -> int:
@@ -130,7 +71,7 @@ def render(seg: Seg, names: dict, isns: Isns, t0: float | None = None) -> str:
     start = isns.rel(seg.src, seg.seq)
     seq = f"{start}:{(start + seg.length) & 0xFFFFFFFF}({seg.length})"
     text = f"{side(seg.src)} > {side(seg.dst)} {seg.flag_text} {seq}"
-    if seg.flags & 0x10:
+    if seg.bits & _wire.ACK:
         text += f" ack {rel(seg.dst, seg.ack)}"
     text += f" win {seg.window}"
     if seg.options:
@@ -145,8 +86,8 @@ def render(seg: Seg, names: dict, isns: Isns, t0: float | None = None) -> str:
 def mismatches(line: _tcpline.Line, seg: Seg, isns: Isns) -> list[str]:
     """What differs between a line and a segment ([] when it matches)."""
     out = []
-    if seg.flags != line.flags:
-        out.append(f"flags {seg.flag_text} != {_tcpline.flags_text(line.flags)}")
+    if seg.bits != line.flags:
+        out.append(f"flags {seg.flag_text} != {_wire.tcpdump(line.flags)}")
     if line.seq is not None:
         r = isns.rel(seg.src, seg.seq)
         if r != line.seq:
@@ -154,7 +95,7 @@ def mismatches(line: _tcpline.Line, seg: Seg, isns: Isns) -> list[str]:
         if seg.length != line.length:
             out.append(f"length {seg.length} != {line.length}")
     if line.ack is not None:
-        r = isns.rel(seg.dst, seg.ack) if seg.flags & 0x10 else None
+        r = isns.rel(seg.dst, seg.ack) if seg.bits & _wire.ACK else None
         if r != line.ack:
             out.append(f"ack {r} != {line.ack}")
     if line.window is not None and seg.window != line.window:
@@ -282,12 +223,7 @@ async def expect_captured(cap, conn, text: str, *, within=None, after=None) -> S
     receiver = _end(line.dst, line.dport, ends - {sender}, names, text)
 
     def segments():
-        out = []
-        for p in cap.packets(conn):
-            s = decode_frame(p.frame, p.t)
-            if s is not None:
-                out.append(s)
-        return out
+        return cap.packets(conn)
 
     def isns_of():
         isns = Isns()
