@@ -1,4 +1,4 @@
-"""Benchmark the packet-fault engine (harness.faults.packets) against the
+"""Benchmark the packet-fault engine (harness.faults._packets) against the
 plain kernel path, in one run, in one lab.
 
     python bench/bench_nfqueue_engine.py [--seconds 2.0]

@@ -39,7 +39,7 @@ async def run(segments: int, datagrams: int, resets: int) -> None:
     import trio
 
     from harness import _netns, faults, open_lab, rst_received
-    from harness.faults.inject import inject_rst
+    from harness.faults._inject import inject_rst
 
     async with open_lab() as lab:
         client, server = await lab.pair()

@@ -54,13 +54,13 @@ _CANCEL_GRACE = 30.0  # s a cancelled call may take to unwind (undo steps are ti
 
 # modules whose classes' coroutine methods are bridged, and fault modules
 # whose public functions are
-_CLASS_MODULES = ("lab", "host", "sockets", "process", "peer", "observe.timeline",
-                  "observe.capture", "observe.snapshot", "faults._base",
-                  "topology.container", "topology.netns",  # host.main of a container
-                  "observe.expect", "observe.lastinfo", "faults.segments", "faults.stream")
-_FAULT_MODULES = ("faults.firewall", "faults.packets", "faults.lastack", "faults.icmp",
-                  "faults.process", "faults.sockets", "faults.host", "faults.inject",
-                  "faults.netem", "faults.segments", "faults.stream")
+_CLASS_MODULES = ("_lab", "_host", "_sockets", "_process", "_peer", "_observe.timeline",
+                  "_observe.capture", "_observe.snapshot", "faults._base",
+                  "_topology.container", "_topology.netns",  # host.main of a container
+                  "_observe.expect", "_observe.lastinfo", "faults._segments", "faults._stream")
+_FAULT_MODULES = ("faults._firewall", "faults._packets", "faults._lastack", "faults._icmp",
+                  "faults._process", "faults._sockets", "faults._host", "faults._inject",
+                  "faults._netem", "faults._segments", "faults._stream")
 
 class _Local(threading.local):
     bridged = False  # this thread's test uses a lab on the lab thread
@@ -311,7 +311,7 @@ class LabThread:
         return held
 
     async def _hold(self, held: _Held) -> None:
-        from .lab import open_lab
+        from ._lab import open_lab
         held.release = trio.Event()
         try:
             async with open_lab(artifacts=held.artifacts) as lab:

@@ -235,7 +235,7 @@ def netns_reuse() -> str | None:
 
 @functools.cache
 def docker() -> str | None:
-    from .topology import container
+    from ._topology import container
     return container.KIND.unavailable()
 
 

@@ -104,7 +104,7 @@ def _locked():
 def sweep() -> list[str]:
     """Remove dead owners' namespaces, containers, tracefs instances and
     artifact directories; returns what was removed."""
-    from .topology import kinds
+    from ._topology import kinds
     removed = []
     with _locked():
         for kind in kinds():  # namespaces, containers...: each kind sweeps its own

@@ -21,11 +21,11 @@ import trio
 
 from . import _names, _netns, _tracefs
 from .errors import Unsupported
-from .observe.timeline import NOWHERE, Event, event_from_trace
+from ._observe.timeline import NOWHERE, Event, event_from_trace
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .host import Host
-    from .lab import Lab
+    from ._host import Host
+    from ._lab import Lab
 
 
 def so_error_probe() -> bool:

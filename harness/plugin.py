@@ -2,7 +2,7 @@
 
 Cheap to import: nothing heavy at module level (no trio, none of the
 library; tests/test_plugin_import.py measures it).  The fixtures live in
-harness.fixtures and are registered from here.  Settings resolve
+harness._fixtures and are registered from here.  Settings resolve
 marker > command line > environment > ini, as pytest-timeout does.
 
 **Styles.**  The ``lab`` fixture serves three kinds of test, chosen per test
@@ -23,7 +23,7 @@ import signal
 
 import pytest
 
-pytest_plugins = ["harness.fixtures", "harness._guest_plugin"]
+pytest_plugins = ["harness._fixtures", "harness._guest_plugin"]
 
 _KEEP_CHOICES = ("failed", "all", "none")
 TRIO, ASYNCIO, SYNC = "trio", "asyncio", "sync"
@@ -121,7 +121,7 @@ def pytest_configure(config: pytest.Config) -> None:
     dirs = [str(p) for p in config.getini("harness_containers")]
     if dirs:
         from .errors import InvalidArgument
-        from .topology import container
+        from ._topology import container
         try:
             container.add_context_dirs(dirs, "ini harness_containers")
         except InvalidArgument as exc:

@@ -1,6 +1,6 @@
 """Run inside a user-mode Linux guest by tests/test_faults_netem.py: the
 harness itself (open_lab, lab.pair, faults.netem) on a 6.1 kernel that has
-sch_netem, so the tc code path of harness/faults/netem.py runs for real.
+sch_netem, so the tc code path of harness/faults/_netem.py runs for real.
 Prints one JSON object of measurements; the test asserts on them.
 
     python tests/netem_guest_check.py     # inside the guest, from the repo

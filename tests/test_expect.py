@@ -1,4 +1,4 @@
-"""Expected segments (harness.observe.expect) against two real stacks.
+"""Expected segments (harness._observe.expect) against two real stacks.
 
 The lines are packetdrill's notation with host names; seq/ack relative to
 each side's ISN, learnt from the SYNs the capture saw.
@@ -10,7 +10,7 @@ import pytest
 
 from harness import InvalidArgument
 from harness import _tcpline, _wire
-from harness.observe.expect import SegmentMismatch
+from harness._observe.expect import SegmentMismatch
 
 
 async def connect(lab, family):

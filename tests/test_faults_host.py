@@ -15,7 +15,7 @@ import trio
 
 from harness import (InvalidArgument, open_lab, retransmitted, rst_received, rst_sent)
 from harness import _netns
-from harness.faults.host import power_off, power_on, reboot
+from harness.faults._host import power_off, power_on, reboot
 from helpers import still_works
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from harness import FaultError, InvalidArgument, rst_received
-from harness.faults.inject import inject_fin, inject_rst, inject_syn
+from harness.faults._inject import inject_fin, inject_rst, inject_syn
 from helpers import still_works
 
 
@@ -159,7 +159,7 @@ class _Refusing:
 def test_a_failed_send_is_a_fault_error():
     """The tap's OSError does not leak: FaultError naming the port, with the
     errno and the OSError as its cause (mocked: a full queue on demand)."""
-    from harness.faults import inject, segments
+    from harness.faults import _inject as inject, _segments as segments
     tap = inject._Tap.__new__(inject._Tap)
     tap._sock, tap.port = _Refusing(), "p3"
     with pytest.raises(FaultError, match="cannot send a segment out of switch port p3") as info:

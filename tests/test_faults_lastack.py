@@ -1,4 +1,4 @@
-"""Drop the last ACK of a close (harness.faults.lastack), on the real kernel,
+"""Drop the last ACK of a close (harness.faults._lastack), on the real kernel,
 IPv4 and IPv6: the peer stays in LAST_ACK retransmitting its FIN, the
 TIME_WAIT side re-ACKs every copy (and the engine drops each), and after
 undo the next FIN is ACKed and the peer goes CLOSED.  Also: dropping a FIN,

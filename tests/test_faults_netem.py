@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from harness import InvalidArgument, Unsupported, _features, faults
-from harness.faults.netem import NetemParams, _Model
+from harness.faults._netem import NetemParams, _Model
 from helpers import wait_until
 
 PORT = 9000

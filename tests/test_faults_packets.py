@@ -1,4 +1,4 @@
-"""The packet engine (harness.faults.packets): each action proven by what the
+"""The packet engine (harness.faults._packets): each action proven by what the
 receiving socket observes, on IPv4 and IPv6; exact undo; bad input refused
 before anything is touched."""
 
@@ -125,7 +125,7 @@ async def test_rewrite_changes_what_recv_returns(lab, family):
 
 async def test_rewrite_whole_packet_with_scapy(lab, family):
     """scapy=True hands predicate and rewrite a scapy packet (via
-    harness._packets, the only scapy importer)."""
+    harness._scapy, the only scapy importer)."""
     client, _, conn, peer = await connected(lab, family)
 
     def shout(pkt):

@@ -251,7 +251,7 @@ async def _socket_lab(names=("client", "server"), sysctls=None):
 
 @pytest.mark.requires("netns_reuse")
 async def test_a_socket_only_lab_is_scrubbed_and_reused():
-    from harness import lab as labmod
+    from harness import _lab as labmod
     labmod._pool.close()
     first, slot = await _socket_lab(sysctls={"net.ipv4.tcp_fin_timeout": 9})
     assert all(_netns.exists(n) for n in first)  # kept for the next lab...
@@ -315,7 +315,7 @@ async def test_each_connection_gets_only_its_own_syn_sent(lab):
 
 @pytest.mark.requires("netns_reuse")
 async def test_a_reused_host_carries_no_sysctl_of_the_lab_before():
-    from harness import lab as labmod
+    from harness import _lab as labmod
     labmod._pool.close()
     def ns(host):  # a namespace's identity (names repeat when a slot is leased again)
         return os.fstat(host.ns_fd).st_ino

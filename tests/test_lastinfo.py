@@ -1,9 +1,9 @@
-"""tcp_info at the moment a socket dies, kept (harness.observe.lastinfo)."""
+"""tcp_info at the moment a socket dies, kept (harness._observe.lastinfo)."""
 
 import pytest
 
 from harness import InvalidArgument, entered, faults
-from harness.observe.lastinfo import last_info
+from harness._observe.lastinfo import last_info
 
 
 async def test_orphan_giving_up_keeps_its_last_tcp_info(lab, family):

@@ -26,4 +26,4 @@ def test_importing_the_plugin_imports_no_library_and_no_trio():
 
 def test_the_library_loads_on_first_use():
     new = imported_by("import harness; harness.Lab")
-    assert {"trio", "harness.lab", "harness.faults", "harness._bridge"} <= new
+    assert {"trio", "harness._lab", "harness.faults", "harness._bridge"} <= new

@@ -56,11 +56,11 @@ async def test_a_pause_between_a_look_and_the_clock_is_not_a_timeout():
 
 
 async def test_an_expected_segment_read_after_a_pause_past_the_window_still_matches():
-    """harness.observe.expect.wait_segment under the same pause: the segment
+    """harness._observe.expect.wait_segment under the same pause: the segment
     left in time (its kernel stamp is inside the window) but the reader was
     descheduled past the window's end before it read the tap."""
     from harness import _tcpline
-    from harness.observe.expect import Isns, Seg, wait_segment
+    from harness._observe.expect import Isns, Seg, wait_segment
     t0 = time.monotonic()
     a, b = ("198.18.0.2", 8080), ("198.18.0.1", 40000)
     rst = Seg(t0 + 0.001, a, b, 1, 1, 0x14, 0, 0, ())

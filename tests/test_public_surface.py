@@ -94,16 +94,16 @@ def _imports(name: str, tree) -> set[str]:
 # own layer or below.  ARCHITECTURE.md draws the same picture.
 LAYERS = [
     {"errors", "_check", "_names", "_netns", "_netlink", "_rtnl", "_diag", "_poll", "_undo", "_tcpline",
-     "_tap", "_sysctls", "_nfqueue", "_nlmsg", "_wire", "_iptables", "_tracefs", "_docker", "_packets", "_sockops", "_uml",
+     "_tap", "_sysctls", "_nfqueue", "_nlmsg", "_wire", "_iptables", "_tracefs", "_docker", "_scapy", "_sockops", "_uml",
      "_kernels"},
-    {"observe", "observe.states", "observe.snapshot", "observe.timeline", "observe.lastinfo",
-     "observe.expect", "observe.capture", "timers"},
-    {"topology", "topology.backend", "topology.netns", "topology.container", "_sweep", "process",
+    {"_observe", "_observe.states", "_observe.snapshot", "_observe.timeline", "_observe.lastinfo",
+     "_observe.expect", "_observe.capture", "_timers"},
+    {"_topology", "_topology.backend", "_topology.netns", "_topology.container", "_sweep", "_process",
      "_features"},
-    {"sockets", "_tracer", "host", "lab", "peer"},
+    {"_sockets", "_tracer", "_host", "_lab", "_peer"},
     {*(f"faults.{p.stem}" for p in (HARNESS / "faults").glob("*.py")
                  if p.stem != "__init__")},
-    {"faults", "_bridge", "fixtures", "plugin", "_pluginrun", "_guest_plugin", "__main__", ""},
+    {"faults", "_bridge", "_fixtures", "plugin", "_pluginrun", "_guest_plugin", "__main__", ""},
 ]
 
 

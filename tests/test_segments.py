@@ -1,4 +1,4 @@
-"""Scripted inbound segments (harness.faults.segments) against the real kernel.
+"""Scripted inbound segments (harness.faults._segments) against the real kernel.
 
 The script speaks for a host whose kernel is silenced (scripted_peer), or
 for the real peer of a live connection (wire); what the victim's kernel
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness import InvalidArgument, rst_received
-from harness.faults.segments import reset_at, scripted_peer, wire
+from harness.faults._segments import reset_at, scripted_peer, wire
 from helpers import wait_until
 
 
@@ -211,7 +211,7 @@ async def test_wire_from_a_capture_reaches_time_wait_late(lab, family):
 
 
 async def test_unexpected_segments_are_reported(lab):
-    from harness.observe.expect import SegmentMismatch
+    from harness._observe.expect import SegmentMismatch
     client, server = await lab.pair()
     async with scripted_peer(server, client, port=9000) as w:
         listener = await server.listen(9000)

@@ -1,4 +1,4 @@
-"""Stream faults (harness.faults.stream): toxiproxy's toxics on real
+"""Stream faults (harness.faults._stream): toxiproxy's toxics on real
 connections through a proxy in a lab host."""
 
 import time
@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from harness import InvalidArgument, rst_received
-from harness.faults import stream
+from harness.faults import _stream as stream
 
 
 async def through(lab, *toxics, family=4, **kw):

@@ -8,11 +8,11 @@ import threading
 import pytest
 
 import harness
-from harness import _docker, _netns, faults, timers
+from harness import _docker, _netns, faults, _timers as timers
 from harness.errors import InvalidArgument
-from harness.topology import backend as protocol
-from harness.topology import kinds
-from harness.topology import netns as nsbackend
+from harness._topology import backend as protocol
+from harness._topology import kinds
+from harness._topology import netns as nsbackend
 
 KINDS = ["netns", pytest.param("container", marks=pytest.mark.requires("docker"))]
 EHASH, TW, SYN = ("net.ipv4.tcp_ehash_entries", "net.ipv4.tcp_max_tw_buckets",
@@ -192,7 +192,7 @@ def test_only_the_container_backend_talks_to_docker():
     import ast
     import pathlib
     root = pathlib.Path(harness.__file__).parent
-    protocol_users = {"host.py", "lab.py", "_sweep.py", "faults/host.py", "topology/netns.py"}
+    protocol_users = {"host.py", "lab.py", "_sweep.py", "faults/_host.py", "topology/netns.py"}
     importers, peeks = set(), []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
@@ -207,7 +207,7 @@ def test_only_the_container_backend_talks_to_docker():
             if rel in protocol_users and isinstance(node, ast.Attribute) and \
                     node.attr in ("container", "kind", "image_tag", "container_spec"):
                 peeks.append(f"{rel}:{node.lineno} .{node.attr}")
-    assert importers == {"topology/container.py"}
+    assert importers == {"_topology/container.py"}
     assert peeks == []
 
 

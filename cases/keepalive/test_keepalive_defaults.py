@@ -8,11 +8,11 @@ network namespace with TCP_KEEPALIVE_TIME (2 h), TCP_KEEPALIVE_INTVL (75 s)
 and TCP_KEEPALIVE_PROBES (9) (include/net/tcp.h); 10 is not Linux's.  And
 none of it applies until the application sets SO_KEEPALIVE: then
 tcp_set_keepalive() arms the timer for keepalive_time_when() (the sysctl, or
-TCP_KEEPIDLE).  The harness pins the same values (harness.timers.DEFAULT); a
+TCP_KEEPIDLE).  The harness pins the same values (harness._timers.DEFAULT); a
 namespace nobody configured shows the kernel's own.
 """
 
-from harness.timers import DEFAULT
+from harness._timers import DEFAULT
 
 SEED = "000"
 CLAIM = "keepalive: first probe after 2 h idle, then every 75 s, 10 probes"

@@ -1,16 +1,16 @@
 """Faults: each an async context manager undone exactly on exit (see _base),
 or an awaitable action where it cannot be undone (a kill)."""
-from .firewall import blackhole, drop, partition, reject
-from .packets import Action, PacketFault, TcpPacket, drop_first, drop_nth, packets
-from .lastack import DropLastAck, drop_last_ack, drop_nth_fin, drop_synack
-from .icmp import port_unreachable, unreachable_host
-from .process import kill, pause
-from .sockets import destroy
-from .host import power_off, power_on, reboot
-from .inject import inject_fin, inject_rst, inject_syn
-from .netem import Netem, netem
-from .segments import ScriptedPeer, Wire, reset_at, scripted_peer, wire
-from .stream import (Proxy, Toxic, latency, limit_data, proxy, reset_peer, slicer, slow_close,
+from ._firewall import blackhole, drop, partition, reject
+from ._packets import Action, PacketFault, TcpPacket, drop_first, drop_nth, packets
+from ._lastack import DropLastAck, drop_last_ack, drop_nth_fin, drop_synack
+from ._icmp import port_unreachable, unreachable_host
+from ._process import kill, pause
+from ._sockets import destroy
+from ._host import power_off, power_on, reboot
+from ._inject import inject_fin, inject_rst, inject_syn
+from ._netem import Netem, netem
+from ._segments import ScriptedPeer, Wire, reset_at, scripted_peer, wire
+from ._stream import (Proxy, Toxic, latency, limit_data, proxy, reset_peer, slicer, slow_close,
                      timeout)
 
 __all__ = [

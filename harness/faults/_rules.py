@@ -1,7 +1,7 @@
 """The rules of the firewall faults (drop, reject, partition, blackhole,
 port_unreachable): their validation, their text, and one host's share of a
 fault loaded and removed through harness._iptables.  The matching rules
-are documented in harness.faults.firewall."""
+are documented in harness.faults._firewall."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import trio
 from .. import _iptables
 from .._wire import FlagFilter, flag_filter
 from ..errors import InvalidArgument
-from ..host import Host
+from .._host import Host
 
 DIRECTIONS = ("in", "out", "both")
 PROTOCOLS = ("tcp", "udp", "icmp", "all")

@@ -82,8 +82,8 @@ class Alarm:
 def check_injectable(conn, what: str) -> None:
     """``conn`` is a test's Socket with a synchronized connection whose
     host is on: a segment spoofed from its peer lands in its window."""
-    from ..sockets import Socket
-    from .host import is_off
+    from .._sockets import Socket
+    from ._host import is_off
     if not isinstance(conn, Socket):
         raise InvalidArgument(f"{what}() takes a connected Socket (from connect() or accept()), "
                               f"got {conn!r}")

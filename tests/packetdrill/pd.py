@@ -11,7 +11,7 @@ the wire's previous event, as packetdrill's.  packetdrill's default
 tolerance (--tolerance_usecs=4000) is TOL.
 """
 
-from harness.faults.segments import scripted_peer
+from harness.faults._segments import scripted_peer
 
 TOL = 0.004  # packetdrill's default --tolerance_usecs=4000
 # One jiffy at this kernel's HZ=250.  A delayed ACK due "now" (ato 0) fires

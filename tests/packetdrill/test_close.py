@@ -6,7 +6,7 @@ packetdrill's tolerance (pd.TOL) unless the script gives a window.
 
 import trio
 
-from harness.faults.segments import scripted_peer
+from harness.faults._segments import scripted_peer
 from pd import JIFFY, PORT, TOL, cubic, pair, server_conn
 
 

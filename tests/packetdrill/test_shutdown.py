@@ -7,7 +7,7 @@ the kernel: the script's own pacing).
 
 import trio
 
-from harness.faults.segments import _until
+from harness.faults._segments import _until
 from pd import TOL, server_conn
 
 

@@ -5,7 +5,7 @@ import time
 
 import trio
 
-from harness.faults.segments import _until
+from harness.faults._segments import _until
 from pd import TOL, accepted, listening, mss
 
 WHEEL = 8 * 0.004  # level-1 granularity of the timer wheel at HZ=250 (8 jiffies)

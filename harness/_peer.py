@@ -1,6 +1,6 @@
 """The harness's peer program: socket endpoints that can die like a process.
 
-``python -m harness.peer`` runs inside a host's namespace and executes socket
+``python -m harness._peer`` runs inside a host's namespace and executes socket
 calls sent as JSON lines on stdin, each concurrently, answering with the same
 Outcome the test process would get.  Killing it (SIGKILL), pausing it
 (SIGSTOP) or powering off its host affects its sockets exactly as it would a

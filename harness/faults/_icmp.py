@@ -37,10 +37,10 @@ import itertools
 import shutil
 
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
-from ..host import Host
+from .._host import Host
 from ._base import Fault
 from ._rules import Rules, build
-from .firewall import Firewall
+from ._firewall import Firewall
 
 _ids = itertools.count(1)
 

@@ -206,7 +206,7 @@ class ContainerMain:
         """Wait until a line of the container's log matches ``pattern`` (a
         regex string or compiled pattern; e.g. "Ready to accept
         connections"); returns the re.Match."""
-        from ..process import wait_output
+        from .._process import wait_output
         return await wait_output(self, pattern, timeout=timeout, read=self.output)
 
 
@@ -243,7 +243,7 @@ class ContainerHost:
         """Its readiness condition holds (e.g. the server listens again
         after a reboot); fails if the main process exits first."""
         if self.ready is not None:
-            from ..process import wait_ready
+            from .._process import wait_ready
             await wait_ready(host.main, self.ready, self.ready_timeout)
 
     def stop(self) -> None:

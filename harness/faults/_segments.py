@@ -61,7 +61,7 @@ import trio
 from .. import _netns, _tap, _tcpline, _wire
 from .._wire import ACK, ETH_HLEN, SYN, Seg, decode_frame
 from ..errors import FaultError, InvalidArgument, ObservationTimeout
-from ..observe.expect import Isns, check_within, time_of, wait_segment
+from .._observe.expect import Isns, check_within, time_of, wait_segment
 from ._base import Fault
 from ._shared import check_injectable, link_mac, link_mtu
 
@@ -319,7 +319,7 @@ class Wire:
     async def expect(self, line: str, *, within=None, after=None) -> Seg:
         """Wait for the victim's next segment to the other end after
         ``after`` (default: the wire's last event) and check it against the
-        line (see harness.observe.expect); returns it."""
+        line (see harness._observe.expect); returns it."""
         __tracebackhide__ = True
         parsed = _tcpline.parse(line)
         if parsed.src != self.victim.name:
@@ -358,7 +358,7 @@ class Wire:
         ``after`` (default: the wire's last event; a segment at that very
         time is not counted, so ``after=seg`` looks past ``seg``)."""
         __tracebackhide__ = True
-        from ..observe.expect import SegmentMismatch, render
+        from .._observe.expect import SegmentMismatch, render
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
             raise InvalidArgument(f"seconds must be >= 0, got {seconds!r}")
         t0 = time_of(after, self.last)
@@ -403,7 +403,7 @@ class ScriptedPeer(Fault):
     speaks for it."""
 
     def __init__(self, victim, remote, port: int, family: int):
-        from .firewall import drop
+        from ._firewall import drop
         super().__init__(victim.lab)
         self.label = f"scripted_peer({victim.name}, {remote.name}, port={port})"
         self._fw = drop(remote, direction="in", peer=victim, port=port, protocol="tcp",
@@ -433,8 +433,8 @@ def scripted_peer(victim, remote, *, port: int, family: int = 4) -> ScriptedPeer
     """Let a test speak for ``remote`` to ``victim`` on TCP ``port`` (the
     victim's listening port, or the remote port it connects to):
     ``async with scripted_peer(server, client, port=9000) as wire``."""
-    from ..host import Host
-    from ..sockets import check_family, check_port
+    from .._host import Host
+    from .._sockets import check_family, check_port
     for h, what in ((victim, "victim"), (remote, "remote")):
         if not isinstance(h, Host):
             raise InvalidArgument(f"scripted_peer(): {what} must be a Host of the lab, got {h!r}")
@@ -451,7 +451,7 @@ async def wire(conn, *, capture=None) -> Wire:
     the handshake: then the connection may be in any state, TIME_WAIT or
     gone) or are learnt from the live connection (see the module
     docstring).  The tap stays until the lab ends or ``wire.close()``."""
-    from ..sockets import Socket
+    from .._sockets import Socket
     if capture is None:
         check_injectable(conn, "wire")
     elif not isinstance(conn, Socket) or conn.local is None or conn.remote is None \

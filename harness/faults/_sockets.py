@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Awaitable
 
 from ..errors import InvalidArgument
-from ..host import destroy_socket
-from ..observe.snapshot import SocketInfo
-from ..sockets import Socket
+from .._host import destroy_socket
+from .._observe.snapshot import SocketInfo
+from .._sockets import Socket
 
 def destroy(sock: Socket) -> Awaitable[SocketInfo]:
     """Abort ``sock`` through SOCK_DESTROY; returns (awaitable) the socket as

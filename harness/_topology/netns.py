@@ -18,7 +18,7 @@ from .. import _diag, _netlink, _netns, _rtnl
 from .._names import Slot, check_host_name
 from .._poll import until_sync
 from ..errors import InvalidArgument, SetupError, Unsupported
-from ..timers import explicit, resolve
+from .._timers import explicit, resolve
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def v6_ready(fd: int, address: str) -> bool:
 
 def apply_sysctls(fd: int, netns: str, sysctls: Mapping[str, str],
                   explicit: frozenset = frozenset()) -> None:
-    from ..timers import OPTIONAL
+    from .._timers import OPTIONAL
     errors = _netns.write_sysctls(fd, sysctls.items())
     for key, exc in errors.items():  # in the order given: the first one is reported
         if isinstance(exc, Unsupported):

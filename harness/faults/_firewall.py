@@ -61,7 +61,7 @@ import time
 import trio
 
 from ..errors import InvalidArgument, ObservationTimeout
-from ..host import Host
+from .._host import Host
 from ._base import Fault
 from ._rules import Rules, build, check_host
 

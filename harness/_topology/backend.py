@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @runtime_checkable
 class MainProcess(Protocol):
     """A host's main process, when its kind has one (a container's entry
-    point): the same surface as ``harness.process.Process``, so readiness,
+    point): the same surface as ``harness._process.Process``, so readiness,
     kill, pause and wait work on either."""
 
     pid: int

@@ -138,7 +138,7 @@ class Proxy(Fault):
         self._socks: set = set()
 
     async def _apply(self) -> None:
-        from ..sockets import make_socket_in
+        from .._sockets import make_socket_in
         fam = socket.AF_INET if self.family == 4 else socket.AF_INET6
         raw = make_socket_in(self.host.ns_fd)(fam, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -269,8 +269,8 @@ def proxy(host, *, port: int, upstream, toxics: list[Toxic] | tuple = (),
     """A toxiproxy-like TCP proxy in ``host`` on ``port``, relaying to
     ``upstream`` (a port of ``host`` or ``(Host, port)``), with ``toxics``
     (see the module docstring)."""
-    from ..host import Host
-    from ..sockets import check_family, check_port
+    from .._host import Host
+    from .._sockets import check_family, check_port
     if not isinstance(host, Host):
         raise InvalidArgument(f"proxy(): host must be a Host of the lab, got {host!r}")
     check_port(port)

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import Awaitable
 
 from ..errors import InvalidArgument
-from ..host import Peer
-from ..process import Process
+from .._host import Peer
+from .._process import Process
 from ._base import Fault
 
 

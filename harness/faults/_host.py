@@ -32,7 +32,7 @@ import trio
 
 from .. import _iptables, _netlink
 from ..errors import FaultError, InvalidArgument
-from ..topology import netns as _backend
+from .._topology import netns as _backend
 
 # hosts currently powered off (by this module); weak: a lab's hosts die with it
 _off: "weakref.WeakSet" = weakref.WeakSet()
@@ -45,7 +45,7 @@ _BLACKHOLE = ("*filter\n"
 
 
 def _check_host(host, what: str):
-    from ..host import Host
+    from .._host import Host
     if not isinstance(host, Host):
         raise InvalidArgument(f"{what}() takes a Host (e.g. from lab.pair()), got {host!r}")
     host.lab.check_open(f"{what}(): host {host.name}")

@@ -276,7 +276,7 @@ def check_direction(direction: Any, where: str, allowed=DIRECTIONS) -> str:
 
 def check_connection(conn: Any, where: str, name: str = "conn"):
     """A connected, open harness Socket (the fault matches its 4-tuple)."""
-    from ..sockets import Socket
+    from .._sockets import Socket
     if not isinstance(conn, Socket):
         raise InvalidArgument(f"{name} must be a connected harness Socket, got {name}={conn!r} "
                               f"({type(conn).__name__}) from {where}")
@@ -310,8 +310,8 @@ class _Target:
     """Where the rules go and what they match: a connection or a host+port."""
 
     def __init__(self, target: Any, port: Any, where: str):
-        from ..host import Host
-        from ..sockets import Socket, check_port
+        from .._host import Host
+        from .._sockets import Socket, check_port
         self.conn = None
         if isinstance(target, Socket):
             check_connection(target, where, "target")
@@ -447,7 +447,7 @@ class PacketFault(Fault):
         if self._target.conn is not None and self._target.conn.closed:
             raise InvalidArgument(f"{self._target.conn!r} was closed before {self.label} was applied")
         if self._scapy:
-            from .. import _packets   # the only scapy importer; imported only when asked
+            from .. import _scapy as _packets  # the only scapy importer; imported only when asked
             self._parse = _packets
         host = self.host
         self._generation = host.generation   # the namespace its rules and queue live in

@@ -31,7 +31,7 @@ from typing import Any
 
 from .._wire import flag_filter
 from ._shared import chooser
-from .packets import (Action, Flow, PacketFault, check_connection, check_count, check_direction,
+from ._packets import (Action, Flow, PacketFault, check_connection, check_count, check_direction,
                       check_positive)
 
 __all__ = ["DropLastAck", "drop_last_ack", "drop_nth_fin", "drop_synack"]

@@ -122,7 +122,7 @@ from .._nfqueue import NF_ACCEPT, NF_DROP
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ._base import Fault
 from ._shared import Alarm
-from .packets import MARK, Action, Flow, PacketFault
+from ._packets import MARK, Action, Flow, PacketFault
 
 __all__ = ["Netem", "NetemParams", "netem"]
 
@@ -632,7 +632,7 @@ def netem(host, *, delay: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
     traffic, as Chaos Mesh's target and pumba's --target/--egress-port do;
     they take the NFQUEUE engine (TCP only).  Everything is checked
     here, before anything is touched."""
-    from ..host import Host
+    from .._host import Host
     if not isinstance(host, Host):
         raise InvalidArgument(f"host must be a Host of a lab, got host={host!r} "
                               f"({type(host).__name__}) from {WHERE}")
@@ -656,7 +656,7 @@ def netem(host, *, delay: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
             raise InvalidArgument(f"peer must be another Host of the lab or an IP address, "
                                   f"got peer={peer!r} from {WHERE}")
     if port is not None:
-        from ..sockets import check_port
+        from .._sockets import check_port
         check_port(port)
     if (peer is not None or port is not None) and engine == "tc":
         raise Unsupported("netem(engine='tc') with peer= or port= needs tc filters, which "

@@ -25,12 +25,12 @@ import trio
 
 from . import _check, _names, _poll, _sweep
 from .errors import InvalidArgument, LabClosed, ObservationTimeout, Unsupported
-from .host import Host, replace_backend
-from .observe.snapshot import Snapshot
-from .observe.states import CLOSED, canonical
-from .observe.timeline import Timeline
+from ._host import Host, replace_backend
+from ._observe.snapshot import Snapshot
+from ._observe.states import CLOSED, canonical
+from ._observe.timeline import Timeline
 from ._tracer import tracer as _tracer
-from .topology import netns as backend
+from ._topology import netns as backend
 
 _swept = False
 
@@ -232,7 +232,7 @@ class Lab:
         """Whether anything beyond sockets touched the lab's namespaces (a
         fault, a command, a process, an undo step): then its namespaces are
         destroyed at the end instead of being reused."""
-        from .timers import pinned
+        from ._timers import pinned
         return self._tainted or self.undo.pushed > 0 or \
             any(h.processes or h.tainted or not all(map(pinned, h.sysctls))
                 for h in self._hosts.values())
@@ -298,7 +298,7 @@ class Lab:
         link like any host's.  ``ready`` as for spawn (e.g.
         ``harness.listening(6379)``), awaited again after each
         ``faults.power_on``.  Removed with the lab."""
-        from .topology import container as cbackend
+        from ._topology import container as cbackend
         self.check_open()
         cspec = cbackend.ContainerSpec.make(image, command)
         if name in self._hosts:
@@ -429,7 +429,7 @@ class Lab:
 
     # --- addressing -------------------------------------------------------
     def resolve(self, target, family: int) -> str:
-        from .sockets import check_family, resolve_address
+        from ._sockets import check_family, resolve_address
         check_family(family)
         if isinstance(target, Host):
             if target.lab is not self:  # a closed lab's host may share this lab's addresses
@@ -490,10 +490,10 @@ class Lab:
 
     async def capture(self):
         """Start capturing every frame that crosses the switch; returns the
-        Capture (see harness.observe.capture).  Saved as pcapng (one
+        Capture (see harness._observe.capture).  Saved as pcapng (one
         interface per host's switch port) in the lab's artifacts at
         teardown."""
-        from .observe.capture import Capture
+        from ._observe.capture import Capture
         self.check_open()
         if self._switch is None:
             raise InvalidArgument("the lab has no hosts yet: add hosts before capturing")

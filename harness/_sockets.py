@@ -24,7 +24,7 @@ import trio
 from . import _check
 from ._sockops import Outcome, SocketTable, encode_option
 from .errors import CallFailed, HarnessError, InvalidArgument
-from .observe.timeline import Event
+from ._observe.timeline import Event
 
 
 def check_family(family: object) -> int:

@@ -21,10 +21,10 @@ import trio
 from . import _check, _diag, _netns
 from ._tracer import tracer as _tracer
 from .errors import FaultError, InvalidArgument, SetupError, Unsupported
-from .observe import snapshot as _snapshot
-from .process import (Process, Ready, check_argv, clean_signals, spawn_in, take_pipes,
+from ._observe import snapshot as _snapshot
+from ._process import (Process, Ready, check_argv, clean_signals, spawn_in, take_pipes,
                       wait_ready)
-from .sockets import LocalDriver, PeerDriver, SocketFactory, make_socket_in
+from ._sockets import LocalDriver, PeerDriver, SocketFactory, make_socket_in
 
 
 class Host(SocketFactory):
@@ -241,7 +241,7 @@ class Host(SocketFactory):
         """Start the harness's peer program in this host: sockets that die
         with a process (kill, pause, power off)."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-        proc = self._start([sys.executable, "-m", "harness.peer"], env=env,
+        proc = self._start([sys.executable, "-m", "harness._peer"], env=env,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, host_binary=True)
         return await Peer.start(self, proc)
 

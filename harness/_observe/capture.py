@@ -199,7 +199,7 @@ class Capture:
 
     async def expect(self, conn, line: str, *, within=None, after=None):
         """Wait for the next segment a line describes (packetdrill notation,
-        relative seq/ack; see harness.observe.expect) and return it; a
+        relative seq/ack; see harness._observe.expect) and return it; a
         mismatch fails with the expected line beside what was seen."""
         __tracebackhide__ = True
         from .expect import expect_captured

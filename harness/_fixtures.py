@@ -32,7 +32,7 @@ lab = pytest.fixture(name="lab")(_lab)
 
 
 async def _trio_lab(request: pytest.FixtureRequest, tmp_path):
-    from .lab import open_lab
+    from ._lab import open_lab
 
     artifacts = tmp_path / "lab"
     request.node._harness_artifacts = str(artifacts)
