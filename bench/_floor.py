@@ -30,7 +30,7 @@ def _ifinfo(index: int = 0, flags: int = 0) -> bytes:
 
 class Rtnl:
     def __init__(self, fd: int):
-        with _netns.entered(fd):
+        with _netns.inside(fd):
             self.s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
         self.seq = 0
 
@@ -114,11 +114,11 @@ def lab(tag: str, net: int) -> tuple[list[str], list[int]]:
 
 def connect_echo(fds: list[int], net: int, port: int = 9000) -> float:
     """One connect + echo from host a to host b; returns the connect time."""
-    with _netns.entered(fds[2]):
+    with _netns.inside(fds[2]):
         ls = socket.socket()
     ls.bind((f"198.18.{net}.2", port))
     ls.listen()
-    with _netns.entered(fds[1]):
+    with _netns.inside(fds[1]):
         c = socket.socket()
     t = time.perf_counter()
     c.connect((f"198.18.{net}.2", port))

@@ -205,7 +205,7 @@ async def run(seconds: float, only: str | None = None) -> None:
             print("cost: this process's CPU per packet through the engine (bulk, "
                   f"{seconds:g} s each)")
             variants = [
-                ("packets() accept all", lambda: faults.packets(client, port=BULK_PORT,
+                ("packets() accept all", lambda: faults.intercept(client, port=BULK_PORT,
                                                                  direction="out",
                                                                  when=lambda p: False)),
                 ("netem(), nothing to do", lambda: faults.netem(client, engine="nfqueue")),

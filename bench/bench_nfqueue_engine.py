@@ -129,7 +129,7 @@ async def run(seconds: float) -> dict:
 
         for mode, port in (("rr", RR_PORT), ("bulk", BULK_PORT)):
             results[mode, "kernel"] = await load(mode)
-            async with faults.packets(server, port=port, direction="both",
+            async with faults.intercept(server, port=port, direction="both",
                                       when=lambda p: False) as f:
                 t0 = time.monotonic()
                 results[mode, "engine"] = await load(mode)

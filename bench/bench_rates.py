@@ -82,9 +82,9 @@ async def run(segments: int, datagrams: int, resets: int) -> None:
 
         print("drop(probability=p), xt_statistic, UDP datagrams")
         for p in (0.1, 0.5):
-            with _netns.entered(server.ns_fd):
+            with _netns.inside(server.ns_fd):
                 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            with _netns.entered(client.ns_fd):
+            with _netns.inside(client.ns_fd):
                 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             with rx, tx:
                 rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)

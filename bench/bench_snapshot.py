@@ -74,13 +74,13 @@ async def empty_host() -> None:
         private = _netns.create_unnamed()
         _netns.write_sysctl(private, "net.ipv4.tcp_child_ehash_entries", 1024)
         shared = _netns.create_unnamed()
-        with _netns.entered(private):
+        with _netns.inside(private):
             sub = _netns.create_unnamed()  # created from inside: a private table
         try:
-            with _netns.entered(sub):
+            with _netns.inside(sub):
                 assert _netns.read_sysctl(sub, "net.ipv4.tcp_ehash_entries") == "1024"
                 floor_sock = _diag.open_socket()
-            with _netns.entered(shared):
+            with _netns.inside(shared):
                 shared_sock = _diag.open_socket()
             for _ in range(3):  # interleaved, best of each: the machine is shared
                 floor = best_of(lambda: direct_dump(floor_sock), 300)
@@ -101,7 +101,7 @@ async def main(pairs: int) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2 * pairs + 1000), max(hard, 2 * pairs + 1000)))
     async with harness.open_lab() as lab:
         host = await lab.host("many")
-        with _netns.entered(host.ns_fd):
+        with _netns.inside(host.ns_fd):
             ls = socket.socket()
             ls.bind(("127.0.0.1", 5000))
             ls.listen(4096)
@@ -112,7 +112,7 @@ async def main(pairs: int) -> None:
                 held += [c, ls.accept()[0]]
         try:
             count = len(host.sockets())
-            with _netns.entered(host.ns_fd):
+            with _netns.inside(host.ns_fd):
                 raw = _diag.open_socket()
 
             def ours():

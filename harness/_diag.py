@@ -47,9 +47,12 @@ TCPF_BOUND_INACTIVE = 1 << 13
 STATES = ALL_STATES & ~TCPF_BOUND_INACTIVE
 
 
-def open_socket() -> socket.socket:
-    """Open a diag socket in the calling thread's namespace."""
-    return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+def open_socket(ns_fd: int | None = None) -> socket.socket:
+    """Open a diag socket in the namespace ``ns_fd`` (None: the calling
+    thread's)."""
+    from ._netns import socket_in
+    return socket_in(ns_fd, socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                     NETLINK_SOCK_DIAG)
 
 
 def _request(family: int, protocol: int, states: int, sockid: bytes | None = None, *,

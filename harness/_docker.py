@@ -368,24 +368,27 @@ def _script_inputs(name: str, context: Path, files_digest: str) -> bytes:
     with _inputs_lock:
         if key in _inputs_memo:
             return _inputs_memo[key]
+    out = _run_script(script, ["inputs"], context, _INPUTS_TIMEOUT, name)
+    with _inputs_lock:
+        _inputs_memo[key] = out
+    return out
+
+
+def _run_script(script, args: list[str], cwd, timeout: float, name: str) -> bytes:
+    """Run a context's build script; its stdout, or DockerError with the
+    tail of what it wrote."""
+    verb = args[0]
     try:
-        proc = subprocess.run(
-            [str(script), "inputs"],
-            cwd=context,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=_INPUTS_TIMEOUT,
-        )
+        proc = subprocess.run([str(script), *args], cwd=cwd, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise DockerError(f"{BUILD_SCRIPT} inputs failed: {e}", image=name) from e
+        raise DockerError(f"{BUILD_SCRIPT} {verb} failed: {e}", image=name) from e
     if proc.returncode != 0:
         raise DockerError(
-            f"{BUILD_SCRIPT} inputs failed (exit {proc.returncode}):\n"
+            f"{BUILD_SCRIPT} {verb} failed (exit {proc.returncode}); log tail:\n"
             + _tail(proc.stderr.decode(errors="replace") + proc.stdout.decode(errors="replace")),
             image=name,
         )
-    with _inputs_lock:
-        _inputs_memo[key] = proc.stdout
     return proc.stdout
 
 
@@ -479,23 +482,7 @@ def _run_rootfs_script(name: str, build_dir: Path) -> None:
     script = build_dir / BUILD_SCRIPT
     if not script.is_file():
         return
-    try:
-        proc = subprocess.run(
-            [str(script), "build", str(build_dir)],
-            cwd=build_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            timeout=_ROOTFS_BUILD_TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise DockerError(f"{BUILD_SCRIPT} build failed: {e}", image=name) from e
-    if proc.returncode != 0:
-        raise DockerError(
-            f"{BUILD_SCRIPT} build failed (exit {proc.returncode}); log tail:\n"
-            + _tail(proc.stdout.decode(errors="replace")),
-            image=name,
-        )
+    _run_script(script, ["build", str(build_dir)], build_dir, _ROOTFS_BUILD_TIMEOUT, name)
     # The script's own copy is not part of the image context.
     script.unlink()
 

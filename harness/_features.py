@@ -197,7 +197,7 @@ def sock_destroy() -> str | None:
     _netns.create(name)
     fd = _netns.open_fd(_netns.path(name))
     try:
-        with _netns.entered(fd):
+        with _netns.inside(fd):
             ds = _diag.open_socket()
             lo = socket.socket()
             lo.bind(("127.0.0.1", 0))

@@ -14,6 +14,7 @@ import os
 import socket as _socket
 import subprocess
 import sys
+import warnings
 from typing import Any
 
 import trio
@@ -38,8 +39,7 @@ class Host(SocketFactory):
         self.v4, self.v6 = v4, v6
         self.profile, self.sysctls = profile, sysctls
         self.host = self
-        with _netns.entered(backend.fd):
-            self._diag = _diag.open_socket()
+        self._diag = _diag.open_socket(backend.fd)
         self._driver = LocalDriver(make_socket_in(backend.fd))
         self.processes: list[Process] = []
         # changed beyond sockets: never reused (Lab.tainted)
@@ -85,7 +85,7 @@ class Host(SocketFactory):
         (/proc/net/netstat and /proc/net/snmp): TcpExt (TCPChallengeACK,
         PAWSEstab, TCPTimeWaitOverflow...), Tcp, Ip, Icmp, Udp..."""
         self._check_open()
-        with _netns.entered(self.ns_fd):
+        with _netns.inside(self.ns_fd):
             files = [os.open(f"/proc/thread-self/net/{n}", os.O_RDONLY | os.O_CLOEXEC)
                      for n in ("netstat", "snmp")]
         groups: dict[str, dict[str, int]] = {}
@@ -137,7 +137,7 @@ class Host(SocketFactory):
         self._check_open()
         self.tainted = True
         try:
-            with _netns.entered(self.ns_fd):
+            with _netns.inside(self.ns_fd):
                 res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
                                      **clean_signals())
         except FileNotFoundError as exc:
@@ -202,7 +202,7 @@ class Host(SocketFactory):
         main = self.backend.main
         if main is None:
             raise InvalidArgument(f"host {self.name} ({self.backend.describe()}) has no main "
-                                  f"process (use spawn() or peer())")
+                                  f"process (use spawn() or program())")
         if main.host is None:
             main.host = self  # readiness conditions look at the process's host
         return main
@@ -237,13 +237,22 @@ class Host(SocketFactory):
         _tracer.watch(proc, self, spawner[0] if spawner else None)
         return proc
 
-    async def peer(self) -> "Peer":
-        """Start the harness's peer program in this host: sockets that die
-        with a process (kill, pause, power off)."""
+    async def program(self) -> "Program":
+        """Start a program of the harness's in this host whose sockets are
+        made through the same API (``connect``, ``listen``...) but owned by
+        that separate process: they die with it (kill, pause, power off),
+        as a real client's or server's do."""
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         proc = self._start([sys.executable, "-m", "harness._peer"], env=env,
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, host_binary=True)
-        return await Peer.start(self, proc)
+        return await Program.start(self, proc)
+
+    async def peer(self) -> "Program":
+        """Deprecated name of ``program()`` ("peer" reads as the other end
+        of a connection)."""
+        warnings.warn("host.peer() is now host.program() (a Program: sockets owned by a "
+                      "separate process)", DeprecationWarning, stacklevel=2)
+        return await self.program()
 
     async def stop_processes(self) -> None:
         """SIGKILL every process in the namespace (ours and their children)."""
@@ -277,8 +286,7 @@ async def replace_backend(host: Host, backend) -> None:
     socket and a socket driver of the new namespace replace the old ones,
     which are closed with the old namespace's fd.  Name, addresses and
     processes stay."""
-    with _netns.entered(backend.fd):
-        diag = _diag.open_socket()
+    diag = _diag.open_socket(backend.fd)
     host.tainted = True
     host.generation += 1
     old, old_diag, old_driver = host.backend, host._diag, host._driver
@@ -293,17 +301,18 @@ async def replace_backend(host: Host, backend) -> None:
         _tracer.watch_container(host)
 
 
-class Peer(SocketFactory):
-    """The peer program in a host: same socket API, owned by a process."""
+class Program(SocketFactory):
+    """A program of the harness's in a host (``host.program()``): the same
+    socket API, its sockets owned by that process."""
 
     def __init__(self, host: Host, process: Process, driver: PeerDriver):
         self.host, self.process, self._driver = host, process, driver
 
     def __repr__(self) -> str:
-        return f"<Peer pid={self.process.pid} in {self.host.name}>"
+        return f"<Program pid={self.process.pid} in {self.host.name}>"
 
     @classmethod
-    async def start(cls, host: Host, proc: Process) -> "Peer":
+    async def start(cls, host: Host, proc: Process) -> "Program":
         stdin, stdout = take_pipes(proc)
         send, recv = trio.lowlevel.FdStream(stdin), trio.lowlevel.FdStream(stdout)
         driver = PeerDriver(proc, send, recv)
@@ -314,7 +323,7 @@ class Peer(SocketFactory):
         except BaseException as exc:
             with trio.CancelScope(shield=True):
                 await proc.kill()
-            raise SetupError(f"peer program did not start in {host.name}: "
+            raise SetupError(f"the harness's program did not start in {host.name}: "
                              f"{proc.stderr()[-800:]!r}", netns=host.netns) from exc
         assert out.ok
         return cls(host, proc, driver)
@@ -332,6 +341,16 @@ class Peer(SocketFactory):
         """Restore SIGPIPE's default action in the peer, so a send on a
         reset connection kills it (as a C program that did not ignore it)."""
         await self._driver.call("sigpipe")
+
+
+def check_host(host: object, where: str, name: str = "host") -> Host:
+    """``host`` is a Host of an open lab (the one check every entry point
+    that takes a host makes, before anything is touched)."""
+    if not isinstance(host, Host):
+        raise InvalidArgument(f"{name} must be a Host (from lab.pair() or lab.host()), got "
+                              f"{name}={host!r} ({type(host).__name__}) from {where}")
+    host.lab.check_open(f"{where}: host {host.name}")
+    return host
 
 
 _AF_OF = {4: _socket.AF_INET, 6: _socket.AF_INET6}

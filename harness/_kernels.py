@@ -48,7 +48,7 @@ BUILD_TOOLS = {"make": "make", "gcc": "gcc", "flex": "flex", "bison": "bison", "
 #: The config fragment applied on top of ``make ARCH=um defconfig``.  The first
 #: block is the issue's list; the second is what the harness's own faults need
 #: besides (iptables-nft tables and matches, REJECT, the mangle table for NFQUEUE
-#: rules, nft's arp/inet families for unreachable_host).
+#: rules, nft's arp/inet families for host_unreachable).
 RECIPE = """\
 CONFIG_UML_TIME_TRAVEL_SUPPORT=y
 CONFIG_HOSTFS=y

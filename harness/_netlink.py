@@ -30,7 +30,7 @@ def rtnl(fd: int, netns: str) -> Iterator[object]:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
-    with _netns.entered(fd):
+    with _netns.inside(fd):
         ipr = IPRoute()
     try:
         yield ipr
@@ -115,9 +115,8 @@ def flush_tcp_metrics(fd: int, netns: str) -> None:
     import socket
     import struct
     global _tcp_metrics_family
-    with _netns.entered(fd):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 16)
-    with sock:
+    with _netns.socket_in(fd, socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                          16) as sock:
         if _tcp_metrics_family is None:
             name = b"tcp_metrics\0"
             attr = struct.pack("=HH", 4 + len(name), _CTRL_ATTR_FAMILY_NAME) + name

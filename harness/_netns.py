@@ -175,7 +175,7 @@ def inode(ns_path: str) -> int:
 
 
 @contextlib.contextmanager
-def entered(fd: int) -> Iterator[None]:
+def inside(fd: int) -> Iterator[None]:
     """Run the body with the *current thread* in the namespace ``fd``.
 
     Synchronous on purpose: never hold it across an await.  Sockets and
@@ -268,21 +268,11 @@ def writable_proc_sys() -> int:
 def write_sysctl(fd: int, key: str, value: str | int) -> None:
     """Write a sysctl of the namespace ``fd`` (/proc/sys/net is resolved
     against the opening thread's namespace); through a private read-write
-    clone of /proc/sys when it is mounted read-only."""
-    rel = key.replace(".", "/")
-    with entered(fd):
-        try:
-            try:
-                f = open(f"/proc/sys/{rel}", "w")
-            except OSError as exc:
-                if exc.errno != errno.EROFS:
-                    raise
-                f = open(os.open(rel, os.O_WRONLY | os.O_CLOEXEC, dir_fd=writable_proc_sys()),
-                         "w")
-        except FileNotFoundError as exc:
-            raise Unsupported(f"sysctl {key} does not exist in this kernel") from exc
-    with f:
-        f.write(str(value))
+    clone of /proc/sys when it is mounted read-only.  Unsupported when the
+    key does not exist; the kernel's OSError when it refuses the value."""
+    errors = write_sysctls(fd, [(key, value)])
+    if errors:
+        raise errors[key]
 
 
 def write_sysctls(fd: int, items) -> dict[str, BaseException]:
@@ -293,7 +283,7 @@ def write_sysctls(fd: int, items) -> dict[str, BaseException]:
     value).  Through a private read-write clone of /proc/sys when it is
     mounted read-only."""
     opened, errors = [], {}
-    with entered(fd):
+    with inside(fd):
         for key, value in items:
             rel = key.replace('.', '/')
             try:
@@ -322,7 +312,7 @@ def write_sysctls(fd: int, items) -> dict[str, BaseException]:
 
 
 def read_sysctl(fd: int, key: str) -> str:
-    with entered(fd):
+    with inside(fd):
         try:
             f = open(f"/proc/sys/{key.replace('.', '/')}")
         except FileNotFoundError as exc:
@@ -331,16 +321,20 @@ def read_sysctl(fd: int, key: str) -> str:
         return f.read().strip()
 
 
-def socket_in(netns: str | None, family: int, type: int, proto: int = 0) -> socket.socket:
-    """A socket created inside a network namespace (it stays there).
+def socket_in(netns: int | str | None, family: int, type: int, proto: int = 0) -> socket.socket:
+    """A socket created inside a network namespace (it stays there): the
+    one way the harness opens one.
 
-    ``netns`` is a name under /run/netns or a path such as
-    ``/proc/<pid>/ns/net``; ``None`` means the calling thread's own."""
+    ``netns`` is an open namespace fd, a name under /run/netns or a path
+    such as ``/proc/<pid>/ns/net``; ``None`` means the calling thread's own."""
     if netns is None:
         return socket.socket(family, type, proto)
+    if isinstance(netns, int):
+        with inside(netns):
+            return socket.socket(family, type, proto)
     fd = open_fd(netns if "/" in netns else path(netns))
     try:
-        with entered(fd):
+        with inside(fd):
             return socket.socket(family, type, proto)
     finally:
         os.close(fd)

@@ -188,7 +188,7 @@ def spawn_in(host, argv: list[str], *, netns_fd: int, out_path: str, err_path: s
         try:
             if before_fork is not None:
                 before_fork()
-            with _netns.entered(netns_fd):
+            with _netns.inside(netns_fd):
                 result.append(subprocess.Popen(argv, stdin=stdin,
                                                stdout=stdout if out is None else out,
                                                stderr=err, env=env, cwd=cwd,

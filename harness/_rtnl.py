@@ -49,9 +49,8 @@ class Rtnl:
 
     def __init__(self, fd: int, netns: str):
         self.netns = netns
-        with _netns.entered(fd):
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                      socket.NETLINK_ROUTE)
+        self.sock = _netns.socket_in(fd, socket.AF_NETLINK, socket.SOCK_RAW
+                                     | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         self.seq = 0
 
     def __enter__(self) -> "Rtnl":

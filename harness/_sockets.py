@@ -40,6 +40,30 @@ def check_port(port: object, *, zero_ok: bool = False) -> int:
     return port
 
 
+def check_socket(sock: object, where: str, name: str = "conn", *, connected: bool = False,
+                 bound: bool = False) -> "Socket":
+    """``sock`` is a test's Socket of an open lab, not closed by the test;
+    with ``connected``, one with a peer (a 4-tuple); with ``bound``, one
+    with a local address.  The one check every entry point that takes a
+    socket makes, before anything is touched."""
+    if not isinstance(sock, Socket):
+        raise InvalidArgument(f"{name} must be a harness Socket (from connect(), listen() or "
+                              f"accept()), got {name}={sock!r} ({type(sock).__name__}) from "
+                              f"{where}")
+    sock.host.lab.check_open(f"{where}: {sock!r}")
+    if sock.closed:
+        raise InvalidArgument(f"{name}={sock!r} was closed by the test; {where} needs an open "
+                              f"socket")
+    if connected and (sock.local is None or sock.remote is None or not sock.remote[1]):
+        raise InvalidArgument(f"{name} must be a connected Socket (a 4-tuple), got {name}="
+                              f"{sock!r}, which is not connected (a listener or an unconnected "
+                              f"socket has no peer), from {where}")
+    if bound and sock.local is None:
+        raise InvalidArgument(f"{name}={sock!r} is neither bound nor connected: inet_diag "
+                              f"cannot find it (from {where})")
+    return sock
+
+
 class LocalDriver:
     """Calls run in the pytest process, sockets created in the host's
     namespace."""
@@ -137,7 +161,7 @@ class PeerDriver:
             raise HarnessError(f"peer process {self.process.pid} died during {op} "
                                f"(returncode {self.process.returncode})")
         if "error" in msg:
-            raise HarnessError(f"peer program failed on {op}: {msg['error']}")
+            raise HarnessError(f"the harness's program failed on {op}: {msg['error']}")
         return Outcome.from_wire(msg["outcome"])
 
     async def _cancel_remote(self, mid: int, slot: list) -> None:
@@ -442,8 +466,7 @@ def make_socket_in(netns_fd: int):
     from . import _netns
 
     def make(family: int, kind: int) -> _socket.socket:
-        with _netns.entered(netns_fd):
-            return _socket.socket(family, kind)
+        return _netns.socket_in(netns_fd, family, kind)
     return make
 
 

@@ -58,9 +58,7 @@ def remove_netns(name: str) -> bool:
         _netns.delete(name)
         return True
     try:
-        with _netns.entered(fd):
-            sock = _diag.open_socket()
-        with sock:
+        with _diag.open_socket(fd) as sock:
             _diag.destroy_all(sock)
     except Unsupported:
         pass  # no SOCK_DESTROY here: the namespace goes all the same

@@ -95,7 +95,7 @@ def check(key: object, value: object, where: str, *, optional: bool = False) -> 
     if m and m.group(2) not in ("all", "default", "lo"):
         probe = f"{m.group(1)}.lo.{m.group(3)}"
     path = f"/proc/sys/{probe.replace('.', '/')}"
-    with _netns.entered(_scratch_fd()):
+    with _netns.inside(_scratch_fd()):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

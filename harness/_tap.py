@@ -29,9 +29,9 @@ def open_tap(switch_fd: int, port: str | None = None, *, rcvbuf: int | None = No
     OS's refusal (no CAP_NET_RAW, no such port) is SetupError naming it."""
     what = f"AF_PACKET socket on switch port {port}" if port else "AF_PACKET socket"
     try:
-        with _netns.entered(switch_fd):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                                 | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
+        sock = _netns.socket_in(switch_fd, socket.AF_PACKET, socket.SOCK_RAW
+                                | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                                socket.htons(ETH_P_ALL))
     except OSError as exc:
         raise SetupError(f"cannot open an {what}: {exc}", call="socket(AF_PACKET)",
                          errno=exc.errno) from exc

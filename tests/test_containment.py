@@ -254,7 +254,7 @@ async def test_every_object_of_a_closed_lab_refuses_use():
             for use in (lambda: server.listen(9002), lambda: client.connect(server, 9001),
                         lambda: conn.send(b"x"), lambda: lab1.host("x"), lambda: lab1.pair(),
                         lambda: lab1.wait_state(peer, "CLOSED"), lambda: server.spawn(["true"]),
-                        lambda: server.peer(), lambda: server.run(["true"]),
+                        lambda: server.program(), lambda: server.run(["true"]),
                         lambda: faults.drop(server).start(), lambda: faults.netem(server, delay=0.01).start(),
                         lambda: faults.power_off(server), lambda: faults.destroy(listener),
                         lambda: lab1.capture()):
@@ -277,7 +277,7 @@ async def test_processes_faults_and_captures_of_a_closed_lab_refuse_use():
     async with harness.open_lab() as lab1:
         client, server = await lab1.pair()
         proc = await server.spawn(["sleep", "60"])
-        peer = await server.peer()
+        peer = await server.program()
         capture = await lab1.capture()
         fault = faults.drop(server)
     with trio.fail_after(10):
@@ -371,7 +371,7 @@ async def test_spawned_programs_get_default_signals_and_an_empty_mask(lab):
     try:
         assert _sig_status(os.getpid())["SigIgn"] & (1 << (signal.SIGINT - 1))
         proc = await client.spawn(["sleep", "60"])
-        peer = await client.peer()
+        peer = await client.program()
         run = client.run_sync(["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"])
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)

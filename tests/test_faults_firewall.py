@@ -41,12 +41,12 @@ async def test_drop_in_silences_the_port_until_undone(lab, family):
         await lab.timeline.wait_for(retransmitted(conn), since=conn.since)
         # the segment and its first retransmission (a tail loss probe ~10 ms
         # later; the RTO's comes ~200 ms after that)
-        assert await f.wait_packets(2) == 2
+        assert await f.wait_matched(2) == 2
         assert peer.info().recv_queue == 0
         assert f.chains == sorted(f.chains) and all(c.startswith("fih") for c in f.chains)
     with trio.fail_after(6):  # the next retransmission (RTO backoff) gets through
         assert (await peer.recv()).value == b"x"
-    assert await f.packets() >= 2 and await f.packets(family=10 - family) == 0
+    assert await f.matched() >= 2 and await f.matched(family=10 - family) == 0
     assert await rules(server) == before
 
 
@@ -58,7 +58,7 @@ async def test_drop_out_drops_the_acks_not_the_data(lab, family):
         with trio.fail_after(2):
             assert (await peer.recv()).value == b"hello"   # in: untouched
         await lab.timeline.wait_for(retransmitted(conn), since=conn.since)
-        assert await f.wait_packets(2, family=family) >= 2  # ACK, then D-SACK ACK
+        assert await f.wait_matched(2, family=family) >= 2  # ACK, then D-SACK ACK
         assert conn.info().send_queue == 5                  # never acknowledged
     with trio.fail_after(6):
         while conn.info().send_queue:
@@ -76,7 +76,7 @@ async def test_drop_syn_spares_established_connections(lab, family):
         late = await client.socket(family)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(late.connect, server, PORT)
-            assert await f.wait_packets(1) == 1             # the SYN, dropped
+            assert await f.wait_matched(1) == 1             # the SYN, dropped
             assert client.sockets(state="SYN_SENT", port=PORT).states() == ["SYN_SENT"]
             nursery.cancel_scope.cancel()
         await late.close(linger=0)
@@ -140,7 +140,7 @@ async def test_reject_answers(lab, family):
     assert results["tcp-reset"].duration < 0.5
     for with_, f in faults.items():
         late = results[with_].duration > 0.9   # failed at the SYN retransmission
-        assert await f.packets() == 1 + late, with_
+        assert await f.matched() == 1 + late, with_
         await f.stop()
     assert await rules(server) == before
 
@@ -152,7 +152,7 @@ async def test_reject_out_answers_the_local_sender(lab, family):
     async with reject(client, direction="out", port=PORT, with_="tcp-reset") as f:
         sock = await client.socket(family)
         assert (await sock.connect(server, PORT)).errno == "ECONNREFUSED"
-        assert await f.packets() == 1 and await f.packets(family=family) == 1
+        assert await f.matched() == 1 and await f.matched(family=family) == 1
     assert server.sockets(state="SYN_RECV") == ()
     assert await rules(client) == before
 
@@ -164,7 +164,7 @@ async def test_reject_both_lets_its_own_answers_out(lab, family):
         await conn.send(b"x")
         await lab.timeline.wait_for(rst_received(conn), since=conn.since)
         assert (await conn.recv()).errno == "ECONNRESET"
-        assert await f.packets() == 1
+        assert await f.matched() == 1
     async with reject(server, direction="both", port=PORT, with_="icmp-port-unreachable"):
         sock = await client.socket(family)
         assert (await sock.connect(server, PORT)).errno == "ECONNREFUSED"
@@ -179,8 +179,8 @@ async def test_partition_cuts_both_ways_and_heals(lab, family):
         await peer.send(b"s")
         await lab.timeline.wait_for(retransmitted(conn), since=conn.since)
         await lab.timeline.wait_for(retransmitted(peer), since=peer.since)
-        assert await f.wait_packets(4, family=family) >= 4
-        assert await f.packets(family=10 - family) == 0
+        assert await f.wait_matched(4, family=family) >= 4
+        assert await f.matched(family=10 - family) == 0
         assert conn.info().recv_queue == 0 and peer.info().recv_queue == 0
     with trio.fail_after(6):
         assert (await conn.recv()).value == b"s"
@@ -203,7 +203,7 @@ async def test_blackhole_spares_loopback(lab, family):
         await conn.send(b"x")
         assert (await peer.send(b"y")).value == 1
         await lab.timeline.wait_for(retransmitted(conn), since=conn.since)
-        assert await f.wait_packets(3) >= 3  # x, its retransmission, y
+        assert await f.wait_matched(3) >= 3  # x, its retransmission, y
         info = peer.info()
         assert (info.timer, info.send_queue) == ("zero_window_probe", 1)
         assert lab.timeline.count(retransmitted(peer), peer) == 0
@@ -223,8 +223,8 @@ async def test_faults_stack_and_undo_independently(lab, family):
     second = await drop(server, port=PORT, family=family).start()
     await first.stop()  # out of order: the other's chains stay
     await conn.send(b"x")
-    assert await second.wait_packets(1) >= 1
-    assert await first.packets() == 0
+    assert await second.wait_matched(1) >= 1
+    assert await first.matched() == 0
     await second.stop()
     await second.stop()  # idempotent
     assert middle != before and await rules(server) == before
@@ -247,11 +247,11 @@ async def test_half_applied_fault_is_taken_back(lab, monkeypatch):
     assert await rules(server) == before
 
 
-async def test_wait_packets_times_out_with_the_count(lab):
+async def test_wait_matched_times_out_with_the_count(lab):
     client, server = await lab.pair()
     async with drop(server, port=PORT) as f:
         with pytest.raises(ObservationTimeout, match="matched 0 packet"):
-            await f.wait_packets(1, timeout=0.05)
+            await f.wait_matched(1, timeout=0.05)
 
 
 # --- bad input: InvalidArgument before anything is touched -----------------------

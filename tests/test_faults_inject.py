@@ -32,7 +32,7 @@ async def connected(lab, family, **kw):
 
 async def test_exact_rst_kills_the_connection(lab, family):
     *_, conn, peer = await connected(lab, family)
-    inj = await inject_rst(conn, in_window="exact")
+    inj = await inject_rst(conn, seq="exact")
     assert inj.sent.seq == inj.rcv_nxt and inj.sent.flags == "RA"
     ev = await lab.timeline.wait_for(rst_received(conn))
     assert ev.t >= inj.sent.t
@@ -54,7 +54,7 @@ async def test_exact_rst_kills_the_accepted_side_too(lab):
 
 async def test_in_window_rst_draws_a_challenge_ack_and_the_connection_lives(lab, family):
     *_, conn, peer = await connected(lab, family)
-    inj = await inject_rst(conn, in_window=True)
+    inj = await inject_rst(conn, seq="in_window")
     assert inj.rcv_nxt < inj.sent.seq <= inj.rcv_nxt + inj.learnt.window
     reply = await inj.wait_reply()
     # the challenge ACK: a pure ACK of what the victim really has (RFC 5961 §3.2)
@@ -68,7 +68,7 @@ async def test_in_window_rst_draws_a_challenge_ack_and_the_connection_lives(lab,
 
 async def test_out_of_window_rst_is_ignored(lab, family):
     *_, conn, peer = await connected(lab, family)
-    inj = await inject_rst(conn, in_window="out_of_window")
+    inj = await inject_rst(conn, seq="out_of_window")
     assert (inj.sent.seq - inj.rcv_nxt) % 2**32 == 2**30
     # to show nothing happens: no answer, no reset, within an interval ~500x
     # the ~0.1 ms the kernel takes to answer or reset
@@ -81,9 +81,9 @@ async def test_out_of_window_rst_is_ignored(lab, family):
 async def test_challenge_acks_are_rate_limited_per_socket(lab):
     # tcp_send_challenge_ack(): one per tcp_invalid_ratelimit (500 ms, pinned)
     *_, conn, peer = await connected(lab, 4)
-    first = await inject_rst(conn, in_window=True)
+    first = await inject_rst(conn, seq="in_window")
     await first.wait_reply()
-    second = await inject_rst(conn, in_window=True)
+    second = await inject_rst(conn, seq="in_window")
     assert second.counter("TCPChallengeACK") == 0
     assert second.counter("TCPACKSkippedChallenge") == 1
     assert first.counter("TCPChallengeACK") == 1
@@ -92,7 +92,7 @@ async def test_challenge_acks_are_rate_limited_per_socket(lab):
 async def test_rate_limit_off_every_rst_is_challenged(lab):
     *_, conn, peer = await connected(lab, 4, sysctls={"net.ipv4.tcp_invalid_ratelimit": 0})
     for _ in range(3):
-        inj = await inject_rst(conn, in_window=True)
+        inj = await inject_rst(conn, seq="in_window")
         assert (await inj.wait_reply()).ack == inj.rcv_nxt
         assert inj.counter("TCPChallengeACK") == 1
     await still_works(conn, peer)
@@ -125,11 +125,16 @@ async def test_in_window_syn_draws_a_challenge_ack(lab, family):
 async def test_bad_parameters(lab):
     client, server, listener, conn, peer = await connected(lab, 4)
     steps = len(lab.undo)
-    with pytest.raises(InvalidArgument, match=r"in_window must be True .* got 'inside'"):
-        await inject_rst(conn, in_window="inside")
-    with pytest.raises(InvalidArgument, match=r"in_window must be .* got None"):
-        await inject_rst(conn, in_window=None)
-    with pytest.raises(InvalidArgument, match=r"takes a connected Socket"):
+    with pytest.raises(InvalidArgument, match=r"seq must be one of 'exact', 'in_window', "
+                                              r"'out_of_window' .* got seq='inside'"):
+        await inject_rst(conn, seq="inside")
+    with pytest.raises(InvalidArgument, match=r"seq must be one of .* got seq=True"):
+        await inject_rst(conn, seq=True)
+    # the old name says what to write now
+    with pytest.raises(InvalidArgument, match=r"inject_rst\(in_window=True\): the argument is "
+                                              r"now seq=.*write seq='in_window'"):
+        await inject_rst(conn, in_window=True)
+    with pytest.raises(InvalidArgument, match=r"conn must be a harness Socket"):
         await inject_fin(client)
     with pytest.raises(InvalidArgument, match=r"is not connected"):
         await inject_syn(listener)

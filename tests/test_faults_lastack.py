@@ -129,11 +129,11 @@ async def test_bad_sockets_and_parameters_are_refused(lab):
         faults.drop_last_ack(unconnected)
     with pytest.raises(InvalidArgument, match="not connected"):
         faults.drop_last_ack(listener)
-    with pytest.raises(InvalidArgument, match=r"conn must be a connected harness Socket, got "
+    with pytest.raises(InvalidArgument, match=r"conn must be a harness Socket .*, got "
                                               r"conn=<Host"):
         faults.drop_last_ack(client)
     await peer.close()
-    with pytest.raises(InvalidArgument, match="which is closed"):
+    with pytest.raises(InvalidArgument, match="was closed by the test; drop_last_ack"):
         faults.drop_last_ack(peer)
     with pytest.raises(InvalidArgument, match=r"n must be an int >= 1, got n=0 \(int\) from "
                                               r"drop_nth_fin\(\)"):

@@ -23,7 +23,7 @@ async def established(lab, family, owner=None, **kw):
     """client, server and a connection; ``owner="peer"`` puts the server's
     end in a peer process."""
     client, server = await lab.pair(**kw)
-    side = await server.peer() if owner == "peer" else server
+    side = await server.program() if owner == "peer" else server
     listener = await side.listen(PORT, family=family)
     conn = await client.connect(server, PORT, family=family)
     peer = await listener.accept()
@@ -40,14 +40,14 @@ def fast_resolution(*hosts, retrans: float = 0.1) -> None:
             h.sysctl(f"net.ipv{fam}.neigh.eth0.retrans_time_ms", int(retrans * 1000))
 
 
-# --- unreachable_host --------------------------------------------------------------
+# --- host_unreachable --------------------------------------------------------------
 
 
 async def test_unreachable_host_fails_resolution_with_ehostunreach(lab, family):
     client, server, _s, conn, peer = await established(lab, family)
     fast_resolution(client, server)
     before = await rules(client, server)
-    async with faults.unreachable_host(server):
+    async with faults.host_unreachable(server):
         # a new connection: resolution fails after 3 probes 0.1 s apart
         sock = await client.socket(family)
         out = await sock.connect(server, PORT)
@@ -77,7 +77,7 @@ async def test_blackhole_is_silence_not_unreachable(lab, family):
 
 def test_unreachable_host_wants_a_host():
     with pytest.raises(InvalidArgument, match="host must be a Host"):
-        faults.unreachable_host("server")
+        faults.host_unreachable("server")
 
 
 # --- port_unreachable ----------------------------------------------------------------
@@ -93,7 +93,7 @@ async def test_port_unreachable_refuses_connect(lab, family):
         # ECONNREFUSED, as for a RST; IPv6 at the SYN's retransmission (see
         # test_faults_firewall.py::test_reject_answers)
         assert out.errno == "ECONNREFUSED"
-        assert await f.packets() == 1 + (out.duration > 0.9)
+        assert await f.matched() == 1 + (out.duration > 0.9)
     assert await rules(server) == before
 
 
@@ -165,7 +165,7 @@ async def test_destroy_refuses_what_is_not_there(lab, family):
     await lab.wait_state(peer, "CLOSED")                        # reset, not closed by us
     with pytest.raises(FaultError, match="no such socket any more"):
         await faults.destroy(peer)
-    with pytest.raises(InvalidArgument, match="sock must be a Socket"):
+    with pytest.raises(InvalidArgument, match="sock must be a harness Socket"):
         faults.destroy("conn")
 
 

@@ -405,5 +405,5 @@ async def test_bad_input_is_refused_before_anything_is_touched(lab, kwargs, mess
 
 
 def test_host_must_be_a_host():
-    with pytest.raises(InvalidArgument, match=r"host must be a Host of a lab, got host='server'"):
+    with pytest.raises(InvalidArgument, match=r"host must be a Host .*, got host='server'"):
         faults.netem("server", delay=0.1)

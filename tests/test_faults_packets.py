@@ -49,7 +49,7 @@ def saved(host) -> str:
 
 async def test_delay_holds_the_segment(lab, family):
     client, _, conn, peer = await connected(lab, family)
-    async with faults.packets(conn, direction="out", when=data,
+    async with faults.intercept(conn, direction="out", when=data,
                               action=Action.delay(0.2)) as f:
         sent = await conn.send(b"x")
         got, arrived = await recv_exactly(peer, 1)
@@ -73,7 +73,7 @@ async def test_drop_forces_a_retransmission(lab, family):
 
 async def test_duplicate_reaches_the_receiver_twice(lab, family):
     client, _, conn, peer = await connected(lab, family)
-    async with faults.packets(conn, direction="out", when=data, action=Action.duplicate(1),
+    async with faults.intercept(conn, direction="out", when=data, action=Action.duplicate(1),
                               count=1) as f:
         await conn.send(b"twice")
         got, _ = await recv_exactly(peer, 5)
@@ -89,7 +89,7 @@ async def test_duplicate_reaches_the_receiver_twice(lab, family):
 async def test_duplicate_inbound_copy_reaches_the_local_stack(lab, family):
     """An inbound copy is injected through lo; it must not be queued again."""
     client, _, conn, peer = await connected(lab, family)
-    async with faults.packets(conn, direction="in", when=data, action=Action.duplicate(2),
+    async with faults.intercept(conn, direction="in", when=data, action=Action.duplicate(2),
                               count=1) as f:
         await peer.send(b"thrice")
         got, _ = await recv_exactly(conn, 6)
@@ -100,7 +100,7 @@ async def test_duplicate_inbound_copy_reaches_the_local_stack(lab, family):
 
 async def test_reorder_swaps_two_segments(lab, family):
     client, _, conn, peer = await connected(lab, family)
-    async with faults.packets(conn, direction="out", when=data, action=Action.reorder(),
+    async with faults.intercept(conn, direction="out", when=data, action=Action.reorder(),
                               count=1) as f:
         await conn.send(b"a")
         await conn.send(b"b")
@@ -113,7 +113,7 @@ async def test_reorder_swaps_two_segments(lab, family):
 
 async def test_rewrite_changes_what_recv_returns(lab, family):
     client, _, conn, peer = await connected(lab, family)
-    async with faults.packets(conn, direction="out", when=data,
+    async with faults.intercept(conn, direction="out", when=data,
                               action=Action.rewrite_payload(bytes.upper), count=1) as f:
         await conn.send(b"hello")
         got, _ = await recv_exactly(peer, 5)
@@ -132,7 +132,7 @@ async def test_rewrite_whole_packet_with_scapy(lab, family):
         pkt["Raw"].load = pkt["Raw"].load[::-1]
         return pkt
 
-    async with faults.packets(conn, direction="out", scapy=True,
+    async with faults.intercept(conn, direction="out", scapy=True,
                               when=lambda pkt: pkt.haslayer("Raw"),
                               action=Action.rewrite(shout)) as f:
         await conn.send(b"stressed")
@@ -145,7 +145,7 @@ async def test_delay_the_synack_by_flags(lab, family):
     """A host-wide fault on a port, narrowed by the TCP-flags prefilter."""
     client, server = await lab.pair()
     await server.listen(PORT, family=family)
-    async with faults.packets(server, port=PORT, direction="out", tcp_flags="SYN,ACK",
+    async with faults.intercept(server, port=PORT, direction="out", tcp_flags="SYN,ACK",
                               action=Action.delay(0.3)) as f:
         t0 = time.monotonic()
         await client.connect(server, PORT, family=family)
@@ -167,7 +167,7 @@ async def test_drop_nth_drops_only_that_one(lab):
 async def test_only_the_flow_is_queued(lab, family):
     client, server, conn, peer = await connected(lab, family)
     other = await client.connect(server, PORT, family=family)
-    async with faults.packets(conn, direction="both", when=lambda p: False) as f:
+    async with faults.intercept(conn, direction="both", when=lambda p: False) as f:
         await other.send(b"elsewhere")
         await conn.send(b"here")
         got, _ = await recv_exactly(peer, 4)
@@ -183,7 +183,7 @@ async def test_undo_releases_held_packets_themselves_not_retransmissions(lab, fa
     """The engine is the mangle table's last user: the held segment is
     accepted before the table goes, so it is the original that arrives."""
     client, server, conn, peer = await connected(lab, family)
-    f = await faults.packets(conn, direction="out", when=data, action=Action.delay(30)).start()
+    f = await faults.intercept(conn, direction="out", when=data, action=Action.delay(30)).start()
     await conn.send(b"held")
     await wait_until(lambda: f.counts["delayed"] == 1, what="the segment held")
     await f.stop()
@@ -197,9 +197,9 @@ async def test_undo_is_exact_and_releases_held_packets(lab, family):
     mangle table included) and accepts what the engine still held."""
     client, server, conn, peer = await connected(lab, family)
     before = saved(client)
-    f = await faults.packets(client, port=PORT, direction="out", when=data,
+    f = await faults.intercept(client, port=PORT, direction="out", when=data,
                              action=Action.delay(30)).start()
-    g = await faults.packets(conn, direction="in", when=lambda p: False).start()
+    g = await faults.intercept(conn, direction="in", when=lambda p: False).start()
     during = saved(client)
     assert during.count("--queue-bypass") == 2 + 1   # f in both families, g in one
     assert f.queue_num != g.queue_num
@@ -224,7 +224,7 @@ async def test_state_is_fresh_after_power_off_and_on(lab, family):
     from harness import _iptables
     client, server, conn, peer = await connected(lab, family)
     before = saved(client)
-    f = await faults.packets(client, port=PORT, direction="out", when=data,
+    f = await faults.intercept(client, port=PORT, direction="out", when=data,
                              action=Action.delay(30)).start()
     old = _iptables.tables(client)
     assert f.queue_num in old.queues and old.users == {("mangle", 4): 1, ("mangle", 6): 1}
@@ -236,7 +236,7 @@ async def test_state_is_fresh_after_power_off_and_on(lab, family):
     fresh = _iptables.tables(client)
     assert fresh is not old and fresh.users == {} and fresh.queues == set()
     again = await client.connect(server, PORT, family=family)
-    g = await faults.packets(again, direction="out", when=data,
+    g = await faults.intercept(again, direction="out", when=data,
                              action=Action.delay(0.2)).start()
     assert fresh.users == {("mangle", family): 1} and fresh.created == {("mangle", family)}
     assert g.queue_num == f.queue_num                # the new namespace's first free number
@@ -253,7 +253,7 @@ async def test_tcp_flags_take_one_spelling(lab):
     spelling to write instead, before anything is touched."""
     client, server, conn, peer = await connected(lab, 4)
     before, steps = saved(client), len(lab.undo)
-    for make in (lambda f: faults.packets(conn, tcp_flags=f),
+    for make in (lambda f: faults.intercept(conn, tcp_flags=f),
                  lambda f: faults.drop_first(conn, tcp_flags=f),
                  lambda f: faults.drop_nth(conn, 2, tcp_flags=f),
                  lambda f: faults.drop(server, tcp_flags=f),
@@ -265,13 +265,13 @@ async def test_tcp_flags_take_one_spelling(lab):
             make(("SYN,ACK,FIN,RST", "SYN,ACK"))
         make("FIN/FIN")                              # built, not started
     assert saved(client) == before and len(lab.undo) == steps
-    f = faults.packets(conn, direction="out", tcp_flags="FIN/FIN")
+    f = faults.intercept(conn, direction="out", tcp_flags="FIN/FIN")
     assert [fl.tcp_flags.iptables() for fl in f.flows] == [["--tcp-flags", "FIN", "FIN"]]
 
 
 async def test_predicate_errors_are_reported_at_undo(lab):
     client, _, conn, peer = await connected(lab, 4)
-    f = await faults.packets(conn, direction="out", when=lambda p: 1 / 0).start()
+    f = await faults.intercept(conn, direction="out", when=lambda p: 1 / 0).start()
     await conn.send(b"still delivered")
     got, _ = await recv_exactly(peer, 15)
     assert got == b"still delivered"
@@ -300,7 +300,7 @@ async def test_bad_input_is_refused_before_anything_is_touched(lab, kwargs, mess
     client, _, conn, _ = await connected(lab, 4)
     before, steps = saved(client), len(lab.undo)
     with pytest.raises(InvalidArgument, match=message.replace("(", r"\(").replace(")", r"\)")):
-        faults.packets(conn, **kwargs)
+        faults.intercept(conn, **kwargs)
     assert saved(client) == before and len(lab.undo) == steps
 
 
@@ -316,20 +316,21 @@ async def test_bad_actions_and_targets(lab):
     with pytest.raises(InvalidArgument, match="fn must be callable"):
         Action.rewrite(b"x")
     with pytest.raises(InvalidArgument, match="port must be given when the target is a host"):
-        faults.packets(client)
+        faults.intercept(client)
     with pytest.raises(InvalidArgument, match=r"port must be an int in 1..65535, got port=0"):
-        faults.packets(client, port=0)
+        faults.intercept(client, port=0)
     with pytest.raises(InvalidArgument, match="target must be a connected Socket or a Host"):
-        faults.packets("client", port=1)
+        faults.intercept("client", port=1)
     unconnected = await client.socket(4)
     with pytest.raises(InvalidArgument, match="which is not connected"):
-        faults.packets(unconnected)
+        faults.intercept(unconnected)
     listener = await server.listen(PORT + 1)
     with pytest.raises(InvalidArgument, match="which is not connected"):
         faults.drop_first(listener)
     await peer.close()
-    with pytest.raises(InvalidArgument, match="which is closed"):
-        faults.packets(peer)
+    with pytest.raises(InvalidArgument,
+                       match=r"was closed by the test; intercept\(\) needs an open socket"):
+        faults.intercept(peer)
     with pytest.raises(InvalidArgument, match=r"n must be an int >= 1, got n=0"):
         faults.drop_first(conn, 0)
     assert saved(client) == "" and saved(server) == ""

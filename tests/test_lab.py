@@ -99,7 +99,7 @@ async def test_timeline_has_rst_reason_errno_and_the_calls(lab, family):
 
 async def test_peer_program_sockets_die_with_the_process(lab):
     client, server = await lab.pair()
-    peer_proc = await server.peer()
+    peer_proc = await server.program()
     listener = await peer_proc.listen(7004)
     conn = await client.connect(server, 7004)
     remote = await listener.accept()

@@ -113,7 +113,7 @@ async def test_options_by_name(lab):
 async def test_peer_program_speaks_the_same_calls(lab):
     client, server = await lab.pair()
     await server.listen(9000)
-    p = await client.peer()
+    p = await client.program()
     sock = await p.socket(4)
     assert (await sock.connect(server, 9000, nonblocking=True)).errno == "EINPROGRESS"
     assert (await sock.poll("out", timeout=1.0)).value == ("out",)

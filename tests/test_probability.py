@@ -15,9 +15,9 @@ from harness import InvalidArgument, faults
 async def datagrams(client, server, n: int) -> int:
     """UDP datagrams received by the server, of n the client sent."""
     from harness import _netns
-    with _netns.entered(server.ns_fd):
+    with _netns.inside(server.ns_fd):
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with _netns.entered(client.ns_fd):
+    with _netns.inside(client.ns_fd):
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with rx, tx:
         rx.bind((server.address(4), 9999))
@@ -44,7 +44,7 @@ async def test_drop_with_probability(lab, p):
     n = 1000
     async with faults.drop(server, protocol="udp", port=9999, probability=p) as f:
         got = await datagrams(client, server, n)
-        dropped = await f.packets()
+        dropped = await f.matched()
     assert dropped == n - got  # the rule's counter is exactly the loss
     sigma = math.sqrt(n * p * (1 - p))
     assert abs(dropped - n * p) < 4 * sigma, (dropped, n * p, sigma)
@@ -61,7 +61,7 @@ async def test_reject_with_probability_answers_those_it_takes(lab):
             out = await s.connect(server, 9000)
             refused += out.errno == "ECONNREFUSED"
             await s.close(linger=0)
-        assert refused == await f.packets()
+        assert refused == await f.matched()
     sigma = math.sqrt(200 * 0.25)
     assert abs(refused - 100) < 4 * sigma
 

@@ -327,7 +327,7 @@ async def test_a_cancelled_peer_call_does_not_swallow_the_next_data(lab):
     """Bug 6: a recv cancelled in the test kept running in the peer program
     and took the next data.  Now the peer cancels it too."""
     client, server = await lab.pair()
-    srv = await server.peer()
+    srv = await server.program()
     listener = await srv.listen(9000)
     conn = await client.connect(server, 9000)
     peer = await listener.accept()

@@ -153,7 +153,7 @@ async def test_table_sized_limits_are_pinned_to_the_default_tables(lab):
     a bare namespace from the parent gets 512 and 128; a host has the
     values of a 262,144-bucket table, pinned by timers.DEFAULT."""
     parent = nsbackend._parent.get()
-    with _netns.entered(parent):
+    with _netns.inside(parent):
         bare = _netns.create_unnamed()
     try:
         assert _netns.read_sysctl(bare, EHASH) == "1024"
@@ -176,7 +176,7 @@ async def test_snapshots_leave_out_bound_only_sockets(lab):
     """A socket bound but never listening nor connected (TCP_BOUND_INACTIVE)
     is left out of dumps: asking for it walks the machine's bind table."""
     host = await lab.host("h")
-    with _netns.entered(host.ns_fd):
+    with _netns.inside(host.ns_fd):
         bound, listening = socket.socket(), socket.socket()
     with bound, listening:
         bound.bind(("0.0.0.0", 9100))

@@ -30,7 +30,7 @@ VERDICT = "depends"
 async def connected_program(lab, family):
     client, server = await lab.pair()
     listener = await server.listen(9000, family=family)
-    program = await client.peer()               # a process that owns the socket
+    program = await client.program()               # a process that owns the socket
     conn = await program.connect(server, 9000, family=family)
     peer = await listener.accept()
     return program, conn, peer

@@ -25,7 +25,7 @@ VERDICT = "depends"
 async def test_second_send_after_rst(lab, family, sigpipe, evidence):
     client, server = await lab.pair()
     listener = await server.listen(9000, family=family)
-    program = await client.peer()                 # a separate process owns the socket
+    program = await client.program()                 # a separate process owns the socket
     if sigpipe == "default":
         await program.sigpipe_default()           # SIG_DFL, as in a C program
     conn = await program.connect(server, 9000, family=family)

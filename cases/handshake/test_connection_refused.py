@@ -47,7 +47,7 @@ async def test_firewall_reset(lab, family, evidence):
     await server.listen(9000, family=family)
     async with faults.reject(server, port=9000, with_="tcp-reset") as fw:
         sock, out, mine, wire = await refused(lab, client, server, 9000, family)
-    assert await fw.packets() == 1
+    assert await fw.matched() == 1
     assert out.errno == "ECONNREFUSED" and out.duration < 1.0, out  # before a SYN resend (1 s)
     assert wire == [("client", "S"), ("server", "RA")]           # the same answer
     assert lab.timeline.events(kind="rst_sent") == []            # but not from TCP

@@ -69,7 +69,7 @@ async def test_old_rst_passes_paws(lab, family, evidence):
     peer = await listener.accept()
 
     before = client.counters("TcpExt")
-    async with faults.packets(conn, direction="in", when=first_data, count=1,
+    async with faults.intercept(conn, direction="in", when=first_data, count=1,
                               action=Action.rewrite(aged)) as old_data:
         assert (await peer.send(b"stale")).value == 5
         got = await conn.recv()                                  # only the retransmission
@@ -77,7 +77,7 @@ async def test_old_rst_passes_paws(lab, family, evidence):
     assert got.duration > 0.15                                   # one RTO (200 ms) late
     assert (client.counters("TcpExt"))["PAWSEstab"] - before["PAWSEstab"] == 1
 
-    async with faults.packets(conn, direction="in", when=first_data, count=1,
+    async with faults.intercept(conn, direction="in", when=first_data, count=1,
                               action=Action.rewrite(aged_rst)) as old_rst:
         assert (await peer.send(b"reset")).value == 5
         await lab.timeline.wait_for(harness.rst_received(conn))

@@ -40,7 +40,7 @@ async def still_works(conn, peer):
 
 async def test_in_window_rst_gets_a_challenge_ack(lab, family, evidence):
     conn, peer = await connected(lab, family)
-    rst = await faults.inject_rst(conn, in_window=True)
+    rst = await faults.inject_rst(conn, seq="in_window")
     assert 0 < (rst.sent.seq - rst.rcv_nxt) % 2**32 <= rst.learnt.window   # in the window
     reply = await rst.wait_reply()
     assert (reply.flags, reply.seq, reply.ack) == ("A", rst.snd_nxt, rst.rcv_nxt)
@@ -53,7 +53,7 @@ async def test_in_window_rst_gets_a_challenge_ack(lab, family, evidence):
 
 async def test_only_the_exact_rst_resets(lab, family, evidence):
     conn, peer = await connected(lab, family)
-    rst = await faults.inject_rst(conn, in_window="exact")
+    rst = await faults.inject_rst(conn, seq="exact")
     assert rst.sent.seq == rst.rcv_nxt
     await lab.timeline.wait_for(harness.rst_received(conn))
     await lab.wait_state(conn, "CLOSED")
@@ -64,7 +64,7 @@ async def test_only_the_exact_rst_resets(lab, family, evidence):
 
 async def test_out_of_window_rst_is_ignored(lab, family, evidence):
     conn, peer = await connected(lab, family)
-    rst = await faults.inject_rst(conn, in_window="out_of_window")
+    rst = await faults.inject_rst(conn, seq="out_of_window")
     # nothing may happen: the kernel answers or resets within ~0.1 ms, this
     # waits 500 times that
     await trio.sleep(0.05)

@@ -43,7 +43,7 @@ async def test_rst_to_time_wait(lab, family, rfc1337, evidence):
     await listener.close()                                       # nothing left to answer for it
     cap = await lab.capture()
 
-    async with faults.packets(conn, direction="in", tcp_flags="FIN/FIN", count=1,
+    async with faults.intercept(conn, direction="in", tcp_flags="FIN/FIN", count=1,
                               action=Action.delay(0.5)) as late:
         await conn.close()
         await lab.wait_state(peer, "CLOSE_WAIT")

@@ -33,7 +33,7 @@ async def test_half_closed_closer_reads(lab, family, evidence):
     peer = await listener.accept()
 
     # hold conn in FIN_WAIT1: its FIN (and the FIN's retransmissions) never leave
-    async with faults.packets(conn, direction="out", tcp_flags="FIN/FIN", action="drop"):
+    async with faults.intercept(conn, direction="out", tcp_flags="FIN/FIN", action="drop"):
         assert (await conn.shutdown("w")).ok
         await lab.wait_state(conn, "FIN_WAIT1")
         refused = await conn.send(b"x")

@@ -42,7 +42,7 @@ async def test_simultaneous_close(lab, family, evidence):
     peer = await listener.accept()
     cap = await lab.capture()
 
-    async with faults.packets(conn, direction="both", action=faults.Action.delay(HOLD)) as held:
+    async with faults.intercept(conn, direction="both", action=faults.Action.delay(HOLD)) as held:
         first, second = await conn.close(), await peer.close()
         assert second.ended - first.started < HOLD
         await lab.wait_state(conn, "TIME_WAIT")

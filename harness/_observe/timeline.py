@@ -140,7 +140,7 @@ def _traced(target) -> tuple[str, Callable[[Event], bool]]:
     if hasattr(target, "ns_fd") and hasattr(target, "lab"):  # a Host
         name = target.name
         return f"host {name}", lambda e: e.host == name
-    proc = getattr(target, "process", target)  # a Peer stands for its process
+    proc = getattr(target, "process", target)  # a Program stands for its process
     if not hasattr(proc, "pid"):
         raise InvalidArgument(f"expected a process (host.spawn(), host.main, a peer) or a "
                               f"host, got {target!r}")
@@ -156,7 +156,7 @@ def _traced(target) -> tuple[str, Callable[[Event], bool]]:
 def syscall_failed(target, call: str | None = None, errno: str | None = None) -> Condition:
     """A socket call that failed in a process the lab started or any of its
     descendants (workers, backends, children of ``sh -c``), or anywhere in a
-    host: ``target`` is a Process, ``host.main``, a Peer or a Host.  ``call``
+    host: ``target`` is a Process, ``host.main``, a Program or a Host.  ``call``
     is the name without sys_ (sendto, writev, sendfile, accept4...);
     "getsockopt" also matches a getsockopt(SO_ERROR) that handed the program
     a pending error (its Event has reason "SO_ERROR").  ``errno`` a name."""

@@ -169,7 +169,7 @@ def v6_ready(fd: int, address: str) -> bool:
     packets to it: measured, 4 in 100 fresh labs stalled 1 s on their first
     IPv6 connect when the lab was returned before that work ran."""
     target = ipaddress.IPv6Address(address).exploded.replace(":", "") + " 80 "
-    with _netns.entered(fd):
+    with _netns.inside(fd):
         f = open("/proc/thread-self/net/ipv6_route")
     with f:
         return any(line.startswith(target) for line in f)
@@ -202,8 +202,7 @@ def destroy_ns(name: str, fd: int, diag_sock=None) -> int:
     n = 0
     own = diag_sock is None
     if own:
-        with _netns.entered(fd):
-            diag_sock = _diag.open_socket()
+        diag_sock = _diag.open_socket(fd)
     try:
         n = _diag.destroy_all(diag_sock)
     except Unsupported:
@@ -219,9 +218,7 @@ def destroy_ns(name: str, fd: int, diag_sock=None) -> int:
 def scrub(netns: str, fd: int) -> None:
     """Leave a host namespace as a fresh one: no socket of any kind, no
     neighbour entry, no cached per-destination TCP metrics."""
-    with _netns.entered(fd):
-        sock = _diag.open_socket()
-    with sock:
+    with _diag.open_socket(fd) as sock:
         _diag.destroy_all(sock)
     flush_caches(netns, fd)
 

@@ -2,7 +2,7 @@
 
     async with faults.drop(server, direction="in", port=9000) as f:
         ...                                  # the server's kernel never sees them
-    assert await f.packets() == 2            # what the rules matched (kept after exit)
+    assert await f.matched() == 2            # what the rules matched (kept after exit)
 
 Each fault owns one chain per hook and family, ``fih<n>-in`` (jumped to from
 the top of INPUT) and ``fih<n>-out`` (from OUTPUT), so the newest fault sees
@@ -43,7 +43,7 @@ Matching (all optional, and-ed):
 Never matched: loopback (faults model the network, not the host's own
 traffic) and IPv6 neighbour solicitations and advertisements.  ARP is not IP
 and passes iptables, so ND passes too and both families fail alike, by
-silence (ETIMEDOUT); ``icmp.unreachable_host`` makes address resolution fail
+silence (ETIMEDOUT); ``icmp.host_unreachable`` makes address resolution fail
 (EHOSTUNREACH).
 
 What the sender sees of a packet dropped on the way *out* (nf_hook_slow:
@@ -57,9 +57,11 @@ a pure ACK is simply lost.
 from __future__ import annotations
 
 import time
+import warnings
 
 import trio
 
+from .. import _check
 from ..errors import InvalidArgument, ObservationTimeout
 from .._host import Host
 from ._base import Fault
@@ -97,35 +99,44 @@ class Firewall(Fault):
         for part in reversed(self._parts):
             await part.revert()
 
-    async def packets(self, family: int | None = None) -> int:
+    async def matched(self, family: int | None = None) -> int:
         """How many packets this fault's rules matched (dropped or rejected),
         summed over its hosts, in ``family`` or both.  After the fault is
         undone, the count it had when it was undone."""
         if family not in (None, 4, 6):
             raise InvalidArgument(f"family must be 4, 6 or None, got family={family!r} from "
-                                  f"packets()")
+                                  f"matched()")
         total = 0
         for part in self._parts:
-            for fam, n in (await part.packets()).items():
+            for fam, n in (await part.matched()).items():
                 if family is None or fam == family:
                     total += n
         return total
 
-    async def wait_packets(self, n: int, *, family: int | None = None,
+    async def wait_matched(self, n: int, *, family: int | None = None,
                            timeout: float = 5.0) -> int:
         """Wait until the rules matched at least ``n`` packets; return the
         count.  Raises ObservationTimeout with the last count."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise InvalidArgument(f"n must be an int >= 0, got n={n!r} from wait_packets()")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise InvalidArgument(f"timeout must be seconds >= 0, got timeout={timeout!r} from "
-                                  f"wait_packets()")
+            raise InvalidArgument(f"n must be an int >= 0, got n={n!r} from wait_matched()")
+        _check.seconds(timeout, where="wait_matched()")
         from .._poll import until
-        return await until(lambda: self.packets(family), time.monotonic() + timeout,
+        return await until(lambda: self.matched(family), time.monotonic() + timeout,
                            done=lambda got: got >= n, first=0.001, longest=0.02,
                            timeout=lambda got: ObservationTimeout(
                                f"{self.label} matched {got} packet(s), not {n}, within "
                                f"{timeout}s", last=got))
+
+    async def packets(self, family: int | None = None) -> int:
+        """Deprecated name of ``matched()``."""
+        warnings.warn("Firewall.packets() is now matched()", DeprecationWarning, stacklevel=2)
+        return await self.matched(family)
+
+    async def wait_packets(self, n: int, **kw) -> int:
+        """Deprecated name of ``wait_matched()``."""
+        warnings.warn("Firewall.wait_packets() is now wait_matched()", DeprecationWarning,
+                      stacklevel=2)
+        return await self.wait_matched(n, **kw)
 
 
 # --- constructors -------------------------------------------------------------------

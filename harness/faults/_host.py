@@ -18,7 +18,7 @@ same addresses, the same MAC (the same NIC: the peers' neighbour caches
 stay right, as after a real reboot) on the same switch port, the same
 sysctls, and no TCP state.  The ``Host`` object is kept, so the test's
 references stay valid; sockets and peers of the old life are gone (their
-calls fail with EBADF, or the peer program is reported dead).
+calls fail with EBADF, or the program (host.program()) is reported dead).
 
 These are actions, not undoable faults: the undo of ``power_off`` is
 ``power_on``, and a lab torn down while a host is off removes it as usual.
@@ -45,10 +45,8 @@ _BLACKHOLE = ("*filter\n"
 
 
 def _check_host(host, what: str):
-    from .._host import Host
-    if not isinstance(host, Host):
-        raise InvalidArgument(f"{what}() takes a Host (e.g. from lab.pair()), got {host!r}")
-    host.lab.check_open(f"{what}(): host {host.name}")
+    from .._host import check_host
+    check_host(host, f"{what}()")
     if not host.lab.context.holds(host):
         raise InvalidArgument(f"{what}(): host {host.name!r} is not (or no longer) in its lab")
     return host

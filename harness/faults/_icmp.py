@@ -1,7 +1,7 @@
 """ICMP and address-resolution faults: the peer is told, or finds out, that
 it cannot get there.
 
-``unreachable_host(host)``: the host drops off its link.  Its namespace gets
+``host_unreachable(host)``: the host drops off its link.  Its namespace gets
 one nftables transaction of two tables of its own: ``arp fih<n>`` drops every
 ARP packet in and out, ``inet fih<n>`` every IP packet in and out but
 loopback's (IPv6 neighbour discovery included, which is ICMPv6); and every
@@ -37,7 +37,7 @@ import itertools
 import shutil
 
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
-from .._host import Host
+from .._host import Host, check_host
 from ._base import Fault
 from ._rules import Rules, build
 from ._firewall import Firewall
@@ -45,12 +45,12 @@ from ._firewall import Firewall
 _ids = itertools.count(1)
 
 
-class UnreachableHost(Fault):
+class HostUnreachable(Fault):
     def __init__(self, host: Host):
         super().__init__(host.lab)
         self.host = host
         self.table = f"fihu{next(_ids)}"
-        self.label = f"unreachable_host({host.name!r})"
+        self.label = f"host_unreachable({host.name!r})"
         self._loaded = False
 
     def _ruleset(self) -> str:
@@ -88,7 +88,7 @@ class UnreachableHost(Fault):
 
     async def _apply(self) -> None:
         if shutil.which("nft") is None:
-            raise Unsupported("nft (nftables) is not installed: unreachable_host needs it "
+            raise Unsupported("nft (nftables) is not installed: host_unreachable needs it "
                               "(apt-get install nftables)")
         await self._nft(self._ruleset())
         self._loaded = True
@@ -109,13 +109,11 @@ class UnreachableHost(Fault):
             await self._forget()
 
 
-def unreachable_host(host: Host) -> UnreachableHost:
+def host_unreachable(host: Host) -> HostUnreachable:
     """Make ``host`` vanish from its link (see the module docstring): its
     peers' next packets fail address resolution and they get EHOSTUNREACH."""
-    if not isinstance(host, Host):
-        raise InvalidArgument(f"host must be a Host (from lab.pair() or lab.host()), got "
-                              f"host={host!r} ({type(host).__name__}) from unreachable_host()")
-    return UnreachableHost(host)
+    check_host(host, "host_unreachable()")
+    return HostUnreachable(host)
 
 
 def port_unreachable(host: Host, port: int, *, family: int | None = None) -> Firewall:

@@ -53,8 +53,7 @@ from ..errors import FaultError, InvalidArgument, ObservationTimeout
 from ._shared import check_injectable, link_mac
 
 PROBE_WAIT = 0.5  # seconds a probe may take to be answered (it takes ~0.05 ms)
-MODES = {True: "in_window", False: "out_of_window", "in_window": "in_window",
-         "exact": "exact", "out_of_window": "out_of_window"}
+SEQS = ("exact", "in_window", "out_of_window")
 OUT_OF_WINDOW = 1 << 30  # beyond any window: RFC 7323 caps it below 2**30
 
 
@@ -101,11 +100,12 @@ class Injection:
         self._tap.close()
 
 
-async def inject_rst(conn, in_window: bool | str = "exact") -> Injection:
-    """Send ``conn`` a RST spoofed from its peer.  ``in_window``: "exact"
-    (seq == RCV.NXT: the connection dies), True (inside the window, not
-    exact: a challenge ACK, it lives), "out_of_window" or False (ignored)."""
-    mode = _check_mode(in_window)
+async def inject_rst(conn, seq: str = "exact", **renamed) -> Injection:
+    """Send ``conn`` a RST spoofed from its peer, its sequence number
+    ``seq``: "exact" (== RCV.NXT: the connection dies), "in_window" (inside
+    the window, not exact: a challenge ACK, it lives, RFC 5961 §3) or
+    "out_of_window" (ignored)."""
+    mode = _check_seq(seq, renamed)
     check_injectable(conn, "inject_rst")
     return await _inject(conn, "RST", mode)
 
@@ -127,13 +127,20 @@ async def inject_syn(conn) -> Injection:
 
 # --- validation (before anything is touched) ---------------------------------
 
-def _check_mode(in_window) -> str:
-    try:
-        return MODES[in_window]
-    except (KeyError, TypeError):
-        raise InvalidArgument(f"in_window must be True (in the window, not exact), 'exact' "
-                              f"(seq == RCV.NXT) or 'out_of_window' (or False), got "
-                              f"{in_window!r}") from None
+def _check_seq(seq, renamed: dict) -> str:
+    if "in_window" in renamed:  # its old name took True/False/"exact"/"out_of_window"
+        old = renamed.pop("in_window")
+        new = {True: "in_window", False: "out_of_window"}.get(old, old) \
+            if isinstance(old, (bool, str)) else old
+        raise InvalidArgument(f"inject_rst(in_window={old!r}): the argument is now seq=, one "
+                              f"of {', '.join(map(repr, SEQS))}: write seq={new!r}")
+    if renamed:
+        raise InvalidArgument(f"inject_rst() got unexpected arguments {sorted(renamed)}")
+    if not isinstance(seq, str) or seq not in SEQS:
+        raise InvalidArgument(f"seq must be one of {', '.join(map(repr, SEQS))} (where the "
+                              f"RST's sequence number falls: RCV.NXT, inside the window, "
+                              f"outside it), got seq={seq!r}")
+    return seq
 
 
 # --- the injection --------------------------------------------------------------
@@ -152,7 +159,7 @@ async def _inject(conn, kind: str, mode: str | None) -> Injection:
                 seq = rcv_nxt
             elif mode == "in_window":
                 if learnt.window == 0:
-                    raise FaultError(f"inject_rst(in_window=True): {conn!r} advertises a zero "
+                    raise FaultError(f"inject_rst(seq='in_window'): {conn!r} advertises a zero "
                                      f"window; only RCV.NXT itself is in it")
                 seq = rcv_nxt + max(1, learnt.window // 2)
             else:

@@ -632,10 +632,8 @@ def netem(host, *, delay: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
     traffic, as Chaos Mesh's target and pumba's --target/--egress-port do;
     they take the NFQUEUE engine (TCP only).  Everything is checked
     here, before anything is touched."""
-    from .._host import Host
-    if not isinstance(host, Host):
-        raise InvalidArgument(f"host must be a Host of a lab, got host={host!r} "
-                              f"({type(host).__name__}) from {WHERE}")
+    from .._host import Host, check_host
+    check_host(host, WHERE)
     params = _params(delay, jitter, loss, loss_correlation, duplicate, reorder, corrupt, rate,
                      limit)
     if direction not in DIRECTIONS:

@@ -1,6 +1,6 @@
 """Packet faults: a userspace verdict on exactly the packets of one flow.
 
-    async with faults.packets(conn, direction="out", when=lambda p: p.payload_len > 0,
+    async with faults.intercept(conn, direction="out", when=lambda p: p.payload_len > 0,
                               action=faults.Action.delay(0.2)) as f:
         ...
     f.counts["delayed"], f.log
@@ -52,6 +52,7 @@ import itertools
 import math
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -276,18 +277,8 @@ def check_direction(direction: Any, where: str, allowed=DIRECTIONS) -> str:
 
 def check_connection(conn: Any, where: str, name: str = "conn"):
     """A connected, open harness Socket (the fault matches its 4-tuple)."""
-    from .._sockets import Socket
-    if not isinstance(conn, Socket):
-        raise InvalidArgument(f"{name} must be a connected harness Socket, got {name}={conn!r} "
-                              f"({type(conn).__name__}) from {where}")
-    if conn.closed:
-        raise InvalidArgument(f"{name} must be an open connected Socket, got {name}={conn!r}, "
-                              f"which is closed, from {where}")
-    if conn.local is None or conn.remote is None or not conn.remote[1]:
-        raise InvalidArgument(f"{name} must be a connected Socket (a 4-tuple to match), got "
-                              f"{name}={conn!r}, which is not connected (a listener or an "
-                              f"unconnected socket), from {where}")
-    return conn
+    from .._sockets import check_socket
+    return check_socket(conn, where, name, connected=True)
 
 
 # --- the flows a fault queues -------------------------------------------------------
@@ -368,8 +359,8 @@ def _open_queue(host) -> NfQueue:
     for num in range(QUEUE_BASE, QUEUE_BASE + 256):
         if num in used:
             continue
-        with _netns.entered(host.ns_fd):
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _nfqueue.NETLINK_NETFILTER)
+        sock = _netns.socket_in(host.ns_fd, socket.AF_NETLINK, socket.SOCK_RAW,
+                                _nfqueue.NETLINK_NETFILTER)
         try:
             q = NfQueue(num, sock=sock, max_len=MAX_LEN)
         except NfQueueError as exc:
@@ -387,7 +378,7 @@ def _open_queue(host) -> NfQueue:
 # --- the engine --------------------------------------------------------------------
 
 class PacketFault(Fault):
-    """The NFQUEUE engine as a fault.  Build with ``packets()`` (or the
+    """The NFQUEUE engine as a fault.  Build with ``intercept()`` (or the
     helpers built on it); subclasses pass ``flows`` and ``decide``.
 
     ``counts``: seen (queued by the rules), matched (the predicate chose an
@@ -400,7 +391,7 @@ class PacketFault(Fault):
     READS_PER_WAKEUP = 1
 
     def __init__(self, target: Any, *, flows: list[Flow], decide: Callable[[Any], Action | None],
-                 port: int | None = None, scapy: bool = False, where: str = "packets()",
+                 port: int | None = None, scapy: bool = False, where: str = "intercept()",
                  label: str | None = None):
         # a Socket or a Host (+ port), validated; or a ready target object with
         # .host, .families, .conn, .port and .match() (netem's whole link)
@@ -692,9 +683,8 @@ class PacketFault(Fault):
         s = self._raw.get(family)
         if s is None:
             af = socket.AF_INET if family == 4 else socket.AF_INET6
-            with _netns.entered(self.host.ns_fd):
-                # IPPROTO_RAW: the header is ours (IP_HDRINCL; implied for IPv6 too)
-                s = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            # IPPROTO_RAW: the header is ours (IP_HDRINCL; implied for IPv6 too)
+            s = _netns.socket_in(self.host.ns_fd, af, socket.SOCK_RAW, socket.IPPROTO_RAW)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
             s.setblocking(False)
             self._raw[family] = s
@@ -706,7 +696,7 @@ class PacketFault(Fault):
 
 # --- constructors ------------------------------------------------------------------
 
-def packets(target: Any, *, direction: str = "both", port: int | None = None,
+def intercept(target: Any, *, direction: str = "both", port: int | None = None,
             tcp_flags: str | None = None,
             when: Callable[[Any], Any] | None = None, action: Any = "drop",
             count: int | None = None, skip: int = 0,
@@ -723,7 +713,7 @@ def packets(target: Any, *, direction: str = "both", port: int | None = None,
     get ``action``, the rest pass.  ``decide(pkt) -> Action | None`` replaces
     when/action/count/skip for stateful faults (None: accept, unlogged).
     """
-    where = "packets()"
+    where = "intercept()"
     check_direction(direction, where)
     flags = None if tcp_flags is None else flag_filter(tcp_flags, where)
     if not isinstance(scapy, bool):
@@ -748,7 +738,7 @@ def drop_first(target: Any, n: int = 1, *, when: Callable[[Any], Any] | None = N
                tcp_flags: str | None = None) -> PacketFault:
     """Drop the first ``n`` packets of the flow that ``when`` selects."""
     check_positive(n, "drop_first()", "n")
-    return packets(target, direction=direction, port=port, tcp_flags=tcp_flags, when=when,
+    return intercept(target, direction=direction, port=port, tcp_flags=tcp_flags, when=when,
                    action="drop", count=n)
 
 
@@ -757,5 +747,13 @@ def drop_nth(target: Any, n: int, *, when: Callable[[Any], Any] | None = None,
              tcp_flags: str | None = None) -> PacketFault:
     """Drop only the ``n``-th packet (1-based) of the flow that ``when`` selects."""
     check_positive(n, "drop_nth()", "n")
-    return packets(target, direction=direction, port=port, tcp_flags=tcp_flags, when=when,
+    return intercept(target, direction=direction, port=port, tcp_flags=tcp_flags, when=when,
                    action="drop", count=1, skip=n - 1)
+
+
+def packets(*args, **kwargs) -> PacketFault:
+    """Deprecated name of ``intercept()`` (``cap.packets()`` lists captured
+    segments: one name, one meaning)."""
+    warnings.warn("faults.packets() is now faults.intercept()", DeprecationWarning,
+                  stacklevel=2)
+    return intercept(*args, **kwargs)

@@ -14,7 +14,7 @@ ACKs what arrives and queues it (until the receive buffer and window fill),
 keepalive probes are still answered, and the application is silent.  SIGCONT
 on exit; if the process died meanwhile, there is nothing to resume.
 
-The target is a ``Process`` (``host.spawn``) or a ``Peer`` (``host.peer()``),
+The target is a ``Process`` (``host.spawn``) or a ``Program`` (``host.program()``),
 alive when the fault is made.
 """
 
@@ -23,18 +23,18 @@ from __future__ import annotations
 from typing import Awaitable
 
 from ..errors import InvalidArgument
-from .._host import Peer
+from .._host import Program
 from .._process import Process
 from ._base import Fault
 
 
 def _process(target: object, where: str) -> Process:
-    if isinstance(target, Peer):
+    if isinstance(target, Program):
         proc = target.process
     elif isinstance(target, Process):
         proc = target
     else:
-        raise InvalidArgument(f"target must be a Process (host.spawn) or a Peer (host.peer()), "
+        raise InvalidArgument(f"target must be a Process (host.spawn) or a Program (host.program()), "
                               f"got target={target!r} ({type(target).__name__}) from {where}()")
     proc.host.lab.check_open(f"{where}(): {proc!r}")
     if proc.returncode is not None:
@@ -43,7 +43,7 @@ def _process(target: object, where: str) -> Process:
     return proc
 
 
-def kill(target: Process | Peer) -> Awaitable[int]:
+def kill(target: Process | Program) -> Awaitable[int]:
     """SIGKILL ``target`` and wait for it to exit; returns (awaitable) its
     returncode (-9)."""
     return _process(target, "kill").kill()
@@ -62,6 +62,6 @@ class Pause(Fault):
         await self.process.resume()  # a no-op for a process that died meanwhile
 
 
-def pause(target: Process | Peer) -> Pause:
+def pause(target: Process | Program) -> Pause:
     """Freeze ``target`` (SIGSTOP) while the fault is active; SIGCONT on exit."""
     return Pause(_process(target, "pause"))

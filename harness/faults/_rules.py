@@ -13,7 +13,7 @@ import trio
 from .. import _iptables
 from .._wire import FlagFilter, flag_filter
 from ..errors import InvalidArgument
-from .._host import Host
+from .._host import Host, check_host as _check_host
 
 DIRECTIONS = ("in", "out", "both")
 PROTOCOLS = ("tcp", "udp", "icmp", "all")
@@ -108,7 +108,7 @@ class Rules:
                 await _iptables.restore(self.host, family, self.revert_text(family))
             self.applied.discard(family)
 
-    async def packets(self) -> dict[int, int]:
+    async def matched(self) -> dict[int, int]:
         out = dict(self.final)
         for family in self.applied:
             out[family] = count(await _iptables.save(self.host, family, "filter", counters=True),
@@ -135,10 +135,7 @@ def count(save: str, chains: set[str]) -> int:
 
 
 def check_host(host: object, name: str, where: str) -> Host:
-    if not isinstance(host, Host):
-        raise InvalidArgument(f"{name} must be a Host (from lab.pair() or lab.host()), got "
-                              f"{name}={host!r} ({type(host).__name__}) from {where}()")
-    return host
+    return _check_host(host, f"{where}()", name)
 
 
 def _check_choice(value: object, name: str, choices, where: str) -> None:

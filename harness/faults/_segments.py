@@ -93,8 +93,8 @@ class Wire:
             # a second socket only sends: the kernel shows a frame to every
             # packet socket but its sender (dev_queue_xmit_nit()), so the tap
             # stamps our own segments when they really leave
-            with _netns.entered(self.lab.context.switch[1]):
-                out = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+            out = _netns.socket_in(self.lab.context.switch[1], socket.AF_PACKET,
+                                   socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
             try:
                 out.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
                 out.bind((f"p{victim.index}", 0))
@@ -433,11 +433,10 @@ def scripted_peer(victim, remote, *, port: int, family: int = 4) -> ScriptedPeer
     """Let a test speak for ``remote`` to ``victim`` on TCP ``port`` (the
     victim's listening port, or the remote port it connects to):
     ``async with scripted_peer(server, client, port=9000) as wire``."""
-    from .._host import Host
+    from .._host import check_host
     from .._sockets import check_family, check_port
     for h, what in ((victim, "victim"), (remote, "remote")):
-        if not isinstance(h, Host):
-            raise InvalidArgument(f"scripted_peer(): {what} must be a Host of the lab, got {h!r}")
+        check_host(h, "scripted_peer()", what)
     if victim is remote or victim.lab is not remote.lab:
         raise InvalidArgument("scripted_peer(): victim and remote must be two hosts of one lab")
     check_port(port)

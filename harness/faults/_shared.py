@@ -82,18 +82,9 @@ class Alarm:
 def check_injectable(conn, what: str) -> None:
     """``conn`` is a test's Socket with a synchronized connection whose
     host is on: a segment spoofed from its peer lands in its window."""
-    from .._sockets import Socket
+    from .._sockets import check_socket
     from ._host import is_off
-    if not isinstance(conn, Socket):
-        raise InvalidArgument(f"{what}() takes a connected Socket (from connect() or accept()), "
-                              f"got {conn!r}")
-    conn.host.lab.check_open(f"{what}(): {conn!r}")
-    if conn.closed:
-        raise InvalidArgument(f"{what}(): {conn!r} was closed by the test; there is no "
-                              f"connection to inject into")
-    if conn.remote is None or conn.remote[1] == 0:
-        raise InvalidArgument(f"{what}(): {conn!r} is not connected (a listener or an "
-                              f"unconnected socket has no peer to impersonate)")
+    check_socket(conn, f"{what}()", connected=True)
     if is_off(conn.host):
         raise InvalidArgument(f"{what}(): host {conn.host.name} is powered off")
     info = conn.info()
@@ -108,9 +99,7 @@ def check_injectable(conn, what: str) -> None:
 # --- a link's facts ---------------------------------------------------------------
 
 def _ioctl(ns_fd: int, request: int, arg: bytes) -> bytes:
-    with _netns.entered(ns_fd):
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    with s:
+    with _netns.socket_in(ns_fd, socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
         return fcntl.ioctl(s, request, arg)
 
 

@@ -20,24 +20,14 @@ from __future__ import annotations
 
 from typing import Awaitable
 
-from ..errors import InvalidArgument
 from .._host import destroy_socket
 from .._observe.snapshot import SocketInfo
-from .._sockets import Socket
+from .._sockets import Socket, check_socket
 
 def destroy(sock: Socket) -> Awaitable[SocketInfo]:
     """Abort ``sock`` through SOCK_DESTROY; returns (awaitable) the socket as
     inet_diag saw it just before."""
-    if not isinstance(sock, Socket):
-        raise InvalidArgument(f"sock must be a Socket (from connect, listen or accept), got "
-                              f"sock={sock!r} ({type(sock).__name__}) from destroy()")
-    sock.host.lab.check_open(f"destroy(): {sock!r}")
-    if sock.closed:
-        raise InvalidArgument(f"{sock!r} was closed by the test; there is nothing to destroy "
-                              f"(from destroy())")
-    if sock.local is None:
-        raise InvalidArgument(f"{sock!r} is neither bound nor connected: inet_diag cannot "
-                              f"find it (from destroy())")
+    check_socket(sock, "destroy()", "sock", bound=True)
     return _destroy(sock)
 
 

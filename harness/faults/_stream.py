@@ -269,10 +269,9 @@ def proxy(host, *, port: int, upstream, toxics: list[Toxic] | tuple = (),
     """A toxiproxy-like TCP proxy in ``host`` on ``port``, relaying to
     ``upstream`` (a port of ``host`` or ``(Host, port)``), with ``toxics``
     (see the module docstring)."""
-    from .._host import Host
+    from .._host import Host, check_host
     from .._sockets import check_family, check_port
-    if not isinstance(host, Host):
-        raise InvalidArgument(f"proxy(): host must be a Host of the lab, got {host!r}")
+    check_host(host, "proxy()")
     check_port(port)
     check_family(family)
     if isinstance(upstream, int) and not isinstance(upstream, bool):
