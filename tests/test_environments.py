@@ -128,7 +128,7 @@ ROOTLESS_LAB = """
             assert [s.state for s in server.sockets() if s.remote == peer.remote] == ["ESTABLISHED"]
             async with faults.drop(server, direction="in", port=9000) as f:   # iptables
                 await conn.send(b"x")
-                assert await f.wait_packets(1) >= 1
+                assert await f.wait_matched(1) >= 1
             async with faults.drop_first(conn, 1, direction="out") as q:       # NFQUEUE
                 await conn.send(b"y")
                 got = b""
