@@ -108,21 +108,17 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import random
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import trio
 
 from .. import _features, _netlink
-from .._nfqueue import NF_ACCEPT, NF_DROP
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ._base import Fault
-from ._shared import Alarm
-from ._packets import MARK, Action, Flow, PacketFault
+from ._netem_link import LinkEngine
 
 __all__ = ["Netem", "NetemParams", "netem"]
 
@@ -131,7 +127,6 @@ ENGINES = ("auto", "tc", "nfqueue")
 MAX_SECONDS = 60.0              # netem's 32-bit tick fields hold ~274 s
 MAX_RATE = 2**32 - 1            # tbf's 32-bit rate, bytes/s
 MAX_LIMIT = 1_000_000
-ETH_HLEN = 14                   # rate counts frames, as tbf on a veth does
 FRAME = 1514                    # a full Ethernet frame at MTU 1500
 NETEM_HANDLE = 0xFE010000       # "fe01:"
 TBF_HANDLE = 0xFE020000         # "fe02:"
@@ -291,178 +286,6 @@ class _Model:
         return t, bad
 
 
-def _corrupted(raw: bytes, rng: random.Random) -> bytes:
-    """Flip one random bit of the TCP segment (after the IP header); fix nothing."""
-    start = (raw[0] & 0x0F) * 4 if raw[0] >> 4 == 4 else 40
-    if len(raw) <= start:
-        start = 0
-    out = bytearray(raw)
-    out[rng.randrange(start, len(out))] ^= 1 << rng.randrange(8)
-    return bytes(out)
-
-
-# --- the fallback on the packet engine -----------------------------------------------------
-
-class _LinkTarget:
-    """What the engine's rules match: every TCP packet crossing the host's
-    eth0 in a direction (duck-types packets._Target; loopback and the
-    engine's own injected copies are never queued)."""
-
-    conn = None
-    port = None
-
-    def __init__(self, host, peer=None, port: int | None = None):
-        self.host = host
-        self.families = tuple(f for f, a in ((4, host.v4), (6, host.v6)) if a)
-        self.selectors = (peer, port)
-        if peer is not None:  # a peer limits the rules to the families it has
-            self.families = tuple(f for f in self.families if _peer_address(peer, f))
-
-    def match(self, flow: Flow, direction: str, family: int) -> str:
-        dev = "-i eth0" if direction == "in" else "-o eth0"
-        peer, port = self.selectors
-        where = ""
-        if peer is not None:  # the other end: source on the way in, destination out
-            where += f"{'-s' if direction == 'in' else '-d'} {_peer_address(peer, family)} "
-        ports = f"-m multiport --ports {port} " if port is not None else ""
-        return f"{dev} {where}-p tcp {ports}-m mark ! --mark {hex(MARK)}"
-
-
-def _peer_address(peer, family: int) -> str | None:
-    """A peer Host's address of that family, or an address string's own."""
-    if isinstance(peer, str):
-        return peer if (":" in peer) == (family == 6) else None
-    return peer.v4 if family == 4 else peer.v6
-
-
-class _Plan(Action):
-    """The engine's action for a packet whose fate needs more than one of
-    the stock actions: (send time, corrupt) of the original (None: drop) and
-    of its copy (None: no copy)."""
-
-    __slots__ = ("orig", "copy")
-
-    def __init__(self, orig, copy):
-        super().__init__("netem")
-        self.orig, self.copy = orig, copy
-
-    def __repr__(self) -> str:
-        return f"netem(orig={self.orig}, copy={self.copy})"
-
-
-class _LinkEngine(PacketFault):
-    """The packet engine on a whole link, with netem's composite verdicts:
-    a corrupted packet, a copy (sent from a raw socket when due).  Keeps
-    counts but no per-packet log."""
-
-    def __init__(self, host, direction: str, decide, rng: random.Random, label: str,
-                 peer=None, port: int | None = None):
-        self._healing = False
-        super().__init__(_LinkTarget(host, peer, port), flows=[Flow(direction)], where=WHERE,
-                         label=label,
-                         decide=lambda pkt: None if self._healing else decide(pkt))
-        self._rng = rng
-        self._copies: list[tuple[float, int, bytes, bool]] = []  # (due, order, raw, original)
-        self._copy_order = itertools.count()
-        self._copy_alarm = Alarm()
-        self._copy_scope: trio.CancelScope | None = None
-
-    async def _apply(self) -> None:
-        await super()._apply()
-        self._copy_scope = trio.CancelScope()
-        self.lab.context.start_soon(self._copy_loop, self._copy_scope)
-
-    async def _teardown(self) -> None:
-        # Heal the wire first: from now on every packet passes and no copy is
-        # made; the engine's teardown then accepts what it holds, in due order,
-        # before it gives up the mangle table.
-        self._healing = True
-        if self._copy_scope is not None:
-            self._copy_scope.cancel()
-        held = sorted(c for c in self._copies if c[3])  # delayed originals: they leave now
-        self._copies.clear()
-        for _, _, raw, _ in held:
-            try:
-                self._inject(raw, 1)
-            except OSError as exc:
-                self._errors.append(exc)
-        await super()._teardown()
-
-    def _matched(self, p, pkt, act) -> None:
-        self._counts["matched"] += 1
-
-    # after a batch's verdicts the queue is read again at once (a few times)
-    # before the loop gets its turn: freeing packets the host sent lets its
-    # socket's TCP Small Queues tasklet send the next ones within the verdict
-    # call, so they are already queued, and waiting for the event loop would
-    # add its latency to every round of about two skbs that TSQ lets below TCP
-    READS_PER_WAKEUP = 16
-
-    def _act(self, p, pkt, act) -> None:
-        if act.kind == "delay" and pkt.direction == "out":
-            act = _Plan((p.timestamp + act.seconds, False), None)  # freed now, sent when due
-        if type(act) is not _Plan:
-            return super()._act(p, pkt, act)
-        c, now = self._counts, p.timestamp
-        if act.orig is None:
-            c["dropped"] += 1
-            self._pending.append((p.id, NF_DROP))
-        else:
-            t, bad = act.orig
-            if not bad and t <= now:
-                c["accepted"] += 1
-                self._pending.append((p.id, NF_ACCEPT))
-            elif not bad and pkt.direction == "out":
-                # What the host sends is freed now and sent as a copy when
-                # due, as netem_enqueue() orphans a delayed skb: held in the
-                # queue it would still count against its socket's TCP Small
-                # Queues budget (sk_wmem_alloc, tcp_small_queue_check()),
-                # and TCP would send ~2 skbs per delay and never grow cwnd.
-                c["delayed"] += 1
-                self._pending.append((p.id, NF_DROP))
-                self._copy(t, p.payload, now, original=True)
-            elif not bad:
-                c["delayed"] += 1
-                self._hold(t, p.id)
-            elif t <= now:                         # mangled in place: CHECKSUM_NONE
-                c["rewritten"] += 1
-                self._pending.append((p.id, NF_ACCEPT, _corrupted(p.payload, self._rng)))
-            else:                                  # sent corrupted when due, as a copy
-                c["dropped"] += 1
-                self._pending.append((p.id, NF_DROP))
-                self._copy(t, _corrupted(p.payload, self._rng), now)
-        if act.copy is not None:
-            c["duplicated"] += 1
-            t, bad = act.copy
-            self._copy(t, _corrupted(p.payload, self._rng) if bad else p.payload, now)
-
-    def _copy(self, due: float, raw: bytes, now: float, original: bool = False) -> None:
-        """Send ``raw`` from the raw socket when due.  ``original``: it
-        stands for a delayed packet the queue freed (direction out), which
-        undo sends at once rather than discarding."""
-        if due <= now:
-            self._q.verdict_many(self._pending)    # what came before it goes first
-            self._pending = []
-            self._inject(raw, 1)
-            return
-        first = self._copies[0][0] if self._copies else None
-        heapq.heappush(self._copies, (due, next(self._copy_order), raw, original))
-        # wake the loop only if this copy is due before the one it sleeps for
-        if first is None or due < first:
-            self._copy_alarm.ring()
-
-    async def _copy_loop(self, scope: trio.CancelScope) -> None:
-        with scope:
-            while True:
-                await self._copy_alarm.sleep(self._copies)
-                now = time.monotonic()
-                while self._copies and self._copies[0][0] <= now:
-                    try:
-                        self._inject(heapq.heappop(self._copies)[2], 1)
-                    except OSError as exc:   # e.g. ENOBUFS: a copy lost, as on a wire
-                        self._errors.append(exc)
-
-
 # --- the fault ---------------------------------------------------------------------------
 
 class Netem(Fault):
@@ -488,7 +311,7 @@ class Netem(Fault):
         self.qdiscs: list[tuple[str, int, str, int]] = []
         self._links: list[tuple[str, int, str, int]] = []   # (which, ifindex, kind, handle)
         self._models: dict[str, _Model] = {}
-        self._engine: _LinkEngine | None = None
+        self._engine: LinkEngine | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -597,20 +420,8 @@ class Netem(Fault):
         rng = random.Random()
         dirs = ("in", "out") if self.direction == "both" else (self.direction,)
         self._models = {d: _Model(self.params, rng) for d in dirs}
-        models = self._models
-
-        def decide(pkt):
-            orig, copy = models[pkt.direction].packet(pkt.t, len(pkt.raw) + ETH_HLEN)
-            if copy is None:
-                if orig is None:
-                    return Action.drop
-                t, bad = orig
-                if not bad:
-                    return None if t <= pkt.t else Action("delay", seconds=t - pkt.t)
-            return _Plan(orig, copy)
-
-        self._engine = _LinkEngine(self.host, self.direction, decide, rng, self.label,
-                                   self.peer, self.port)
+        self._engine = LinkEngine(self.host, self.direction, self._models, rng, self.label,
+                                  self.peer, self.port, self.params.limit)
         await self._engine.start()
 
     @property

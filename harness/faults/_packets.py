@@ -453,11 +453,7 @@ class PacketFault(Fault):
                 raise
             async with _iptables.tables(host).lock:
                 for family in self._target.families:
-                    specs = [f"{_CHAIN[d]} {self._target.match(fl, d, family)} -m comment --comment "
-                             f"{owner_tag()}-q{self.queue_num} -j NFQUEUE --queue-num {self.queue_num} "
-                             f"--queue-bypass"
-                             for fl in self.flows for d in (("in", "out") if fl.direction == "both"
-                                                            else (fl.direction,))]
+                    specs = self._specs(family)
                     await _iptables.acquire(host, family, "mangle")
                     try:
                         await self._restore(family, "-I", specs)
@@ -471,6 +467,14 @@ class PacketFault(Fault):
             with trio.CancelScope(shield=True):
                 await self._teardown()
             raise
+
+    def _specs(self, family: int) -> list[str]:
+        """The mangle rules (chain and match, without -I/-D) that queue the flows."""
+        return [f"{_CHAIN[d]} {self._target.match(fl, d, family)} -m comment --comment "
+                f"{owner_tag()}-q{self.queue_num} -j NFQUEUE --queue-num {self.queue_num} "
+                f"--queue-bypass"
+                for fl in self.flows for d in (("in", "out") if fl.direction == "both"
+                                               else (fl.direction,))]
 
     async def _restore(self, family: int, op: str, specs: list[str]) -> None:
         text = "*mangle\n" + "".join(f"{op} {s}\n" for s in specs) + "COMMIT\n"
