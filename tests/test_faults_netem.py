@@ -5,17 +5,20 @@ undo; bad input refused before anything is touched."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import socket
+import struct
 import sys
 import time
 
 import pytest
 import trio
 
-from harness import InvalidArgument, Unsupported, _features, faults
+from harness import InvalidArgument, Unsupported, _features, _netns, faults
 from harness.faults._netem import NetemParams, _Model
 from helpers import wait_until
 
@@ -307,8 +310,9 @@ async def test_delay_anywhere_lets_slow_start_grow_cwnd(lab, where):
     its socket's sk_wmem_alloc, and tcp_small_queue_check() lets only about
     two skbs (of two MSS: TSO autosizing at a 100 ms RTT) wait below TCP, so
     TCP was never cwnd-limited and tcp_cong_avoid() never grew cwnd.  The
-    engine now frees what the host sends and sends a copy when due, as
-    netem_enqueue() orphans a delayed skb.  Slow start then grows cwnd by
+    kernel now lets go of what the host sends (TEE sends the engine a copy
+    owned by no socket), as netem_enqueue() orphans a delayed skb; the
+    engine sends the copy when due.  Slow start then grows cwnd by
     every segment acknowledged: after 1 MB (~720 segments) far beyond 100,
     wherever the delay sits.  The connection is made inside the fault, so
     TCP starts from the long RTT."""
@@ -325,6 +329,66 @@ async def test_delay_anywhere_lets_slow_start_grow_cwnd(lab, where):
     print(f"\n{where}: 1 MB at {goodput / 1e6:.2f} MB/s, cwnd {cwnd}, {f.counts}")
     assert cwnd > 100
     assert segs(conn, "total_retrans") == 0  # nothing was lost on the way
+
+
+SO_MEMINFO = 55           # asm-generic/socket.h: u32[SK_MEMINFO_VARS]
+SK_MEMINFO_WMEM_ALLOC = 2
+
+
+def wmem_alloc(sock: socket.socket) -> int:
+    """Bytes of the socket's skbs still below TCP (qdisc, device, netfilter
+    queue), as tcp_small_queue_check() counts them (sk_wmem_alloc - 1)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 9 * 4)
+    return struct.unpack("9I", raw)[SK_MEMINFO_WMEM_ALLOC]
+
+
+def tcp_info(sock: socket.socket) -> tuple[int, int, int]:
+    """(unacked, snd_cwnd, snd_mss) of struct tcp_info (linux/tcp.h)."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return tuple(struct.unpack_from("I", raw, off)[0] for off in (24, 80, 16))
+
+
+async def test_what_the_host_sends_is_let_go_without_the_engine(lab, family):
+    """Issue 11's mechanism: a segment the host sends under a delay must not
+    stay charged to its socket until this process reads the queue, or TCP
+    Small Queues lets the sender send only as fast as the engine wakes up.
+    Here the engine cannot run at all (this test holds the trio loop while
+    it looks): TCP still sends its whole initial window at once (unacked
+    reaches cwnd) and none of it is left in sk_wmem_alloc, as with netem,
+    which orphans a delayed skb.  Then the loop runs again and the window
+    arrives, delayed."""
+    client, server = await lab.pair()
+    listener = await server.listen(PORT, family=family)
+    with _netns.entered(client.ns_fd):        # a socket of this test's own, in the client
+        sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect((server.v4 if family == 4 else server.v6, PORT))
+        peer = await listener.accept()
+        async with faults.netem(client, delay=0.2, engine="nfqueue") as f:
+            t0 = time.monotonic()
+            sent = sock.send(b"\xa5" * (256 << 10))   # more than the initial window
+            # the loop is held from here: the engine reads nothing
+            deadline = t0 + 0.1                        # well before the copies are due
+            while True:
+                expired = time.monotonic() >= deadline
+                (unacked, cwnd, mss), wmem = tcp_info(sock), wmem_alloc(sock)
+                if unacked >= cwnd and wmem == 0:
+                    break
+                assert not expired, (f"after {time.monotonic() - t0:.3f} s without the "
+                                     f"engine: unacked {unacked} of cwnd {cwnd}, "
+                                     f"sk_wmem_alloc {wmem}")
+                os.sched_yield()
+            assert f.counts["seen"] == 0               # the engine never ran
+            window = await recv_exactly(peer, cwnd * mss)   # now it runs: the window arrives
+        elapsed = time.monotonic() - t0
+        assert 0.2 <= elapsed, elapsed
+        assert f.counts["delayed"] >= cwnd
+        assert sent > len(window) >= cwnd * mss and window.count(0xA5) == len(window)
+    finally:
+        sock.close()
 
 
 async def test_limit_drops_beyond_the_queue(lab):
