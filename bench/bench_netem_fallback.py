@@ -3,7 +3,8 @@ was asked (delay p50/p99, jitter's spread, loss fraction, rate) and what it
 costs (CPU per packet in this process, which runs the engine in its trio loop
 as a test does), all in one run, in one lab.
 
-    python bench/bench_netem_fallback.py [--seconds 1.0] [--only placement]
+    python bench/bench_netem_fallback.py [--seconds 1.0] [--only placement] [--runs 5]
+                                         [--cc cubic]
 
 A lab with two hosts; the server host runs an echo server (port 9000) and a
 sink (port 9001) as processes, the client host the load processes, and the
@@ -19,9 +20,14 @@ data segment, crosses the engine once.
   sigma;
 * rate: a bulk transfer's goodput under rate r (1 and 10 MB/s), against r
   (frames count 1514 B for 1448 B of payload, so 0.956 r is exact);
-* placement: 1 MB bulk with delay 50 ms on each end and direction
-  (sender out, receiver in, sender in, receiver out), the connection made
-  inside the fault: seconds and MB/s each, and their ratios;
+* placement: 1 MB bulk, and 10 KB (within TCP's initial window: two round
+  trips, the handshake's and the data's), with delay 50 ms on each end and
+  direction (sender out, receiver in, sender in, receiver out), the
+  connection made inside the fault: seconds and MB/s each, and each
+  against the fastest placement (the same delay must give the same
+  throughput wherever it sits: within 10 %); the sender's congestion
+  control is the namespace's (inherited from the machine's default) unless
+  ``--cc`` names one;
 * cost: this process's CPU time per packet through the engine for bulk
   traffic: the bare packet engine (faults.packets, accept all), netem with
   nothing to do, with loss 0.01, with delay 1 ms.
@@ -41,6 +47,7 @@ import time
 RR_PORT, BULK_PORT = 9000, 9001
 MSG = 64
 BULK_BYTES = 1 << 20
+SMALL_BYTES = 10_000        # < 10 segments of 1448 B: one initial window
 PLACEMENT_RUNS = 5
 
 
@@ -52,9 +59,11 @@ def role_server() -> None:
     serve()
 
 
-def role_client(mode: str, addr: str, amount: float) -> None:
+def role_client(mode: str, addr: str, amount: float, cc: str = "") -> None:
     s = socket.socket()
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if cc:   # a namespace may not make a restricted one its default; a socket may
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
     pc = time.perf_counter
     if mode == "rr":                     # amount: round trips
         s.connect((addr, RR_PORT))
@@ -74,7 +83,8 @@ def role_client(mode: str, addr: str, amount: float) -> None:
         s.sendall(b"\xa5" * int(amount))
         s.shutdown(socket.SHUT_WR)
         total = int(s.recv(64))          # the sink counted them all
-        print(json.dumps({"bytes": total, "seconds": pc() - t0}))
+        cc = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
+        print(json.dumps({"bytes": total, "seconds": pc() - t0, "cc": cc.decode()}))
     else:                                # amount: seconds
         s.connect((addr, BULK_PORT))
         chunk = b"\xa5" * (64 * 1024)
@@ -93,7 +103,8 @@ def pct(values: list[float], q: float) -> float:
 
 # --- the bench ----------------------------------------------------------------------
 
-async def run(seconds: float, only: str | None = None) -> None:
+async def run(seconds: float, only: str | None = None, runs: int = PLACEMENT_RUNS,
+              cc: str = "") -> None:
     import trio
 
     from harness import faults, listening, open_lab
@@ -107,7 +118,7 @@ async def run(seconds: float, only: str | None = None) -> None:
 
         async def load(mode: str, amount: float) -> dict:
             proc = await client.spawn([sys.executable, me, "--role", mode, server.v4,
-                                       str(amount)])
+                                       str(amount), cc])
             code = await proc.wait(timeout=120)
             if code != 0:
                 raise RuntimeError(f"{mode} client failed: {proc.stderr()[-800:]}")
@@ -173,32 +184,40 @@ async def run(seconds: float, only: str | None = None) -> None:
         if only in (None, "placement"):
             # --- placement: the same delay on either end, in either direction ----------
             # Each connection is made inside the fault, so TCP starts from a
-            # 100 ms RTT (its pacing rate, hence its TSO size and its TCP Small
+            # 50 ms RTT (its pacing rate, hence its TSO size and its TCP Small
             # Queues budget, follow from it): the case where packets held on the
-            # sender used to cap it at ~2 skbs per RTT (issue 11, point 4).
-            print(f"placement: {BULK_BYTES >> 20} MB bulk client -> server with delay 50 ms one "
-                  f"way, connection made inside the fault; median of {PLACEMENT_RUNS}")
+            # sender used to cap it at ~2 skbs per RTT (issue 11, point 4), and
+            # where a sender's packets waiting for this process's verdict made
+            # its rate follow the engine's wake-ups.
             places = {"sender out": (client, "out"), "receiver in": (server, "in"),
                       "sender in": (client, "in"), "receiver out": (server, "out")}
-            times: dict[str, list[float]] = {k: [] for k in places}
-            for _ in range(PLACEMENT_RUNS):          # interleaved: load drifts hit all alike
+            sizes = {"bulk": BULK_BYTES, "small": SMALL_BYTES}
+            times = {(k, z): [] for k in places for z in sizes}
+            ccs = set()
+            for _ in range(runs):                    # interleaved: load drifts hit all alike
                 for name, (host, direction) in places.items():
                     async with faults.netem(host, delay=0.05, direction=direction,
                                             engine="nfqueue"):
-                        b = await load("bytes", BULK_BYTES)
-                    assert b["bytes"] == BULK_BYTES, b
-                    times[name].append(b["seconds"])
-            med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-            mid = sorted(med.values())[len(med) // 2]
-            for name, t in med.items():
-                print(f"  {name:<13} {t:6.3f} s  {BULK_BYTES / t / 1e6:6.2f} MB/s  "
-                      f"{mid / t:5.2f} x the median placement  (runs: "
-                      f"{', '.join(f'{x:.3f}' for x in times[name])})")
-            print(f"  slowest / fastest: {max(med.values()) / min(med.values()):.2f}; "
-                  f"data delayed (sender out / receiver in): "
-                  f"{med['sender out'] / med['receiver in']:.2f}; "
-                  f"acks delayed (sender in / receiver out): "
-                  f"{med['sender in'] / med['receiver out']:.2f}")
+                        for size, n in sizes.items():
+                            b = await load("bytes", n)
+                            assert b["bytes"] == n, b
+                            times[name, size].append(b["seconds"])
+                            ccs.add(b["cc"])
+            print(f"placement: delay 50 ms one way, connection made inside the fault, "
+                  f"client -> server, congestion control {'/'.join(sorted(ccs))}; "
+                  f"median of {runs}")
+            for size, n in sizes.items():
+                med = {k: sorted(times[k, size])[runs // 2] for k in places}
+                best = min(med.values())
+                print(f"  {size}: {n / 1e6:g} MB")
+                for name, t in med.items():
+                    print(f"    {name:<13} {t:6.3f} s  {n / t / 1e6:6.2f} MB/s  "
+                          f"{t / best:5.2f} x the fastest  (runs: "
+                          f"{', '.join(f'{x:.3f}' for x in times[name, size])})")
+                print(f"    slowest / fastest: {max(med.values()) / best:.2f}; data delayed "
+                      f"(sender out / receiver in): {med['sender out'] / med['receiver in']:.2f};"
+                      f" acks delayed (sender in / receiver out): "
+                      f"{med['sender in'] / med['receiver out']:.2f}")
 
         if only in (None, "cost"):
             # --- cost ------------------------------------------------------------------
@@ -230,19 +249,24 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     ap.add_argument("--only", choices=("delay", "loss", "rate", "placement", "cost"),
                     help="run one section")
+    ap.add_argument("--runs", type=int, default=PLACEMENT_RUNS,
+                    help="transfers per placement and size (the median is shown)")
+    ap.add_argument("--cc", default="", help="the sender's congestion control (TCP_CONGESTION)"
+                    " in the placement section; default: the namespace's")
     ap.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
         if args.role[0] == "server":
             role_server()
         else:
-            role_client(args.role[0], args.role[1], float(args.role[2]))
+            role_client(args.role[0], args.role[1], float(args.role[2]), *args.role[3:])
         return
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import trio
-    t0 = time.monotonic()
-    trio.run(run, args.seconds, args.only)
-    print(f"(bench took {time.monotonic() - t0:.1f} s)")
+    t0, load0 = time.monotonic(), os.getloadavg()[0]
+    trio.run(run, args.seconds, args.only, args.runs, args.cc)
+    print(f"(bench took {time.monotonic() - t0:.1f} s; load average {load0:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":
