@@ -436,6 +436,24 @@ async def test_auto_engine_picks_what_the_kernel_has(lab):
     assert faults.netem(client, rate=1e6, delay=0.01).engine == "nfqueue"
 
 
+async def test_fallback_out_without_tee_is_unsupported(lab, monkeypatch):
+    """The fallback lets what a host sends go through iptables' TEE target;
+    a machine without it gets Unsupported naming it, before anything is
+    touched ("in" does not need it).  The probe's answer is mocked: this
+    kernel has TEE."""
+    from harness.faults import _netem_link
+    client, _ = await lab.pair()
+    before = saved(client)
+    monkeypatch.setattr(_netem_link, "tee_unavailable", lambda: "Couldn't load target `TEE'")
+    for direction in ("out", "both"):
+        with pytest.raises(Unsupported, match=r"netem\(direction='%s'\) on the NFQUEUE engine "
+                           r"lets what the host sends go through iptables' TEE target \(xt_TEE, "
+                           r"nf_dup_ipv4/6\): Couldn't load target `TEE'" % direction):
+            faults.netem(client, delay=0.1, direction=direction, engine="nfqueue")
+    assert faults.netem(client, delay=0.1, direction="in", engine="nfqueue").engine == "nfqueue"
+    assert saved(client) == before and len(lab.undo) == 0
+
+
 BAD = [
     (dict(loss=1.5), r"loss must be a fraction in [0, 1], got loss=1.5 (float) from netem()"),
     (dict(delay=-1), r"delay must be seconds in [0, 60], got delay=-1 (int) from netem()"),

@@ -42,31 +42,32 @@ into a skip); ``"nfqueue"`` forces the fallback.
   before and after.  One root qdisc per device: a second netem on the same
   link and direction fails with FaultError (EEXIST).
 - nfqueue: every TCP packet crossing the host's eth0 in that direction
-  (mangle POSTROUTING ``-o eth0`` / PREROUTING ``-i eth0``, both families)
-  goes to the packet engine (faults.packets) with a ``decide`` callback that
-  replays netem_enqueue(): duplicate draw, loss draw (a duplicate survives a
-  single loss), then per packet sent: corrupt draw, limit, reorder or delay
-  with jitter, then rate as a virtual link clock (send = max(arrival + delay,
-  link free) + frame / rate: a serialisation queue, no burst).  The copy of
-  a duplicated packet goes through the model again (its own loss, delay,
-  corruption; never duplicated), as netem re-enqueues it at the root, and is
-  injected from a raw socket when due.  Corruption flips one random bit of
-  the TCP segment (header or payload, never the IP header) and fixes nothing:
-  the packet reaches TCP, whose checksum rejects it (Tcp InCsumErrors).
-  netem flips a bit anywhere in the frame's linear head, which may hit the
-  Ethernet or IP header instead.
-- a delayed packet the host itself sends (direction out) is not held in the
-  queue: its verdict is NF_DROP at once and a copy leaves from the raw
-  socket when due.  netem_enqueue() orphans a delayed skb for the same
-  reason: until it is freed it counts in its socket's sk_wmem_alloc, and
-  tcp_small_queue_check() lets only about two skbs (two MSS each: TSO
-  autosizing at a long RTT) wait below TCP, so TCP was never cwnd-limited
-  and kept its initial cwnd: 1 MB at delay 50 ms took 9-17 s on the sender's
-  way out against 0.5 s on the receiver's way in (issue 11).  What is left
-  of it is the wait for the engine's verdict (that budget of two skbs per
-  read of the queue): bench/bench_netem_fallback.py's placement section.
-  Received packets (direction in) are already orphaned by ip_rcv_core() and
-  are held as they are.
+  goes to the packet engine (faults/_netem_link.py, on faults.packets'
+  queue), which replays netem_enqueue(): duplicate draw, loss draw (a
+  duplicate survives a single loss), then per packet sent: corrupt draw,
+  limit, reorder or delay with jitter, then rate as a virtual link clock
+  (send = max(arrival + delay, link free) + frame / rate: a serialisation
+  queue, no burst).  The copy of a duplicated packet goes through the model
+  again (its own loss, delay, corruption; never duplicated), as netem
+  re-enqueues it at the root, and is injected from a raw socket when due.
+  Corruption flips one random bit of the TCP segment (header or payload,
+  never the IP header) and fixes nothing: the packet reaches TCP, whose
+  checksum rejects it (Tcp InCsumErrors).  netem flips a bit anywhere in the
+  frame's linear head, which may hit the Ethernet or IP header instead.
+- what the host receives (mangle PREROUTING ``-i eth0``) waits in the
+  kernel's queue for its verdict: ip_rcv_core() has already orphaned it.
+  What it sends must not wait there: until its verdict a queued skb counts
+  in its socket's sk_wmem_alloc, and tcp_small_queue_check() then lets the
+  sender send only as fast as the engine reads the queue (issue 11: 1 MB at
+  delay 50 ms took 9-17 s while delayed packets were held, and was still
+  8-19 % slower than on the receiver's way in with an NF_DROP verdict at
+  once and a copy sent when due).  netem_enqueue() orphans a delayed skb
+  for this reason.  So the kernel lets go of it at once: mangle POSTROUTING
+  ``-o eth0`` sends a copy owned by no socket back through lo with TEE
+  (that copy is what the engine queues, from PREROUTING ``-i lo``) and the
+  original to a queue number nobody binds, where nf_queue() frees it and
+  returns success to TCP.  The engine sends the copy's bytes from a raw
+  socket when the model says.  faults/_netem_link.py tells the details.
 
 Where the fallback differs, by construction.  Only TCP is impaired (UDP,
 ICMP, ARP and neighbour discovery pass); the tc engine impairs everything.
@@ -74,10 +75,13 @@ Packets are impaired one MSS-sized segment at a time (the queue gets GSO
 packets segmented), where netem on a veth sees whole GSO packets: a loss
 there takes up to 64 KB at once.  With ``rate``, packets leave in the order
 the model scheduled them, so reorder + rate reorders less than netem + tbf.
-At undo the wire heals first: every packet passes and what is held leaves
-at once, in order (before the engine deletes its mangle table, which would
-make the kernel drop every packet still queued); copies not yet due are
-discarded.
+What the host sends leaves through lo once more as TEE's copy (untracked,
+marked 0x4649, which every harness rule skips): the host's own OUTPUT and
+POSTROUTING rules see it there, so a host firewall that drops untracked
+packets or what goes out through lo would drop it.  At undo the wire heals
+first: every packet passes and what is held leaves at once, in order
+(before the engine deletes its mangle table, which would make the kernel
+drop every packet still queued); copies not yet due are discarded.
 
 Accuracy of the fallback (bench/bench_netem_fallback.py and
 tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
@@ -118,6 +122,7 @@ import trio
 from .. import _features, _netlink
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ._base import Fault
+from . import _netem_link
 from ._netem_link import LinkEngine
 
 __all__ = ["Netem", "NetemParams", "netem"]
@@ -476,4 +481,10 @@ def netem(host, *, delay: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
         reason = _features.nfqueue()
         if reason:
             raise Unsupported(f"netem(peer=, port=) needs the NFQUEUE engine: {reason}")
+    if chosen == "nfqueue" and direction != "in":
+        reason = _netem_link.tee_unavailable()
+        if reason:
+            raise Unsupported(f"netem(direction={direction!r}) on the NFQUEUE engine lets "
+                              f"what the host sends go through iptables' TEE target "
+                              f"(xt_TEE, nf_dup_ipv4/6): {reason}")
     return Netem(host, params, direction, chosen, peer, port)

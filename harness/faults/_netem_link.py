@@ -57,6 +57,7 @@ unreachable to the host itself).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -65,7 +66,7 @@ import time
 
 import trio
 
-from .. import _netns, _nfqueue
+from .. import _features, _netns, _nfqueue
 from .._names import owner_tag
 from .._nfqueue import NF_ACCEPT, NF_DROP, NfQueue, NfQueueError
 from ..errors import FaultError
@@ -133,6 +134,15 @@ def _peer_address(peer, family: int) -> str | None:
     if isinstance(peer, str):
         return peer if (":" in peer) == (family == 6) else None
     return peer.v4 if family == 4 else peer.v6
+
+
+@functools.cache
+def tee_unavailable() -> str | None:
+    """Why this machine cannot TEE in mangle POSTROUTING (both families),
+    or None; probed once, in a scratch namespace."""
+    return _features._probe_in_scratch_ns(
+        ["sh", "-c", "iptables -t mangle -A POSTROUTING -p tcp -j TEE --gateway 127.0.0.1 && "
+                     "ip6tables -t mangle -A POSTROUTING -p tcp -j TEE --gateway ::1"])
 
 
 def _sink(host) -> int:
