@@ -680,7 +680,11 @@ class PacketFault(Fault):
                         self._held = None
                     out.append((entry[2], NF_ACCEPT))
             if out:
-                self._q.verdict_many(out)
+                self._release(out)
+
+    def _release(self, verdicts: list[tuple[int, int]]) -> None:
+        """Accept held packets that are due (one netlink message)."""
+        self._q.verdict_many(verdicts)
 
     def _inject(self, raw: bytes, n: int) -> None:
         family = raw[0] >> 4
