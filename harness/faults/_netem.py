@@ -98,15 +98,25 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
   segments landed in 0.270-0.313 (sigma 0.017) over ten runs.
 - rate: bulk goodput 0.955 of the rate at 0.2, 1 and 10 MB/s, which is
   exact (1448 B of payload per 1514 B frame).
-- placement (1 MB, delay 50 ms, connection made inside the fault, median of
-  5, under a load average of 10-13 on the 2 cores): sender out 0.52-0.57 s,
-  receiver in 0.47-0.50, sender in 0.46-0.47, receiver out 0.46-0.47 over
-  three runs: the three placements other than sender out within 7 % of each
-  other, sender out 1.08-1.19 x receiver in (the verdict wait above); sender
-  out took 14.6-17.5 s before the fix.
-- cost: 12-15 us of this process's CPU per packet (bare packet engine 11.5,
-  netem with nothing to do 12.3, loss 13.0, delay 14.6); ~540-730 Mbit/s of
-  bulk through it, against several Gbit/s for the kernel's veth.
+- placement (delay 50 ms one way, connection made inside the fault, median
+  of 5-9 interleaved runs, under a load average of 8-11 on the 2 cores):
+  1 MB took 0.45-0.49 s in every placement (sender out, receiver in,
+  sender in, receiver out) with BBR (this machine's default), the slowest
+  1.03-1.07 x the fastest; 0.51-0.55 s and 1.08 x with cubic; 10 KB
+  (one initial window: two round trips) 0.104-0.115 s, the slowest
+  1.04-1.10 x the fastest.  Before the kernel let go of what the host sends, sender out
+  was 1.08-1.19 x receiver in at this load (1.35 x with 3 ms of engine
+  latency added per wake-up), and 14.6-17.5 s before delayed packets
+  stopped being held.  Cubic's runs spread (0.43-1.1 s in every
+  placement): a burst that reaches the receiver before its reader runs
+  stalls its receive-buffer autotuning for a few round trips.
+- cost: 12-15 us of this process's CPU per packet in a quiet run (bare
+  packet engine 11.5, netem with nothing to do 12.3, loss 13.0, delay 14.6);
+  ~540-730 Mbit/s of bulk through it, against several Gbit/s for the
+  kernel's veth.  Every packet the host sends now also costs a sendto()
+  of its own: at load 7.5, netem with nothing to do / loss 0.01 / delay 1 ms
+  on the way out cost 1.22-1.37 / 1.41-1.51 / 1.17-1.62 x the bare engine's
+  CPU per packet (23-39 us) in the same run.
 """
 
 from __future__ import annotations

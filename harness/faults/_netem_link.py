@@ -5,7 +5,8 @@ where packets wait.
 
 In: what the host receives.  mangle PREROUTING ``-i eth0`` queues every
 packet, and a delayed one waits in the kernel's queue for its verdict.  That
-costs the host nothing: ip_rcv_core() orphaned it before the hook.
+costs the host nothing: ip_rcv_core() orphaned it before the hook.  When
+due, each leaves with a verdict of its own (LinkEngine._release tells why).
 
 Out: what the host sends cannot wait in the queue.  Until its verdict a
 queued skb still counts in its socket's sk_wmem_alloc, and
