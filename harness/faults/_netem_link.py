@@ -248,7 +248,10 @@ class LinkEngine(PacketFault):
             s = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
-            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, self._sndbuf)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, self._sndbuf)
+            except PermissionError:   # needs the machine's CAP_NET_ADMIN (a user
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._sndbuf)  # namespace)
             s.setblocking(False)
         except BaseException:
             s.close()
