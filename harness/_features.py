@@ -128,6 +128,17 @@ def nfqueue() -> str | None:
                                  "--queue-num", "1"])
 
 
+@functools.cache
+def tee() -> str | None:
+    """iptables' TEE target (xt_TEE, nf_dup_ipv4/6) in mangle POSTROUTING, both
+    families: faults.netem's NFQUEUE fallback lets what a host sends go with it."""
+    if iptables():
+        return iptables()
+    return _probe_in_scratch_ns(
+        ["sh", "-c", "iptables -t mangle -A POSTROUTING -p tcp -j TEE --gateway 127.0.0.1 && "
+                     "ip6tables -t mangle -A POSTROUTING -p tcp -j TEE --gateway ::1"])
+
+
 def _probe_in_scratch_ns(argv: list[str]) -> str | None:
     if netns():
         return netns()

@@ -441,10 +441,9 @@ async def test_fallback_out_without_tee_is_unsupported(lab, monkeypatch):
     a machine without it gets Unsupported naming it, before anything is
     touched ("in" does not need it).  The probe's answer is mocked: this
     kernel has TEE."""
-    from harness.faults import _netem_link
     client, _ = await lab.pair()
     before = saved(client)
-    monkeypatch.setattr(_netem_link, "tee_unavailable", lambda: "Couldn't load target `TEE'")
+    monkeypatch.setattr(_features, "tee", lambda: "Couldn't load target `TEE'")
     for direction in ("out", "both"):
         with pytest.raises(Unsupported, match=r"netem\(direction='%s'\) on the NFQUEUE engine "
                            r"lets what the host sends go through iptables' TEE target \(xt_TEE, "

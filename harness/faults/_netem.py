@@ -132,7 +132,6 @@ import trio
 from .. import _features, _netlink
 from ..errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ._base import Fault
-from . import _netem_link
 from ._netem_link import LinkEngine
 
 __all__ = ["Netem", "NetemParams", "netem"]
@@ -492,7 +491,7 @@ def netem(host, *, delay: float = 0.0, jitter: float = 0.0, loss: float = 0.0,
         if reason:
             raise Unsupported(f"netem(peer=, port=) needs the NFQUEUE engine: {reason}")
     if chosen == "nfqueue" and direction != "in":
-        reason = _netem_link.tee_unavailable()
+        reason = _features.tee()
         if reason:
             raise Unsupported(f"netem(direction={direction!r}) on the NFQUEUE engine lets "
                               f"what the host sends go through iptables' TEE target "

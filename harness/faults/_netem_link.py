@@ -58,7 +58,7 @@ unreachable to the host itself).
 
 from __future__ import annotations
 
-import functools
+import errno
 import heapq
 import itertools
 import random
@@ -67,11 +67,11 @@ import time
 
 import trio
 
-from .. import _features, _netns, _nfqueue
+from .. import _iptables, _netns, _nfqueue
 from .._names import owner_tag
 from .._nfqueue import NF_ACCEPT, NF_DROP, NfQueue, NfQueueError
 from ..errors import FaultError
-from ._packets import MARK, _TOOLS, Flow, PacketFault, _lock, _table_acquire, _table_release
+from ._packets import MARK, Flow, PacketFault
 
 __all__ = ["LinkEngine", "corrupted"]
 
@@ -137,15 +137,6 @@ def _peer_address(peer, family: int) -> str | None:
     return peer.v4 if family == 4 else peer.v6
 
 
-@functools.cache
-def tee_unavailable() -> str | None:
-    """Why this machine cannot TEE in mangle POSTROUTING (both families),
-    or None; probed once, in a scratch namespace."""
-    return _features._probe_in_scratch_ns(
-        ["sh", "-c", "iptables -t mangle -A POSTROUTING -p tcp -j TEE --gateway 127.0.0.1 && "
-                     "ip6tables -t mangle -A POSTROUTING -p tcp -j TEE --gateway ::1"])
-
-
 def _sink(host) -> int:
     """A queue number nobody in the host's namespace has bound (an original
     queued there is freed by nf_queue()); bind-and-release proves it free."""
@@ -158,11 +149,11 @@ def _sink(host) -> int:
             return num
         except NfQueueError as exc:
             last = exc
-            if exc.errno in (1, 16):      # EPERM/EBUSY: somebody's
+            if exc.code in (errno.EPERM, errno.EBUSY):   # somebody's
                 continue
             raise FaultError(f"cannot probe NFQUEUE {num} in host {host.name}: {exc}",
                              netns=host.netns, call="nfnetlink_queue bind",
-                             errno=exc.errno) from exc
+                             errno=exc.code) from exc
     raise FaultError(f"no unbound NFQUEUE number in {SINKS[-1]}..{SINKS[0]} in host "
                      f"{host.name} to let sent packets go", netns=host.netns,
                      call="nfnetlink_queue bind") from last
@@ -220,11 +211,8 @@ class LinkEngine(PacketFault):
                      f"-A {c} -j TEE --gateway {TEE_GATEWAY[family]}",
                      f"-A {c} -j NFQUEUE --queue-num {self._sink}",
                      f"-I {self._copy_rule(family)}"] + lines
-        await self._iptables(family, lines)
-
-    async def _iptables(self, family: int, lines: list[str]) -> None:
-        text = "*mangle\n" + "".join(ln + "\n" for ln in lines) + "COMMIT\n"
-        await self.host.run([_TOOLS[family][0], "-w", "--noflush"], input=text.encode())
+        await _iptables.restore(self.host, family, "*mangle\n" + "".join(
+            ln + "\n" for ln in lines) + "COMMIT\n")
 
     # --- apply / undo -----------------------------------------------------------
     async def _apply(self) -> None:
@@ -269,24 +257,27 @@ class LinkEngine(PacketFault):
         self._copies.clear()
         for _, _, raw, _ in held:
             self._send(raw)
-        copying = list(self._installed) if self._out else []
-        async with _lock(self.host):
+        same = self.host.generation == self._generation  # else they died with it
+        copying = list(self._installed) if self._out and same else []
+        tables = _iptables.tables(self.host)
+        async with tables.lock:
             for family in copying:          # the table outlives the base's release
-                await _table_acquire(self.host, family)
+                await _iptables.acquire(self.host, family, "mangle")
         failure: BaseException | None = None
         try:
             await super()._teardown()
         except BaseException as exc:  # noqa: BLE001 - the lo rules and chain too
             failure = exc
-        async with _lock(self.host):
+        async with tables.lock:
             for family in copying:
                 try:
-                    await self._iptables(family, [f"-D {self._copy_rule(family)}",
-                                                  f"-F {self._chain}", f"-X {self._chain}"])
+                    await _iptables.restore(self.host, family, (
+                        f"*mangle\n-D {self._copy_rule(family)}\n-F {self._chain}\n"
+                        f"-X {self._chain}\nCOMMIT\n"))
                 except BaseException as exc:  # noqa: BLE001
                     failure = failure or exc
                 finally:
-                    await _table_release(self.host, family)
+                    await _iptables.release(self.host, family, "mangle")
         if failure is not None:
             raise failure
 
