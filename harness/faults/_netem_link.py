@@ -45,6 +45,11 @@ address).  The copy is untracked (conntrack never sees it), but the host's
 own rules in OUTPUT and POSTROUTING see it leave through lo: a host whose
 firewall drops untracked packets or everything on lo would lose it.
 
+Should the engine's loop die (an error it cannot go on after; undo then
+reports it), what the host receives passes (``--queue-bypass``), but what
+it sends is lost until undo: its original is already let go, and its copy
+meets an unbound queue.
+
 Undo, in this order: every packet passes from now on (a copy read now is
 sent at once); the copies still waiting for their time are sent at once, in
 order; the rules that feed the queue go (atomically, per family); the loop
