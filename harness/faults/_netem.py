@@ -102,7 +102,9 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
   of 5-9 interleaved runs, under a load average of 8-11 on the 2 cores):
   1 MB took 0.45-0.49 s in every placement (sender out, receiver in,
   sender in, receiver out) with BBR (this machine's default), the slowest
-  1.03-1.07 x the fastest; 0.51-0.55 s and 1.08 x with cubic; 10 KB
+  1.03-1.09 x the fastest (the two placements that delay data, which
+  crosses the engine three times as often as ACKs, were the slower ones);
+  0.51-0.55 s and 1.08 x with cubic; 10 KB
   (one initial window: two round trips) 0.104-0.115 s, the slowest
   1.04-1.10 x the fastest.  Before the kernel let go of what the host sends, sender out
   was 1.08-1.19 x receiver in at this load (1.35 x with 3 ms of engine
