@@ -100,7 +100,7 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
   exact (1448 B of payload per 1514 B frame).
 - placement (delay 50 ms one way, connection made inside the fault, median
   of 5-9 interleaved runs, under a load average of 8-11 on the 2 cores):
-  1 MB took 0.45-0.49 s in every placement (sender out, receiver in,
+  1 MB took 0.45-0.50 s in every placement (sender out, receiver in,
   sender in, receiver out) with BBR (this machine's default), the slowest
   1.03-1.09 x the fastest (the two placements that delay data, which
   crosses the engine three times as often as ACKs, were the slower ones);
