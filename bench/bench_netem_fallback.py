@@ -25,9 +25,11 @@ data segment, crosses the engine once.
   direction (sender out, receiver in, sender in, receiver out), the
   connection made inside the fault: seconds and MB/s each, and each
   against the fastest placement (the same delay must give the same
-  throughput wherever it sits: within 10 %); the sender's congestion
-  control is the namespace's (inherited from the machine's default) unless
-  ``--cc`` names one;
+  throughput wherever it sits: within 10 %), and for the bulk transfer the
+  share of the sender's busy time it was limited by the receiver's window
+  (tcp_info's rwnd_limited / busy); the sender's congestion control is the
+  namespace's (inherited from the machine's default) unless ``--cc`` names
+  one;
 * cost: this process's CPU time per packet through the engine for bulk
   traffic: the bare packet engine (faults.packets, accept all), netem with
   nothing to do, with loss 0.01, with delay 1 ms.
@@ -41,6 +43,7 @@ import json
 import math
 import os
 import socket
+import struct
 import sys
 import time
 
@@ -83,8 +86,14 @@ def role_client(mode: str, addr: str, amount: float, cc: str = "") -> None:
         s.sendall(b"\xa5" * int(amount))
         s.shutdown(socket.SHUT_WR)
         total = int(s.recv(64))          # the sink counted them all
+        seconds = pc() - t0
         cc = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
-        print(json.dumps({"bytes": total, "seconds": pc() - t0, "cc": cc.decode()}))
+        # tcp_info's chrono times (linux/tcp.h): busy, rwnd_limited, sndbuf_limited (us)
+        busy, rwnd, sndbuf = struct.unpack_from("QQQ", s.getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_INFO, 192), 168)
+        print(json.dumps({"bytes": total, "seconds": seconds, "cc": cc.decode(),
+                          "busy": busy / 1e6, "rwnd_limited": rwnd / 1e6,
+                          "sndbuf_limited": sndbuf / 1e6}))
     else:                                # amount: seconds
         s.connect((addr, BULK_PORT))
         chunk = b"\xa5" * (64 * 1024)
@@ -193,6 +202,7 @@ async def run(seconds: float, only: str | None = None, runs: int = PLACEMENT_RUN
                       "sender in": (client, "in"), "receiver out": (server, "out")}
             sizes = {"bulk": BULK_BYTES, "small": SMALL_BYTES}
             times = {(k, z): [] for k in places for z in sizes}
+            limited = {k: [] for k in places}            # bulk: rwnd_limited / busy
             ccs = set()
             for _ in range(runs):                    # interleaved: load drifts hit all alike
                 for name, (host, direction) in places.items():
@@ -203,6 +213,8 @@ async def run(seconds: float, only: str | None = None, runs: int = PLACEMENT_RUN
                             assert b["bytes"] == n, b
                             times[name, size].append(b["seconds"])
                             ccs.add(b["cc"])
+                            if size == "bulk":
+                                limited[name].append(b["rwnd_limited"] / b["busy"])
             print(f"placement: delay 50 ms one way, connection made inside the fault, "
                   f"client -> server, congestion control {'/'.join(sorted(ccs))}; "
                   f"median of {runs}")
@@ -211,8 +223,10 @@ async def run(seconds: float, only: str | None = None, runs: int = PLACEMENT_RUN
                 best = min(med.values())
                 print(f"  {size}: {n / 1e6:g} MB")
                 for name, t in med.items():
+                    rwnd = (f"  receive-window-limited {sorted(limited[name])[runs // 2]:4.0%}"
+                            if size == "bulk" else "")
                     print(f"    {name:<13} {t:6.3f} s  {n / t / 1e6:6.2f} MB/s  "
-                          f"{t / best:5.2f} x the fastest  (runs: "
+                          f"{t / best:5.2f} x the fastest{rwnd}  (runs: "
                           f"{', '.join(f'{x:.3f}' for x in times[name, size])})")
                 print(f"    slowest / fastest: {max(med.values()) / best:.2f}; data delayed "
                       f"(sender out / receiver in): {med['sender out'] / med['receiver in']:.2f};"
