@@ -116,9 +116,9 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
   packet engine 11.5, netem with nothing to do 12.3, loss 13.0, delay 14.6);
   ~540-730 Mbit/s of bulk through it, against several Gbit/s for the
   kernel's veth.  Every packet the host sends now also costs a sendto()
-  of its own: at load 7.5, netem with nothing to do / loss 0.01 / delay 1 ms
-  on the way out cost 1.22-1.37 / 1.41-1.51 / 1.17-1.62 x the bare engine's
-  CPU per packet (23-39 us) in the same run.
+  of its own: at load 7.5-10, netem with nothing to do / loss 0.01 / delay
+  1 ms on the way out cost 1.13-1.37 / 1.00-1.51 / 1.03-1.62 x the bare
+  engine's CPU per packet (23-50 us) in the same run, over three runs.
 """
 
 from __future__ import annotations
