@@ -76,6 +76,7 @@ from .. import _iptables, _netns, _nfqueue
 from .._names import owner_tag
 from .._nfqueue import NF_ACCEPT, NF_DROP, NfQueue, NfQueueError
 from ..errors import FaultError
+from ._shared import Alarm
 from ._packets import MARK, Flow, PacketFault
 
 __all__ = ["LinkEngine", "corrupted"]
@@ -184,7 +185,7 @@ class LinkEngine(PacketFault):
         self._sndbuf = max(1 << 20, min(limit * COPY_TRUESIZE, 1 << 30))
         self._copies: list[tuple[float, int, bytes, bool]] = []  # (due, order, raw, original)
         self._copy_order = itertools.count()
-        self._copy_wake: trio.Event | None = None
+        self._copy_alarm = Alarm()
         self._copy_scope: trio.CancelScope | None = None
 
     # --- rules -------------------------------------------------------------------
@@ -395,19 +396,13 @@ class LinkEngine(PacketFault):
         head = self._copies[0][0] if self._copies else None
         heapq.heappush(self._copies, (due, next(self._copy_order), raw, original))
         # wake the loop only if this copy is due before the one it sleeps for
-        if self._copy_wake is not None and (head is None or due < head):
-            self._copy_wake.set()
+        if head is None or due < head:
+            self._copy_alarm.ring()
 
     async def _copy_loop(self, scope: trio.CancelScope) -> None:
         with scope:
             while True:
-                self._copy_wake = trio.Event()
-                if self._copies:
-                    left = self._copies[0][0] - time.monotonic()
-                    with trio.move_on_at(trio.current_time() + max(left, 0.0)):
-                        await self._copy_wake.wait()
-                else:
-                    await self._copy_wake.wait()
+                await self._copy_alarm.sleep(self._copies)
                 now = time.monotonic()
                 while self._copies and self._copies[0][0] <= now:
                     self._send(heapq.heappop(self._copies)[2])
