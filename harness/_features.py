@@ -134,9 +134,11 @@ def tee() -> str | None:
     families: faults.netem's NFQUEUE fallback lets what a host sends go with it."""
     if iptables():
         return iptables()
+    from . import _iptables
     return _probe_in_scratch_ns(
-        ["sh", "-c", "iptables -t mangle -A POSTROUTING -p tcp -j TEE --gateway 127.0.0.1 && "
-                     "ip6tables -t mangle -A POSTROUTING -p tcp -j TEE --gateway ::1"])
+        ["sh", "-c", f"{_iptables.command(4)} -t mangle -A POSTROUTING -p tcp -j TEE --gateway "
+                     f"127.0.0.1 && {_iptables.command(6)} -t mangle -A POSTROUTING -p tcp -j "
+                     f"TEE --gateway ::1"])
 
 
 def _probe_in_scratch_ns(argv: list[str]) -> str | None:
