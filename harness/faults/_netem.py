@@ -104,14 +104,16 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
   sender in, receiver out) with BBR (this machine's default), the slowest
   1.03-1.09 x the fastest (the two placements that delay data, which
   crosses the engine three times as often as ACKs, were the slower ones);
-  0.51-0.55 s and 1.08 x with cubic; 10 KB
+  with cubic, medians 0.46-0.55 s and the slowest 1.03-1.17 x the fastest
+  over three runs; 10 KB
   (one initial window: two round trips) 0.104-0.115 s, the slowest
   1.04-1.10 x the fastest.  Before the kernel let go of what the host sends, sender out
   was 1.08-1.19 x receiver in at this load (1.35 x with 3 ms of engine
   latency added per wake-up), and 14.6-17.5 s before delayed packets
-  stopped being held.  Cubic's runs spread (0.43-1.1 s in every
-  placement): a burst that reaches the receiver before its reader runs
-  stalls its receive-buffer autotuning for a few round trips.
+  stopped being held.  Cubic's single runs spread (0.43-1.2 s in every
+  placement, receive-window-limited 13-40 % of the time): a burst that
+  reaches the receiver before its reader runs stalls its receive-buffer
+  autotuning for a few round trips, which this load makes frequent.
 - cost: 12-15 us of this process's CPU per packet in a quiet run (bare
   packet engine 11.5, netem with nothing to do 12.3, loss 13.0, delay 14.6);
   ~540-730 Mbit/s of bulk through it, against several Gbit/s for the
