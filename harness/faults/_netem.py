@@ -99,19 +99,18 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
 - rate: bulk goodput 0.955 of the rate at 0.2, 1 and 10 MB/s, which is
   exact (1448 B of payload per 1514 B frame).
 - placement (delay 50 ms one way, connection made inside the fault, median
-  of 5-9 interleaved runs, under a load average of 8-11 on the 2 cores):
-  1 MB took 0.45-0.50 s in every placement (sender out, receiver in,
-  sender in, receiver out) with BBR (this machine's default), the slowest
-  1.03-1.09 x the fastest (the two placements that delay data, which
-  crosses the engine three times as often as ACKs, were the slower ones);
-  with cubic, medians 0.46-0.55 s and the slowest 1.03-1.17 x the fastest
-  over three runs; 10 KB
-  (one initial window: two round trips) 0.104-0.115 s, the slowest
-  1.04-1.10 x the fastest.  Before the kernel let go of what the host sends, sender out
-  was 1.08-1.19 x receiver in at this load (1.35 x with 3 ms of engine
-  latency added per wake-up), and 14.6-17.5 s before delayed packets
-  stopped being held.  Cubic's single runs spread (0.43-1.2 s in every
-  placement, receive-window-limited 13-40 % of the time): a burst that
+  of 5-9 interleaved runs, under a load average of 8-11 on the 2 cores): 1
+  MB took 0.45-0.50 s in every placement (sender out, receiver in, sender
+  in, receiver out) with BBR (this machine's default), the slowest 1.03-1.09
+  x the fastest (the two placements that delay data, which crosses the
+  engine three times as often as ACKs, were the slower ones); with cubic,
+  medians 0.46-0.55 s and the slowest 1.03-1.17 x the fastest over three
+  runs; 10 KB (one initial window: two round trips) 0.104-0.115 s, the
+  slowest 1.04-1.10 x the fastest. Before the kernel let go of what the host
+  sends, sender out was 1.08-1.19 x receiver in at this load (1.35 x with 3
+  ms of engine latency added per wake-up), and 14.6-17.5 s before delayed
+  packets stopped being held. Cubic's single runs spread (0.43-1.2 s in
+  every placement, receive-window-limited 13-40 % of the time): a burst that
   reaches the receiver before its reader runs stalls its receive-buffer
   autotuning for a few round trips, which this load makes frequent.
 - cost: 12-15 us of this process's CPU per packet in a quiet run (bare
