@@ -31,7 +31,7 @@ data segment, crosses the engine once.
   namespace's (inherited from the machine's default) unless ``--cc`` names
   one;
 * cost: this process's CPU time per packet through the engine for bulk
-  traffic: the bare packet engine (faults.packets, accept all), netem with
+  traffic: the bare packet engine (faults.intercept, accept all), netem with
   nothing to do, with loss 0.01, with delay 1 ms.
 
 Needs root; leaves nothing behind (the lab is torn down).

@@ -359,8 +359,8 @@ async def test_what_the_host_sends_is_let_go_without_the_engine(lab, family):
     arrives, delayed."""
     client, server = await lab.pair()
     listener = await server.listen(PORT, family=family)
-    with _netns.entered(client.ns_fd):        # a socket of this test's own, in the client
-        sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6)
+    sock = _netns.socket_in(client.ns_fd, socket.AF_INET if family == 4 else socket.AF_INET6,
+                            socket.SOCK_STREAM)       # a socket of this test's own, in the client
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

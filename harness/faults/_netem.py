@@ -42,7 +42,7 @@ into a skip); ``"nfqueue"`` forces the fallback.
   before and after.  One root qdisc per device: a second netem on the same
   link and direction fails with FaultError (EEXIST).
 - nfqueue: every TCP packet crossing the host's eth0 in that direction
-  goes to the packet engine (faults/_netem_link.py, on faults.packets'
+  goes to the packet engine (faults/_netem_link.py, on faults.intercept's
   queue), which replays netem_enqueue(): duplicate draw, loss draw (a
   duplicate survives a single loss), then per packet sent: corrupt draw,
   limit, reorder or delay with jitter, then rate as a virtual link clock

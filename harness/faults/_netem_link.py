@@ -1,6 +1,6 @@
 """The NFQUEUE fallback of faults.netem: netem's verdicts, in this process,
 on every TCP packet crossing a host's eth0 (or the part of it a peer or a
-port selects).  faults/netem.py holds the parameters and the model; this is
+port selects).  faults/_netem.py holds the parameters and the model; this is
 where packets wait.
 
 In: what the host receives.  mangle PREROUTING ``-i eth0`` queues every
@@ -105,7 +105,7 @@ def corrupted(raw: bytes, rng: random.Random) -> bytes:
 
 class _LinkTarget:
     """What the engine's rules match: every TCP packet crossing the host's
-    eth0 in a direction (duck-types packets._Target; loopback and the
+    eth0 in a direction (duck-types _packets._Target; loopback and the
     engine's own injected copies are never queued)."""
 
     conn = None
@@ -148,8 +148,8 @@ def _sink(host) -> int:
     queued there is freed by nf_queue()); bind-and-release proves it free."""
     last: Exception | None = None
     for num in SINKS:
-        with _netns.entered(host.ns_fd):
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _nfqueue.NETLINK_NETFILTER)
+        sock = _netns.socket_in(host.ns_fd, socket.AF_NETLINK, socket.SOCK_RAW,
+                                _nfqueue.NETLINK_NETFILTER)
         try:
             NfQueue(num, sock=sock, max_len=1).close()
             return num
@@ -167,7 +167,7 @@ def _sink(host) -> int:
 
 class LinkEngine(PacketFault):
     """The packet engine on a whole link with netem's verdicts: ``models``
-    maps "in"/"out" to a netem.Model (``packet(now, frame_bytes)`` ->
+    maps "in"/"out" to a _netem._Model (``packet(now, frame_bytes)`` ->
     (original, copy), each None or (send time, corrupt)).  Keeps counts
     but no per-packet log.  ``limit``: netem's, which bounds how many copies
     wait to be sent (the raw sockets' send buffers are sized for them)."""
@@ -238,8 +238,7 @@ class LinkEngine(PacketFault):
 
     def _raw_socket(self, family: int) -> socket.socket:
         af = socket.AF_INET if family == 4 else socket.AF_INET6
-        with _netns.entered(self.host.ns_fd):
-            s = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        s = _netns.socket_in(self.host.ns_fd, af, socket.SOCK_RAW, socket.IPPROTO_RAW)
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MARK)
             try:
