@@ -38,6 +38,11 @@ ENV_KERNEL = "HARNESS_GUEST_KERNEL"
 ENV_REPORTS = "HARNESS_GUEST_REPORTS"
 DEFAULT_TIMEOUT = 300.0
 _PARAM = "harness_kernel"
+_TMP_PROP = "harness_guest_tmp"
+#: Handed by the xdist controller to its workers: the run's guest-session directory.
+_DIR_INPUT = "harness_guest_dir"
+_BATCHES = pytest.StashKey()
+_ROOT = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -116,14 +121,33 @@ def pytest_runtest_logreport(report) -> None:
     path = os.environ.get(ENV_REPORTS)
     if not path or _config is None:
         return
-    data = _config.hook.pytest_report_to_serializable(config=_config, report=report)
+    _append(path, _config.hook.pytest_report_to_serializable(config=_config, report=report))
+
+
+_config: pytest.Config | None = None
+
+
+def pytest_runtest_logstart(nodeid, location) -> None:
+    path = os.environ.get(ENV_REPORTS)
+    if path and _config is not None:
+        _append(path, {"start": nodeid})   # the host times each item of a guest session by it
+
+
+def _append(path: str, data: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(data) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-_config: pytest.Config | None = None
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if call.when == "teardown" and os.environ.get(ENV_REPORTS):
+        tmp = (getattr(item, "funcargs", None) or {}).get("tmp_path")
+        if tmp is not None:   # where this item's artifacts are (the host copies them)
+            report.user_properties.append((_TMP_PROP, str(tmp)))
+    return report
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -136,13 +160,114 @@ def pytest_sessionstart(session) -> None:
 # on the host: run the item in a guest
 
 
+# The guest sessions (harness._guest_batch): planned and started when
+# collection ends, waited for (or stopped) when the session ends.
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """On the xdist controller: one guest-session directory for the run."""
+    from . import _guest_batch
+    config = node.config
+    if config.stash.get(_ROOT, None) is None:
+        config.stash[_ROOT] = _guest_batch.new_root()
+    node.workerinput[_DIR_INPUT] = config.stash[_ROOT]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = config.stash.get(_ROOT, None)
+    if root is not None:                   # the controller's
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Guest items go last (each group in its order): their session starts
+    when collection ends, so by the time a worker reaches them their results
+    are there, and no worker sits waiting for a guest."""
+    if os.environ.get(ENV_KERNEL):
+        return
+    guest = [item for item in items if _kernel_of(item) != "host"]
+    if guest:
+        items[:] = [item for item in items if _kernel_of(item) == "host"] + guest
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if os.environ.get(ENV_KERNEL) or config.option.collectonly:
+        return
+    from . import _guest_batch, _kernels
+    wanted: dict[str, list[str]] = {}
+    timeouts: dict[str, float] = {}
+    for item in session.items:
+        name = _kernel_of(item)
+        if name == "host":
+            continue
+        try:
+            timeouts[item.nodeid] = _timeout(item)
+        except pytest.UsageError:
+            continue                       # raised when the item's turn comes
+        wanted.setdefault(name, []).append(item.nodeid)
+    wanted = {k: v for k, v in wanted.items() if _kernels.unavailable_reason(k) is None}
+    if not wanted:
+        return
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get(_DIR_INPUT):
+        batches = _guest_batch.Batches(workerinput[_DIR_INPUT], own_root=False)
+        workers = int(workerinput.get("workercount", 1))
+    else:
+        batches = _guest_batch.Batches(_guest_batch.new_root(), own_root=True)
+        workers = 1
+    for name, nodeids in wanted.items():
+        batches.add(_guest_batch.plan(_kernels.get(name), nodeids, timeouts, batches.root,
+                                      workers))
+    config.stash[_BATCHES] = batches
+    # Start now, beside the host's tests - unless the SO_ERROR uprobe may be
+    # set (a guest does not survive it): then when the first item's turn comes.
+    if not os.environ.get("HARNESS_SO_ERROR_PROBE"):
+        for shard in batches.shards:
+            batches.start(shard, _launcher(config, shard, batches))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
+    batches = session.config.stash.get(_BATCHES, None)
+    if batches is not None:
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED or bool(
+            session.shouldstop or session.shouldfail)
+        batches.finish(interrupted)
+
+
+def _launcher(config: pytest.Config, shard, batches):
+    """Boots one guest running ``nodeids`` (see _guest_batch.Runner)."""
+    from . import _kernels, _uml
+    kernel = _kernels.get(shard.kernel)
+
+    def launch(nodeids, basetemp, reports_path, watch):
+        return _uml.run_in_guest(
+            _guest_argv(config, nodeids, basetemp), modules=kernel.modules,
+            kernel=kernel.binary(), kernel_args=kernel.args,
+            timeout=sum(shard.timeouts[n] for n in nodeids) + 60, env=_guest_env(shard.kernel, reports_path),
+            cwd=str(config.rootpath), writable=[shard.dir],
+            remove=[batches.root if batches.own_root else shard.dir],
+            sysctls=kernel.sysctls, watch=watch)
+    return launch
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem):
     name = _kernel_of(item)
     if name == "host" or os.environ.get(ENV_KERNEL):
         return None  # runs here (in the guest, the guest is "here")
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    reports = run_item(item, name)
+    reports = None
+    batches = item.config.stash.get(_BATCHES, None)
+    shard = batches.by_nodeid.get(item.nodeid) if batches is not None else None
+    if shard is not None:
+        res = batches.wait(shard, item.nodeid, _launcher(item.config, shard, batches))
+        if res is not None:
+            reports = _from_session(item, name, shard, res)
+    if reports is None:                    # not in a session, or its runner died
+        reports = run_item(item, name)
     # The host ran no setup for this item, but the previous host item left its
     # module's and session's fixtures set up for it: tear down here what the
     # next item does not need, as pytest's own teardown phase would.
@@ -173,9 +298,8 @@ def _report(item, when: str, outcome: str, longrepr, duration: float = 0.0, sect
                              duration=duration, user_properties=[])
 
 
-def _guest_argv(item: pytest.Item, basetemp: str) -> list[str]:
-    config = item.config
-    argv = [sys.executable, "-m", "pytest", item.nodeid, "-q", "-p", "no:cacheprovider",
+def _guest_argv(config: pytest.Config, nodeids, basetemp: str) -> list[str]:
+    argv = [sys.executable, "-m", "pytest", *nodeids, "-q", "-p", "no:cacheprovider",
             "-o", "addopts=", f"--basetemp={basetemp}", f"--rootdir={config.rootpath}"]
     if config.inipath is not None:
         argv += ["--config-file", str(config.inipath)]
@@ -216,17 +340,15 @@ def run_item(item: pytest.Item, name: str) -> list:
     xdir = tempfile.mkdtemp(prefix="harness-guest-")
     reports_path = os.path.join(xdir, "reports.jsonl")
     basetemp = os.path.join(xdir, "basetemp")
-    env = {k: v for k, v in os.environ.items()
-           if k != "TMPDIR" and not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT", "PYTEST_ADDOPTS"))}
-    env.update({ENV_KERNEL: name, ENV_REPORTS: reports_path, "PYTHONDONTWRITEBYTECODE": "1"})
     t0 = time.monotonic()
     failure = None
     result = None
     try:
         try:
             result = _uml.run_in_guest(
-                _guest_argv(item, basetemp), modules=kernel.modules, kernel=kernel.binary(),
-                kernel_args=kernel.args, timeout=timeout, env=env, cwd=str(item.config.rootpath),
+                _guest_argv(item.config, [item.nodeid], basetemp), modules=kernel.modules,
+                kernel=kernel.binary(), kernel_args=kernel.args, timeout=timeout,
+                env=_guest_env(name, reports_path), cwd=str(item.config.rootpath),
                 writable=[xdir], remove=[xdir], sysctls=kernel.sysctls)
         except _uml.GuestUnavailable as exc:
             return _skipped(item, name, str(exc))
@@ -234,16 +356,65 @@ def run_item(item: pytest.Item, name: str) -> list:
             failure = f"kernel {name}: {exc}"
         wall = time.monotonic() - t0
         reports = _read_reports(item, reports_path)
-        artifacts = _keep_artifacts(item, basetemp, name)
+        artifacts = _keep_artifacts(item, _take_tmp(reports), name)
     finally:
         shutil.rmtree(xdir, ignore_errors=True)
-    return _complete(item, name, reports, failure, result, wall, artifacts)
+    tail = ""
+    if result is not None:
+        tail = "\n".join(result.stdout.rstrip().splitlines()[-30:] +
+                         result.stderr.rstrip().splitlines()[-30:])
+    if failure is None and not _finished(reports):
+        code = result.returncode if result is not None else "?"
+        failure = (f"kernel {name}: the guest's pytest (exit {code}) reported nothing for "
+                   f"{item.nodeid}:\n{tail}")
+    console = result.console if result is not None else ""
+    return _complete(item, name, reports, failure, result is not None, wall, artifacts, console)
+
+
+def _from_session(item, name: str, shard, res: dict) -> list:
+    """The reports of an item a guest session ran (its result line ``res``)."""
+    if res.get("skip"):
+        return _skipped(item, name, res["skip"])
+    reports = [item.config.hook.pytest_report_from_serializable(config=item.config, data=d)
+               for d in shard.reports_of(item.nodeid)]
+    reports = [r for r in reports if r is not None]
+    artifacts = _keep_artifacts(item, _take_tmp(reports), name)
+    failure = f"kernel {name}: {res['failure']}" if res.get("failure") else None
+    return _complete(item, name, reports, failure, True, float(res.get("wall", 0.0)), artifacts,
+                     "")
+
+
+def _guest_env(name: str, reports_path: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k != "TMPDIR" and not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT", "PYTEST_ADDOPTS"))}
+    env.update({ENV_KERNEL: name, ENV_REPORTS: reports_path, "PYTHONDONTWRITEBYTECODE": "1"})
+    return env
+
+
+def _finished(reports) -> bool:
+    """Whether the guest got as far as a result for the item."""
+    return any(r.when == "call" or r.skipped or r.failed for r in reports)
+
+
+def _take_tmp(reports) -> str | None:
+    """The item's tmp_path in the guest (from its teardown report), removed
+    from the reports' properties."""
+    tmp = None
+    for r in reports:
+        kept = []
+        for prop in r.user_properties:
+            if prop[0] == _TMP_PROP:
+                tmp = prop[1]
+            else:
+                kept.append(prop)
+        r.user_properties = kept
+    return tmp
 
 
 def _skipped(item, name: str, reason: str) -> list:
     skip = _report(item, "setup", "skipped", (str(item.path), item.location[1] or 0,
                                               f"Skipped: {_cannot(name, reason)}"))
-    return _complete(item, name, [skip], None, None, 0.0, None)
+    return _complete(item, name, [skip], None, False, 0.0, None, "")
 
 
 def _read_reports(item, path: str) -> list:
@@ -264,9 +435,11 @@ def _read_reports(item, path: str) -> list:
     return out
 
 
-def _keep_artifacts(item, basetemp: str, name: str) -> str | None:
-    """Copy what the test left in the guest's basetemp to this run's basetemp."""
-    files = [os.path.join(d, f) for d, _, fs in os.walk(basetemp) for f in fs
+def _keep_artifacts(item, tmp: str | None, name: str) -> str | None:
+    """Copy what the test left in its tmp_path in the guest to this run's basetemp."""
+    if not tmp:
+        return None
+    files = [os.path.join(d, f) for d, _, fs in os.walk(tmp) for f in fs
              if not os.path.islink(os.path.join(d, f))]
     if not files:
         return None
@@ -276,25 +449,17 @@ def _keep_artifacts(item, basetemp: str, name: str) -> str | None:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item.name)[:60]
     dest = str(factory.mktemp(f"guest-{name}-{safe}", numbered=True))
     # pytest's "<name>current" links point into the guest's (gone) basetemp: leave them
-    shutil.copytree(basetemp, dest, dirs_exist_ok=True,
+    shutil.copytree(tmp, dest, dirs_exist_ok=True,
                     ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
     return dest
 
 
-def _complete(item, name, reports, failure, result, wall, artifacts) -> list:
+def _complete(item, name, reports, failure, ran, wall, artifacts, console) -> list:
     """The guest's reports, made whole (a killed or broken guest still ends
-    in a failed report with why) and labelled with the kernel and times."""
+    in a failed report with why) and labelled with the kernel and times.
+    ``ran``: a guest ran the item (the wall seconds are its)."""
     whens = {r.when for r in reports}
     failed_already = any(r.failed for r in reports)
-    tail = ""
-    if result is not None:
-        tail = "\n".join(result.stdout.rstrip().splitlines()[-30:] +
-                         result.stderr.rstrip().splitlines()[-30:])
-    if failure is None and "call" not in whens and not any(r.skipped for r in reports) \
-            and not failed_already:
-        code = result.returncode if result is not None else "?"
-        failure = (f"kernel {name}: the guest's pytest (exit {code}) reported nothing for "
-                   f"{item.nodeid}:\n{tail}")
     if failure is not None and not failed_already:
         when = "call" if "setup" in whens else "setup"
         reports = [r for r in reports if r.when != "teardown"]
@@ -311,7 +476,7 @@ def _complete(item, name, reports, failure, result, wall, artifacts) -> list:
             if f"kernel {name}" not in msg:
                 msg = msg.replace("Skipped: ", f"Skipped: on kernel {name}: ", 1)
             r.longrepr = (path, line, msg)
-        if result is not None and (r.when == "call" or (r.when == "setup" and not r.passed)):
+        if ran and (r.when == "call" or (r.when == "setup" and not r.passed)):
             r.user_properties.append(
                 ("evidence", f"{name}: {guest:.1f} s guest time in {wall:.2f} s wall time"))
             r.user_properties.append(("guest_time", {"kernel": name, "guest_s": guest,
@@ -319,9 +484,9 @@ def _complete(item, name, reports, failure, result, wall, artifacts) -> list:
         if r.failed:
             if artifacts:
                 r.sections.append(("harness guest", f"artifacts of the guest run: {artifacts}"))
-            if result is not None and result.console.strip():
+            if console.strip():
                 r.sections.append(("harness guest console",
-                                   "\n".join(result.console.rstrip().splitlines()[-20:])))
+                                   "\n".join(console.rstrip().splitlines()[-20:])))
     return reports
 
 

@@ -489,6 +489,27 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+_EXPIRED = object()
+
+
+def _wait(proc: subprocess.Popen, deadline: float, watch) -> object | None:
+    """None once UML has exited; _EXPIRED at the deadline; or what ``watch``
+    returned to end the guest early."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return _EXPIRED
+        try:
+            proc.wait(timeout=left if watch is None else min(left, 0.05))
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        if watch is not None:
+            reason = watch()
+            if reason is not None:
+                return reason
+
+
 def run_in_guest(
     argv: Sequence[str],
     *,
@@ -504,6 +525,7 @@ def run_in_guest(
     on_start=None,
     remove: Sequence[str] = (),
     sysctls: Mapping[str, str] | None = None,
+    watch=None,
 ) -> GuestResult:
     """Boot a fresh UML guest, run ``argv`` in it as root, power it off.
 
@@ -524,6 +546,10 @@ def run_in_guest(
     ``remove`` names more host paths the watchdog deletes if the caller is
     killed before it could (the caller deletes them otherwise).  ``sysctls``
     ({"net.core.x": "1"}) are written in the guest before the command runs.
+    ``watch()``, when given, is called about every 50 ms while the guest
+    runs (e.g. to follow what it writes to a shared directory); a string
+    it returns ends the guest: it is killed and :class:`GuestTimeout`
+    raised with that string as the reason.
     """
     argv = [os.fspath(a) for a in argv]
     if not argv:
@@ -607,12 +633,13 @@ def run_in_guest(
         _tell_watchdog(watchdog, str(proc.pid))
         if on_start is not None:
             on_start(proc.pid)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        reason = _wait(proc, t0 + timeout, watch)
+        if reason is not None:
             _kill_group(proc)
+            if reason is _EXPIRED:
+                reason = f"UML guest running {argv!r} did not finish within {timeout:g} s"
             raise GuestTimeout(
-                f"UML guest running {argv!r} did not finish within {timeout:g} s; killed it.\n"
+                f"{reason}; killed it.\n"
                 f"guest stdout so far:\n{_tail(_read_text(os.path.join(rundir, 'stdout')))}\n"
                 f"guest stderr so far:\n{_tail(_read_text(os.path.join(rundir, 'stderr')))}\n"
                 f"console:\n{_tail(_read_text(console_path))}"

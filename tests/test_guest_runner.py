@@ -330,3 +330,135 @@ def test_a_guest_runs_after_a_lab_that_watched_so_error(pytester, guest_tmp, mon
             assert os.uname().release.startswith("6.")
         """)
     _run(pytester, "-p", "no:randomly").assert_outcomes(passed=2)
+
+
+# --------------------------------------------------------------------------
+# guest sessions (harness._guest_batch): one boot for many tests
+
+
+def _boot_ids(result) -> dict[str, str]:
+    """test name -> the guest's boot id it printed ("boot <name> <id>")."""
+    out = {}
+    for line in result.stdout.lines:
+        if line.startswith("boot "):
+            _, name, boot = line.split()
+            out[name] = boot
+    return out
+
+
+_BOOT_ID = """
+        def _boot(name):
+            print("boot", name, open("/proc/sys/kernel/random/boot_id").read().strip())
+"""
+
+
+@needs_any
+def test_a_run_boots_one_guest_for_all_its_tests(pytester, guest_tmp):
+    pytester.makepyfile(f"""
+        import pytest
+        {_BOOT_ID}
+        @pytest.mark.kernel("{ANY}")
+        def test_one():
+            _boot("one")
+
+        def test_on_the_host():
+            _boot("host")
+
+        @pytest.mark.kernel("{ANY}")
+        @pytest.mark.parametrize("n", [2, 3])
+        def test_more(n):
+            _boot(f"more{{n}}")
+        """)
+    result = _run(pytester)
+    result.assert_outcomes(passed=4)
+    boots = _boot_ids(result)
+    assert sorted(boots) == ["host", "more2", "more3", "one"]
+    assert boots["one"] == boots["more2"] == boots["more3"] != boots["host"]
+    # the guest tests were ordered after the host's, each reporting its own wall time
+    names = [ln.split("::")[1].split(" ")[0] for ln in result.stdout.lines
+             if ln.startswith("PASSED ")]
+    assert names[0] == "test_on_the_host"
+    assert _leftovers(guest_tmp) == []
+
+
+@needs_any
+def test_a_test_past_its_timeout_fails_alone_and_a_fresh_guest_runs_the_rest(pytester, guest_tmp):
+    pytester.makepyfile(f"""
+        import pytest
+        {_BOOT_ID}
+        @pytest.mark.kernel("{ANY}")
+        def test_1_before():
+            _boot("before")
+
+        @pytest.mark.kernel("{ANY}", timeout=20)
+        def test_2_spin():
+            while True:
+                pass
+
+        @pytest.mark.kernel("{ANY}")
+        def test_3_after():
+            _boot("after")
+        """)
+    result = _run(pytester)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([f"*kernel {ANY}: UML guest running *test_2_spin* did not "
+                                 f"finish within 20 s*"])
+    boots = _boot_ids(result)
+    assert boots["before"] != boots["after"]            # the spinning guest was killed
+    assert _leftovers(guest_tmp) == []
+
+
+@needs_any
+def test_xdist_workers_share_one_guest_session(pytester, guest_tmp):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(f"""
+        import pytest
+        {_BOOT_ID}
+        @pytest.mark.kernel("{ANY}")
+        @pytest.mark.parametrize("n", range(4))
+        def test_guest(n):
+            _boot(f"guest{{n}}")
+
+        @pytest.mark.parametrize("n", range(4))
+        def test_host(n):
+            pass
+        """)
+    result = _run(pytester, "-n", "2")
+    result.assert_outcomes(passed=8)
+    boots = _boot_ids(result)
+    assert sorted(boots) == [f"guest{n}" for n in range(4)]
+    assert len(set(boots.values())) == 1, boots
+    assert _leftovers(guest_tmp) == []
+
+
+def test_shards_per_kernel_clock(tmp_path):
+    from harness import _guest_batch
+    ids = [f"t.py::test[{n}]" for n in range(20)]
+    timeouts = dict.fromkeys(ids, 300.0)
+    virtual, real = _kernels.get(TT), _kernels.get("uml-6.1")
+    # virtual time is CPU-bound: a shard per SHARD_ITEMS items, at most one per CPU
+    shards = _guest_batch.plan(virtual, ids[:7], timeouts, str(tmp_path), workers=4)
+    assert [s.nodeids for s in shards] == [ids[:7]]
+    shards = _guest_batch.plan(virtual, ids, timeouts, str(tmp_path), workers=4)
+    assert len(shards) == min(3, os.cpu_count(), 4)
+    # real time mostly waits: one shard per worker, dealt round-robin
+    shards = _guest_batch.plan(real, ids[:6], timeouts, str(tmp_path), workers=4)
+    assert [s.nodeids for s in shards] == [ids[0:6:4], ids[1:6:4], ids[2:6:4], ids[3:6:4]]
+    assert _guest_batch.plan(real, ids[:6], timeouts, str(tmp_path), workers=1)[0].nodeids == ids[:6]
+
+
+def test_a_dead_runner_hands_its_items_back(tmp_path):
+    """A shard that was started but whose lock nobody holds (its process
+    died) and that never finished: the waiter gets None at once and runs
+    the item in a guest of its own."""
+    from harness import _guest_batch
+    shard = _guest_batch.plan(_kernels.get(TT), ["t.py::test_x"], {"t.py::test_x": 300.0},
+                              str(tmp_path), workers=1)[0]
+    with open(os.path.join(shard.dir, "started"), "w") as f:
+        f.write("1")
+    batches = _guest_batch.Batches(str(tmp_path), own_root=False)
+    batches.add([shard])
+    t0 = time.monotonic()
+    assert batches.wait(shard, "t.py::test_x", launch=None) is None
+    assert time.monotonic() - t0 < 1
+    assert shard.runner is None                                  # nothing started here
