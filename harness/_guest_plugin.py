@@ -388,6 +388,10 @@ def _guest_env(name: str, reports_path: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k != "TMPDIR" and not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT", "PYTEST_ADDOPTS"))}
     env.update({ENV_KERNEL: name, ENV_REPORTS: reports_path, "PYTHONDONTWRITEBYTECODE": "1"})
+    from ._kernels import ENV_CONFIG, config_path
+    config = config_path(name)
+    if config:
+        env[ENV_CONFIG] = config   # so hz() in the guest need not ask dpkg-query (seconds there)
     return env
 
 

@@ -26,6 +26,7 @@ Debian's 6.1 also lacks tracing, ``INET_DIAG_DESTROY`` and time-travel.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -168,8 +169,24 @@ def cache_root() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "harness", "kernels")
 
 
+#: dpkg's database: its mtime changes whenever a package is installed or removed.
+_DPKG_STATUS = "/var/lib/dpkg/status"
+
+
 def source_version() -> str | None:
-    """The installed version of the source package (None when absent)."""
+    """The installed version of the source package (None when absent).
+    Asked of dpkg-query once per state of dpkg's database: in a UML guest a
+    dpkg-query run costs seconds of wall time (it parses the whole database,
+    and every system call is a ptrace round trip)."""
+    try:
+        stamp = os.stat(_DPKG_STATUS).st_mtime_ns
+    except OSError:
+        stamp = None
+    return _source_version(stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _source_version(_stamp) -> str | None:
     try:
         out = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", SOURCE_PACKAGE],
                              capture_output=True, text=True, timeout=30)
@@ -375,21 +392,39 @@ def build(progress=print, force: bool = False) -> str:
 # the running kernel's clock
 
 
+#: Set by the guest runner in a guest's environment: the config its kernel was built with.
+ENV_CONFIG = "HARNESS_GUEST_CONFIG"
+
+
+def config_path(name: str) -> str | None:
+    """The .config kernel ``name`` was built with, when the harness knows it."""
+    if name == "uml-6.12-tt":
+        path = built_path()
+        return os.path.join(os.path.dirname(path), "config") if path else None
+    if name == "uml-6.1":
+        return "/usr/share/doc/user-mode-linux/config.gz"
+    return None
+
+
 def hz() -> int:
     """CONFIG_HZ of the kernel this process runs on: /proc/config.gz when the
     kernel has it, else (in a guest, which has not) the config the guest was
-    built with: the recipe's build in the cache, or Debian's for uml-6.1."""
+    built with: $HARNESS_GUEST_CONFIG (set by the runner), the recipe's build
+    in the cache, or Debian's for uml-6.1."""
     import gzip
     import re
     guest = os.environ.get("HARNESS_GUEST_KERNEL")
     candidates = ["/proc/config.gz"]
-    if guest == "uml-6.12-tt":
-        path = built_path()
-        if path:
-            candidates.append(os.path.join(os.path.dirname(path), "config"))
-    elif guest == "uml-6.1":
-        candidates.append("/usr/share/doc/user-mode-linux/config.gz")
+    if guest and os.environ.get(ENV_CONFIG):
+        candidates.append(os.environ[ENV_CONFIG])   # the runner says where (no dpkg-query)
+    if guest:
+        candidates.append(lambda: config_path(guest))   # asked only if the above have none
+    tried = []
     for path in candidates:
+        path = path() if callable(path) else path
+        if path is None:
+            continue
+        tried.append(path)
         try:
             opener = gzip.open if path.endswith(".gz") else open
             with opener(path, "rt") as f:
@@ -398,7 +433,7 @@ def hz() -> int:
             continue
         if m:
             return int(m.group(1))
-    raise Unsupported(f"cannot tell this kernel's CONFIG_HZ: none of {candidates} has it")
+    raise Unsupported(f"cannot tell this kernel's CONFIG_HZ: none of {tried} has it")
 
 
 def wheel_granularity(seconds: float, hz_: int) -> float:

@@ -111,3 +111,39 @@ def test_kernel_build_when_cached_says_so():
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0
     assert run.stdout == f"kernel uml-6.12-tt: cached at {_kernels.built_path()}\n"
+
+
+def test_hz_in_a_guest_reads_the_config_the_runner_names(monkeypatch, tmp_path):
+    """In a guest, hz() must not ask dpkg-query (seconds of wall time under
+    UML): the runner names the kernel's config in HARNESS_GUEST_CONFIG."""
+    config = tmp_path / "config"
+    config.write_text("CONFIG_UML=y\nCONFIG_HZ=300\n")
+    monkeypatch.setenv("HARNESS_GUEST_KERNEL", "uml-6.12-tt")
+    monkeypatch.setenv(_kernels.ENV_CONFIG, str(config))
+    real_open = gzip.open
+    monkeypatch.setattr(gzip, "open", lambda p, *a, **k: real_open(
+        "/nonexistent" if p == "/proc/config.gz" else p, *a, **k))
+
+    def no_dpkg(*args, **kwargs):
+        raise AssertionError(f"hz() ran {args[0]!r}")
+    monkeypatch.setattr(subprocess, "run", no_dpkg)
+    assert _kernels.hz() == 300
+
+
+def test_source_version_asks_dpkg_once_per_database_state(monkeypatch, tmp_path):
+    status = tmp_path / "status"            # stands for /var/lib/dpkg/status
+    status.write_text("")
+    monkeypatch.setattr(_kernels, "_DPKG_STATUS", str(status))
+    calls = []
+    real_run = subprocess.run
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real_run(*args, **kwargs)
+    monkeypatch.setattr(subprocess, "run", counting)
+    first = _kernels.source_version()
+    assert _kernels.source_version() == first
+    assert len(calls) == 1
+    os.utime(status, ns=(0, 10**9))         # a package installed or removed: asked again
+    assert _kernels.source_version() == first
+    assert len(calls) == 2
