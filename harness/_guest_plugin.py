@@ -3,8 +3,11 @@
 ``@pytest.mark.kernel("uml-6.12-tt")`` (or ``--harness-kernel=host,uml-6.1``
 for every test without the marker) parametrizes a test over kernels; the id
 gains the kernel's name.  An item for a guest kernel is not run on the host:
-a fresh UML guest boots (harness._uml) with the host's files as its root and
-runs ``python -m pytest <the same node id>`` there, with the same options.
+a UML guest (harness._uml) with the host's files as its root runs
+``python -m pytest <the same node ids>`` there, with the same options - one
+guest session for all of the run's items of that kernel, started when
+collection ends (harness._guest_batch; the guest items are ordered last so
+their results are usually there when their turn comes).
 The guest's plugin writes every report it makes (setup, call, teardown) as a
 line of JSON into a directory shared read-write with the host; the host
 turns each line back into a report and logs it, so the outcome, the
@@ -15,7 +18,7 @@ faults, clocks (trio's and time.monotonic are the guest's, virtual in
 
 Settings resolve marker > command line > environment (HARNESS_KERNEL) > ini
 (harness_kernel).  ``timeout=`` on the marker (or --harness-kernel-timeout)
-bounds the guest's run in wall seconds.  The guest's basetemp is in the
+bounds each item's run in the guest in wall seconds.  The guest's basetemp is in the
 shared directory: whatever the test left there (its lab's artifacts, under
 the artifacts policy) is copied to this run's basetemp and named in the
 report.  A kernel that cannot boot here is a skip naming it and why; a skip
