@@ -427,7 +427,10 @@ def test_xdist_workers_share_one_guest_session(pytester, guest_tmp):
     result.assert_outcomes(passed=8)
     boots = _boot_ids(result)
     assert sorted(boots) == [f"guest{n}" for n in range(4)]
-    assert len(set(boots.values())) == 1, boots
+    if ANY == TT:        # virtual time, CPU-bound: 4 tests make one session
+        assert len(set(boots.values())) == 1, boots
+    else:                # real time: a session per worker, the tests dealt round-robin
+        assert boots["guest0"] == boots["guest2"] != boots["guest1"] == boots["guest3"], boots
     assert _leftovers(guest_tmp) == []
 
 
