@@ -147,3 +147,16 @@ def test_source_version_asks_dpkg_once_per_database_state(monkeypatch, tmp_path)
     os.utime(status, ns=(0, 10**9))         # a package installed or removed: asked again
     assert _kernels.source_version() == first
     assert len(calls) == 2
+
+
+def test_the_built_kernel_has_syn_cookies():
+    """The recipe's CONFIG_SYN_COOKIES: the guest has net.ipv4.tcp_syncookies,
+    so the hosts of a lab pin it there as on any other kernel."""
+    reason = _kernels.unavailable_reason("uml-6.12-tt")
+    if reason is not None:
+        pytest.skip(reason)
+    from harness import _uml
+    kernel = _kernels.get("uml-6.12-tt")
+    res = _uml.run_in_guest(["cat", "/proc/sys/net/ipv4/tcp_syncookies"], modules=(),
+                            kernel=kernel.binary(), kernel_args=kernel.args, timeout=120)
+    assert (res.returncode, res.stdout.strip()) == (0, "1"), (res.stdout, res.stderr)
