@@ -9,8 +9,8 @@ shows both).  So the items of a run that go to the same guest kernel are
 run as one **shard**: one guest, one ``python -m pytest <node ids...>``.
 
 The shards are known when collection ends (every xdist worker collects the
-same items), and each starts at once, in a thread of whichever process
-takes its lock first, beside that process's host tests; a process whose
+same items), and each starts with the first test, in a thread of whichever
+process takes its lock first, beside that process's host tests; a process whose
 turn comes for a guest item waits for that item's results.  Everything
 lives in one directory per run (the xdist controller's, handed to its
 workers; else the process's own), per shard ``<kernel>-<index>/``:
@@ -271,6 +271,7 @@ class Batches:
 
     def __init__(self, root: str, own_root: bool):
         self.root, self.own_root = root, own_root
+        self.started = False
         self.by_nodeid: dict[str, Shard] = {}
         self.shards: list[Shard] = []
 

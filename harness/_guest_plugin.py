@@ -5,8 +5,8 @@ for every test without the marker) parametrizes a test over kernels; the id
 gains the kernel's name.  An item for a guest kernel is not run on the host:
 a UML guest (harness._uml) with the host's files as its root runs
 ``python -m pytest <the same node ids>`` there, with the same options - one
-guest session for all of the run's items of that kernel, started when
-collection ends (harness._guest_batch; the guest items are ordered last so
+guest session for all of the run's items of that kernel, started with the
+run's first test (harness._guest_batch; the guest items are ordered last so
 their results are usually there when their turn comes).
 The guest's plugin writes every report it makes (setup, call, teardown) as a
 line of JSON into a directory shared read-write with the host; the host
@@ -163,8 +163,9 @@ def pytest_sessionstart(session) -> None:
 # on the host: run the item in a guest
 
 
-# The guest sessions (harness._guest_batch): planned and started when
-# collection ends, waited for (or stopped) when the session ends.
+# The guest sessions (harness._guest_batch): planned when collection ends,
+# started with this process's first test, waited for (or stopped) when the
+# session ends.
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -225,11 +226,20 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         batches.add(_guest_batch.plan(_kernels.get(name), nodeids, timeouts, batches.root,
                                       workers))
     config.stash[_BATCHES] = batches
-    # Start now, beside the host's tests - unless the SO_ERROR uprobe may be
-    # set (a guest does not survive it): then when the first item's turn comes.
-    if not os.environ.get("HARNESS_SO_ERROR_PROBE"):
-        for shard in batches.shards:
-            batches.start(shard, _launcher(config, shard, batches))
+
+
+def _start_sessions(config: pytest.Config) -> None:
+    """Start the guest sessions beside the host's tests, once this process
+    runs its first test: not earlier, so a booting guest does not slow the
+    other xdist workers' collection (the run's first test waits for all of
+    them) - and not before their turn comes when the SO_ERROR uprobe may be
+    set (a guest does not survive it)."""
+    batches = config.stash.get(_BATCHES, None)
+    if batches is None or batches.started or os.environ.get("HARNESS_SO_ERROR_PROBE"):
+        return
+    batches.started = True
+    for shard in batches.shards:
+        batches.start(shard, _launcher(config, shard, batches))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus) -> None:
@@ -259,8 +269,11 @@ def _launcher(config: pytest.Config, shard, batches):
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem):
     name = _kernel_of(item)
-    if name == "host" or os.environ.get(ENV_KERNEL):
+    if os.environ.get(ENV_KERNEL):
         return None  # runs here (in the guest, the guest is "here")
+    _start_sessions(item.config)
+    if name == "host":
+        return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     reports = None
     batches = item.config.stash.get(_BATCHES, None)
