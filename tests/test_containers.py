@@ -141,4 +141,5 @@ async def test_netem_delay_to_a_container(lab, family):
         delayed = [await rtt() for _ in range(3)]
     after = await rtt()
     assert before < 0.01 and after < 0.01
-    assert all(0.05 <= d <= 0.07 for d in delayed), (f.engine, delayed)
+    # late by the engine's own recorded wake-up lateness at most (0 with tc)
+    assert all(0.05 <= d <= 0.07 + f.late for d in delayed), (f.engine, delayed, f.late)

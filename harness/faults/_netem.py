@@ -90,7 +90,10 @@ tests/test_faults_netem.py, 2-core VM, kernel 6.18, one run each):
   rounded up to a millisecond) and its read path: added one-way delay for
   1 / 10 / 50 ms asked measured p50 1.26 / 10.64 / 50.74 ms and p99 2.55 /
   11.83 / 53.75 ms; never early.  Round trips with delay=0.05 one way:
-  0.0506 to 0.0510 s in a quiet run (the tests accept [0.05, 0.07]).
+  0.0506 to 0.0510 s in a quiet run.  ``f.late`` is the most a packet
+  left after it was due once the engine had read it (its loop starved on a
+  loaded machine); the tests accept [delay, delay + 20 ms + f.late].  Time a
+  packet waits in the queue before the engine reads it is not counted.
   Jitter 20 +- 10 ms: p1 10.9, p50 20.0, p99 31.2 ms.
 - loss: the receiving kernel misses exactly the segments the model dropped;
   asked 0.01 / 0.1 / 0.3 over ~2000-2900 segments measured 0.0074 / 0.0975
@@ -329,6 +332,13 @@ class Netem(Fault):
         self._links: list[tuple[str, int, str, int]] = []   # (which, ifindex, kind, handle)
         self._models: dict[str, _Model] = {}
         self._engine: LinkEngine | None = None
+
+    @property
+    def late(self) -> float:
+        """With the NFQUEUE engine: the most any packet left after it was
+        due, in seconds (the engine's own wake-up lateness on a loaded
+        machine; never early).  0.0 with tc."""
+        return self._engine.late if self._engine is not None else 0.0
 
     @property
     def counts(self) -> dict[str, int]:

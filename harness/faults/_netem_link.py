@@ -404,4 +404,6 @@ class LinkEngine(PacketFault):
                 await self._copy_alarm.sleep(self._copies)
                 now = time.monotonic()
                 while self._copies and self._copies[0][0] <= now:
-                    self._send(heapq.heappop(self._copies)[2])
+                    due, _, raw, _ = heapq.heappop(self._copies)
+                    self.late = max(self.late, now - due)
+                    self._send(raw)

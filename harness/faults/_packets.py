@@ -415,6 +415,9 @@ class PacketFault(Fault):
         self._log: list[LogEntry] = []
         self._errors: list[BaseException] = []
         self._heap: list[list] = []              # [due_monotonic, order, id, payload, live]
+        # the most a held packet left after it was due: the engine's own
+        # wake-up lateness (a loaded machine's scheduling), for a test's bound
+        self.late = 0.0
         self._order = itertools.count()
         self._held: list | None = None           # the reorder entry waiting for a successor
         self._alarm = _shared.Alarm()
@@ -676,6 +679,7 @@ class PacketFault(Fault):
                 entry = heapq.heappop(self._heap)
                 if entry[4]:
                     entry[4] = False
+                    self.late = max(self.late, now - entry[0])
                     if entry is self._held:
                         self._held = None
                     out.append((entry[2], NF_ACCEPT))
