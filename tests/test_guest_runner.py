@@ -67,7 +67,11 @@ def guest_tmp(tmp_path, monkeypatch):
     return str(d)
 
 
-def _run(pytester, *args, timeout=180):
+def _run(pytester, *args, timeout=600):
+    # a guard against a hang, not a speed assertion: these runs take 10-35 s
+    # idle, but two guest boots plus two pytest start-ups under UML's ptrace
+    # slow down far more than the host under load (two runs passed 180 s at
+    # load 8-10 while other jobs shared the 2 cores)
     return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *args, timeout=timeout)
 
 
