@@ -286,34 +286,13 @@ class LinkEngine(PacketFault):
         if failure is not None:
             raise failure
 
-    def _close_queue(self) -> None:
-        q = self._q
-        if q is not None and not q.closed:
-            # held packets first, in their order, then what is still queued:
-            # copies from lo are sent (their originals are gone), the rest passes
-            for entry in sorted(self._heap, key=lambda e: e[0]):
-                if entry[4]:
-                    entry[4] = False
-                    q.verdict(entry[2], NF_ACCEPT, entry[3])
-            self._heap.clear()
-            while True:
-                try:
-                    pkts = q.receive()
-                except NfQueueError:
-                    continue
-                if not pkts:
-                    break
-                verdicts = []
-                for p in pkts:
-                    if self._is_copy(p):
-                        self._send(p.payload)
-                        verdicts.append((p.id, NF_DROP))
-                    else:
-                        verdicts.append((p.id, NF_ACCEPT))
-                q.verdict_many(verdicts)
-                self._counts["seen"] += len(pkts)
-                self._counts["accepted"] += len(pkts)
-        super()._close_queue()
+    def _last_verdict(self, p) -> int:
+        """At undo, a copy from lo still queued is sent (its original is
+        gone); the rest passes."""
+        if self._is_copy(p):
+            self._send(p.payload)
+            return NF_DROP
+        return NF_ACCEPT
 
     # --- the verdicts ------------------------------------------------------------
     @staticmethod

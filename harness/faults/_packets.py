@@ -531,23 +531,7 @@ class PacketFault(Fault):
         self._q = None
         try:
             if not q.closed:
-                # held packets first, in their order, then what is still queued
-                for entry in sorted(self._heap, key=lambda e: e[0]):
-                    if entry[4]:
-                        entry[4] = False
-                        q.verdict(entry[2], NF_ACCEPT, entry[3])
-                self._heap.clear()
-                self._held = None
-                while True:
-                    try:
-                        pkts = q.receive()
-                    except NfQueueError:
-                        continue
-                    if not pkts:
-                        break
-                    q.verdict_many([(p.id, NF_ACCEPT) for p in pkts])
-                    self._counts["seen"] += len(pkts)
-                    self._counts["accepted"] += len(pkts)
+                self._let_go(q)
         finally:
             q.close()
             if self.host.generation == self._generation:
@@ -555,6 +539,30 @@ class PacketFault(Fault):
             for s in self._raw.values():
                 s.close()
             self._raw.clear()
+
+    def _let_go(self, q) -> None:
+        """At undo: the held packets first, in their order, then what is
+        still queued, each with ``_last_verdict``."""
+        for entry in sorted(self._heap, key=lambda e: e[0]):
+            if entry[4]:
+                entry[4] = False
+                q.verdict(entry[2], NF_ACCEPT, entry[3])
+        self._heap.clear()
+        self._held = None
+        while True:
+            try:
+                pkts = q.receive()
+            except NfQueueError:
+                continue
+            if not pkts:
+                break
+            q.verdict_many([(p.id, self._last_verdict(p)) for p in pkts])
+            self._counts["seen"] += len(pkts)
+            self._counts["accepted"] += len(pkts)
+
+    def _last_verdict(self, p) -> int:
+        """The verdict of a packet still queued at undo: it passes."""
+        return NF_ACCEPT
 
     # --- the verdict loop -------------------------------------------------------
     async def _run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
