@@ -43,7 +43,7 @@ def fast_resolution(*hosts, retrans: float = 0.1) -> None:
 # --- host_unreachable --------------------------------------------------------------
 
 
-async def test_unreachable_host_fails_resolution_with_ehostunreach(lab, family):
+async def test_host_unreachable_fails_resolution_with_ehostunreach(lab, family):
     client, server, _s, conn, peer = await established(lab, family)
     fast_resolution(client, server)
     before = await rules(client, server)
@@ -75,7 +75,7 @@ async def test_blackhole_is_silence_not_unreachable(lab, family):
             assert (await conn.recv()).errno == "ETIMEDOUT"
 
 
-def test_unreachable_host_wants_a_host():
+def test_host_unreachable_wants_a_host():
     with pytest.raises(InvalidArgument, match="host must be a Host"):
         faults.host_unreachable("server")
 
