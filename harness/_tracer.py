@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import _names, _netns, _tracefs
-from .errors import Unsupported
+from . import _exclusive, _names, _netns, _tracefs
+from .errors import SetupError, Unsupported
 from ._observe.timeline import NOWHERE, Event, event_from_trace
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +35,9 @@ def so_error_probe() -> bool:
     (ptrace-driven processes running the host's libc) hang on it; it is
     removed again when the process's last lab closes."""
     return os.environ.get("HARNESS_SO_ERROR_PROBE", "0") == "1"
+
+
+UPROBE_WAIT = 300.0  # s a lab waits for other processes' guests to end (see _exclusive)
 
 
 class _Tracer:
@@ -56,6 +59,7 @@ class _Tracer:
         self.spawners: dict[int, tuple[Host, object]] = {}  # spawning thread -> its child's
         self.spawner_tids: dict[int, "Lab"] = {}  # the harness's own threads: never attributed
         self.pids: dict[int, Host] = {}  # resolved kernel pid -> host (cache)
+        self.uprobe_held = False  # _exclusive's "uprobe" kind, while labs may probe
 
     @staticmethod
     def slot_of(address: str | None) -> int | None:
@@ -75,9 +79,33 @@ class _Tracer:
     def keep(self, fields: dict) -> bool:
         return self.slot_of(fields.get("saddr")) in self.labs
 
-    @trio.lowlevel.enable_ki_protection
     def register(self, lab: "Lab") -> None:
-        """Make the process's instances with the first lab.  Protected from
+        """Make the process's instances with the first lab.  With the
+        SO_ERROR probe asked for, first wait (Ctrl-C still stops the wait)
+        until no other process runs a user-mode Linux guest: the uprobe
+        would hang it (``_exclusive``)."""
+        if so_error_probe() and not self.uprobe_held:
+            try:
+                _exclusive.hold("uprobe", UPROBE_WAIT)
+            except _exclusive.Busy as exc:
+                raise SetupError(f"cannot watch getsockopt(SO_ERROR) with a uprobe: {exc}") from None
+            self.uprobe_held = True
+        try:
+            self._register(lab)
+        finally:
+            if not self.labs:
+                self._release_uprobe()
+
+    def _release_uprobe(self) -> None:
+        if self.syscalls is not None:
+            self.syscalls.unprobe_libcs()  # they trap every getsockopt on the machine
+        if self.uprobe_held:
+            self.uprobe_held = False
+            _exclusive.release("uprobe")
+
+    @trio.lowlevel.enable_ki_protection
+    def _register(self, lab: "Lab") -> None:
+        """Protected from
         KeyboardInterrupt (trio delivers a Ctrl-C at the next checkpoint
         instead): an instance interrupted half-made could hold a file open
         and answer EBUSY to every later attempt."""
@@ -91,7 +119,7 @@ class _Tracer:
                 self.syscalls = _tracefs.SyscallSession(_names.owner_tag() + "-sys")
             except (Unsupported, OSError):
                 pass  # the timeline then has no syscall events
-        if self.syscalls is not None and so_error_probe():
+        if self.syscalls is not None and self.uprobe_held:
             libc = _libc_of("self")
             if libc:
                 self.syscalls.probe_libc(libc)
@@ -102,8 +130,8 @@ class _Tracer:
         namespace fds are closed: nothing may look at them again)."""
         for index in [i for i, known in self.labs.items() if known is lab]:
             del self.labs[index]
-        if not self.labs and self.syscalls is not None:
-            self.syscalls.unprobe_libcs()  # they trap every getsockopt on the machine
+        if not self.labs:
+            self._release_uprobe()
         for table in (self.roots, self.spawners):
             for pid in [p for p, (h, _) in table.items() if h.lab is lab]:
                 del table[pid]
@@ -154,7 +182,7 @@ class _Tracer:
         if self.syscalls is None:
             return
         libc = _libc_of(str(main.pid))
-        if libc and so_error_probe():
+        if libc and self.uprobe_held:
             self.syscalls.probe_libc(f"/proc/{main.pid}/root{libc}")
         if not _tracefs.in_init_pid_namespace():
             # /proc here shows our pid namespace's numbers, not the kernel's:
@@ -243,6 +271,7 @@ class _Tracer:
             if session is not None:
                 session.close()
         self.session = self.syscalls = None
+        self._release_uprobe()
 
 
 def _libc_of(pid: str) -> str | None:

@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from . import _exclusive
+
 __all__ = [
     "GuestError",
     "GuestResult",
@@ -576,6 +578,7 @@ def run_in_guest(
     memdir: str | None = None
     proc: subprocess.Popen | None = None
     watchdog: subprocess.Popen | None = None
+    guest_held = False
     console_path = os.path.join(rundir, "console.log")
     try:
         init = os.path.join(rundir, "init")
@@ -620,6 +623,11 @@ def run_in_guest(
         uml_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": memdir, "HOME": rundir}
         t0_wall = time.time()
         t0 = time.monotonic()
+        try:  # a guest hangs on another process's SO_ERROR uprobe: wait it out
+            _exclusive.hold("guest", timeout)
+        except _exclusive.Busy as exc:
+            raise GuestTimeout(f"UML guest for {argv!r} not started: {exc}") from None
+        guest_held = True
         with open(console_path, "wb") as console:
             proc = subprocess.Popen(
                 cmdline,
@@ -669,6 +677,8 @@ def run_in_guest(
         # Also reached on KeyboardInterrupt and any other exception.
         if proc is not None:
             _kill_group(proc)
+        if guest_held:
+            _exclusive.release("guest")
         shutil.rmtree(rundir, ignore_errors=True)
         if memdir is not None and memdir != rundir:
             shutil.rmtree(memdir, ignore_errors=True)

@@ -95,7 +95,7 @@ def _imports(name: str, tree) -> set[str]:
 LAYERS = [
     {"errors", "_check", "_names", "_netns", "_netlink", "_rtnl", "_diag", "_poll", "_undo", "_tcpline",
      "_tap", "_sysctls", "_nfqueue", "_nlmsg", "_wire", "_iptables", "_tracefs", "_docker", "_scapy", "_sockops", "_uml",
-     "_kernels", "_guest_batch"},
+     "_kernels", "_guest_batch", "_exclusive"},
     {"_observe", "_observe.states", "_observe.snapshot", "_observe.timeline", "_observe.lastinfo",
      "_observe.expect", "_observe.capture", "_timers"},
     {"_topology", "_topology.backend", "_topology.netns", "_topology.container", "_sweep", "_process",

@@ -1,0 +1,181 @@
+"""harness._exclusive: the opt-in SO_ERROR uprobe and user-mode Linux guests
+never run at once on one machine, whichever processes hold them (a guest
+hangs on the uprobe: seen with -n 4 when test_servers ran beside test_uml).
+
+Other processes are real processes here: the kind is held through flocks,
+which only another open file description (and, at a kill, the kernel) can
+show."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import trio
+
+import harness
+from harness import _exclusive, _tracefs, _tracer, _uml
+from harness.errors import SetupError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def holder(kind: str) -> subprocess.Popen:
+    """Another process holding ``kind`` until killed (it prints 'held')."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from harness import _exclusive
+        _exclusive.hold({kind!r}, 30)
+        print("held", flush=True)
+        time.sleep(60)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+@pytest.fixture
+def other():
+    procs: list[subprocess.Popen] = []
+
+    def start(kind: str) -> subprocess.Popen:
+        procs.append(holder(kind))
+        return procs[-1]
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_one_kind_waits_for_the_other_and_goes_when_it_dies(other):
+    proc = other("uprobe")
+    t0 = time.monotonic()
+    with pytest.raises(_exclusive.Busy, match="SO_ERROR uprobe .* of another process .* 0.3 s"):
+        _exclusive.hold("guest", 0.3)
+    assert time.monotonic() - t0 >= 0.3
+    assert not _exclusive.held("guest")
+    proc.send_signal(signal.SIGKILL)  # no teardown: the kernel drops its flock
+    proc.wait()
+    _exclusive.hold("guest", 5)
+    try:
+        assert _exclusive.held("guest")
+    finally:
+        _exclusive.release("guest")
+
+
+def test_a_waiting_guest_starts_the_moment_the_uprobe_goes(other):
+    proc = other("uprobe")
+
+    def kill_later():
+        time.sleep(0.5)
+        proc.kill()
+    t = threading.Thread(target=kill_later)
+    t.start()
+    t0 = time.monotonic()
+    _exclusive.hold("guest", 10)
+    waited = time.monotonic() - t0
+    t.join()
+    _exclusive.release("guest")
+    assert 0.5 <= waited < 0.5 + 0.5, waited  # one poll (50 ms) after the kill, with room for the reap
+
+
+def test_the_same_kind_is_shared(other):
+    other("guest")
+    other("guest")
+    _exclusive.hold("guest", 0.1)   # no wait: a guest does not exclude a guest
+    _exclusive.hold("guest", 0.1)
+    _exclusive.release("guest")
+    assert _exclusive.held("guest")
+    _exclusive.release("guest")
+    assert not _exclusive.held("guest")
+    with pytest.raises(_exclusive.Busy):   # and the guests do exclude a uprobe
+        _exclusive.hold("uprobe", 0.1)
+
+
+def test_this_process_holding_one_kind_is_refused_the_other_at_once():
+    _exclusive.hold("uprobe", 1)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(_exclusive.Busy, match="this process holds the SO_ERROR uprobe"):
+            _exclusive.hold("guest", 30)
+        assert time.monotonic() - t0 < 1
+    finally:
+        _exclusive.release("uprobe")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        _exclusive.hold("probe", 1)
+
+
+def _uprobe_groups() -> set[str]:
+    return set(_tracefs.probe_groups())
+
+
+@pytest.mark.skipif(not os.path.exists(f"{_tracefs.ROOT}/uprobe_events"),
+                    reason="this kernel has no uprobe events (CONFIG_UPROBE_EVENTS)")
+def test_a_lab_asking_for_the_uprobe_while_a_guest_runs_waits_then_says_why(other, monkeypatch):
+    """Set-up fails after the wait with the reason, and installs no uprobe."""
+    other("guest")
+    before = _uprobe_groups()
+    monkeypatch.setenv("HARNESS_SO_ERROR_PROBE", "1")
+    monkeypatch.setattr(_tracer, "UPROBE_WAIT", 0.3)
+
+    async def main():
+        async with harness.open_lab() as lab:
+            await lab.host("a")
+    with pytest.raises(SetupError, match="uprobe: a user-mode Linux guest of another process"):
+        trio.run(main)
+    assert _uprobe_groups() == before
+    assert not _exclusive.held("uprobe")
+
+
+needs_guest = pytest.mark.skipif(_uml.guest_unavailable_reason() is not None,
+                                 reason=str(_uml.guest_unavailable_reason()))
+
+
+@needs_guest
+def test_a_guest_waits_for_a_real_uprobe_lab_of_another_process_then_boots(monkeypatch):
+    """The scenario that hung: another process's lab holds the real uprobe;
+    the guest starts only once that lab is closing, and then runs."""
+    code = textwrap.dedent("""
+        import os, time, trio, harness
+        os.environ["HARNESS_SO_ERROR_PROBE"] = "1"
+        async def main():
+            async with harness.open_lab() as lab:
+                await lab.host("a")
+                print("probe", flush=True)
+                await trio.sleep(2)
+                print("closing", time.monotonic(), flush=True)
+        trio.run(main)
+        """)
+    started: list[float] = []
+    real_hold = _exclusive.hold
+
+    def spy(kind, timeout):
+        real_hold(kind, timeout)
+        started.append(time.monotonic())
+    monkeypatch.setattr(_uml._exclusive, "hold", spy)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "probe\n"
+        res = _uml.run_in_guest(["true"], timeout=120)
+        closing = proc.stdout.readline().split()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert res.returncode == 0
+    assert closing[0] == "closing" and started[0] >= float(closing[1]), (started, closing)
+
+
+@needs_guest
+def test_a_guest_in_a_process_holding_the_uprobe_is_refused_at_once():
+    _exclusive.hold("uprobe", 1)
+    try:
+        with pytest.raises(_uml.GuestTimeout, match="not started: this process holds"):
+            _uml.run_in_guest(["true"], timeout=60)
+    finally:
+        _exclusive.release("uprobe")
