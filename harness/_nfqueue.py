@@ -155,6 +155,7 @@ _NLATTR = _nlmsg.ATTR
 _NLMSGERR = struct.Struct("=i")
 _BE32 = struct.Struct("!I")
 _PKT_HDR = struct.Struct("!IHB")
+_TIMESTAMP = struct.Struct("!qq")  # struct nfqnl_msg_packet_timestamp: sec, usec (be64)
 _VERDICT_HDR = struct.Struct("!II")
 
 
@@ -237,6 +238,7 @@ class Packet:
     indev: int = 0
     outdev: int = 0
     mark: int = 0
+    stamp: float = 0.0
 
     @property
     def truncated(self) -> bool:
@@ -439,6 +441,7 @@ class NfQueue:
         # hot path: walk the attributes inline, no intermediate dict
         pid = -1
         hwp = hook = info = indev = outdev = mark = 0
+        stamp = 0.0
         payload = b""
         cap = -1
         unpack_attr = _NLATTR.unpack_from
@@ -463,10 +466,14 @@ class NfQueue:
                     (cap,) = unpack_be32(mv, off + 4)
                 elif atype == NFQA_MARK:
                     (mark,) = unpack_be32(mv, off + 4)
+                elif atype == NFQA_TIMESTAMP and ln >= 20:
+                    sec, usec = _TIMESTAMP.unpack_from(mv, off + 4)
+                    stamp = sec + usec * 1e-6
             off += (ln + 3) & ~3
         if pid < 0:
             return None
-        return Packet(pid, hwp, hook, payload, now, cap if cap >= 0 else len(payload), info, indev, outdev, mark)
+        return Packet(pid, hwp, hook, payload, now, cap if cap >= 0 else len(payload), info, indev, outdev,
+                      mark, stamp)
 
     def _handle_error(self, mv: memoryview, off: int, end: int, flags: int, seq: int) -> None:
         if off + 4 + 16 > end:

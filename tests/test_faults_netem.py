@@ -189,6 +189,40 @@ async def test_late_is_the_engines_own_measured_lateness(lab):
     assert 0.07 <= f.late < 0.1 + 0.05, f.late  # the sleep's excess over the delay
 
 
+@pytest.mark.parametrize("direction", ["out", "in"])
+async def test_a_delay_counts_from_the_packets_arrival_not_the_engines_read(lab, direction):
+    """The kernel stamps a packet as it is received (on lo for the copy of
+    what the host sends, on the veth for what it receives); the engine
+    counts the delay from that stamp.  Here the engine reads the segment
+    60 ms late: the test sends from a plain socket of its own and holds the
+    trio loop (the engine's) right after.  The segment still arrives at
+    +100 ms, not +160 ms (on the old code the delay counted from the read)."""
+    a, b = await lab.pair()
+    # the plain socket sends: from a (its way out is delayed) or to a (its way in)
+    src, dst = (a, b) if direction == "out" else (b, a)
+    listener = await dst.listen(PORT)
+    sock = _netns.socket_in(src.ns_fd, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.connect((dst.address(4), PORT))
+        peer = await listener.accept()
+        async with faults.netem(a, delay=0.1, direction=direction, engine="nfqueue") as f:
+            sock.send(b"w")                  # the timestamp switch is on (it may take a packet)
+            await recv_exactly(peer, 1)
+            t0 = time.monotonic()
+            sock.send(b"x")                  # queued by the kernel at once
+            time.sleep(0.06)                 # the engine cannot read the queue meanwhile
+            await recv_exactly(peer, 1)
+            took = time.monotonic() - t0
+    finally:
+        sock.close()
+    # never early; late only by the engine's own measured lateness (0 here:
+    # due at +100 ms, read at +60 ms) and this test's wake-up (one jiffy)
+    assert 0.1 <= took < 0.1 + 0.01 + f.late, (took, f.late)
+
+
 async def test_delay_in_and_both(lab):
     """"in" delays what the host receives, "both" each way (two models)."""
     client, server, conn, peer = await connected(lab, 4)

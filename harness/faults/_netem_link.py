@@ -306,8 +306,11 @@ class LinkEngine(PacketFault):
         out = self._is_copy(p)
         if self._healing:
             orig, copy = (now, False), None
-        else:
-            orig, copy = self._models["out" if out else "in"].packet(now, len(raw) + ETH_HLEN)
+        else:   # the model's clock is the packet's arrival: not later for a late read
+            arrived = self._arrival(p)
+            orig, copy = self._models["out" if out else "in"].packet(arrived, len(raw) + ETH_HLEN)
+            if orig is not None and arrived < orig[0] < now:   # due before it was read
+                self.late = max(self.late, now - orig[0])
         if out:
             self._pending.append((p.id, NF_DROP))   # the copy; its original is gone
             if orig is None:

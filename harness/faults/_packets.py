@@ -375,6 +375,27 @@ def _open_queue(host) -> NfQueue:
                      f"{host.name}", netns=host.netns, call="nfnetlink_queue bind") from last
 
 
+SO_TIMESTAMPNS = 35  # asm-generic/socket.h (Python's socket module lacks it)
+STAMP_TRUSTED = 60.0  # s: an older arrival stamp is not one (see PacketFault._arrival)
+
+
+def _stamp_socket(host) -> socket.socket | None:
+    """A socket that asks the kernel to timestamp what it receives, held
+    while an engine runs.  Receive timestamps are one switch for the whole
+    kernel (net_enable_timestamp(), as tcpdump or any SO_TIMESTAMP user
+    turns on, off again with the last such socket); with it on, a queued
+    packet carries the time it arrived (NFQA_TIMESTAMP), which the engine's
+    delays count from.  The socket sends and receives nothing.  None where
+    the option is refused: delays then count from the read."""
+    s = _netns.socket_in(host.ns_fd, socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
 # --- the engine --------------------------------------------------------------------
 
 class PacketFault(Fault):
@@ -422,6 +443,7 @@ class PacketFault(Fault):
         self._held: list | None = None           # the reorder entry waiting for a successor
         self._alarm = _shared.Alarm()
         self._raw: dict[int, socket.socket] = {}
+        self._stamps: socket.socket | None = None
         self._pending: list[tuple] = []          # verdicts of the batch being handled
 
     # --- observation ------------------------------------------------------------
@@ -448,6 +470,7 @@ class PacketFault(Fault):
         self._q = _open_queue(host)
         self.queue_num = self._q.queue_num
         try:
+            self._stamps = _stamp_socket(host)
             self._done = trio.Event()
             try:
                 await self.lab.context.start(self._run)
@@ -539,6 +562,22 @@ class PacketFault(Fault):
             for s in self._raw.values():
                 s.close()
             self._raw.clear()
+            if self._stamps is not None:
+                self._stamps.close()
+                self._stamps = None
+
+    @staticmethod
+    def _arrival(p: _nfqueue.Packet) -> float:
+        """When the kernel queued ``p``, on the monotonic clock: its skb
+        timestamp (CLOCK_REALTIME, taken as the packet was received; see
+        _stamp_socket) where the kernel set one, never later than this
+        process read it; else the read time.  A due time counted from here
+        does not grow by how late this process got to the queue."""
+        if p.stamp:
+            t = p.stamp + (time.monotonic() - time.time())
+            if p.timestamp - STAMP_TRUSTED < t < p.timestamp:   # else a stepped clock, or
+                return t                                        # a departure time (EDT)
+        return p.timestamp
 
     def _let_go(self, q) -> None:
         """At undo: the held packets first, in their order, then what is
@@ -641,10 +680,10 @@ class PacketFault(Fault):
             self._pending.append((p.id, NF_DROP))
         elif kind == "delay":
             c["delayed"] += 1
-            self._hold(p.timestamp + act.seconds, p.id)
+            self._hold(self._arrival(p) + act.seconds, p.id)
         elif kind == "reorder":
             c["reordered"] += 1
-            self._held = self._hold(p.timestamp + act.seconds, p.id)
+            self._held = self._hold(self._arrival(p) + act.seconds, p.id)
         elif kind == "duplicate":
             c["duplicated"] += 1
             self._pending.append((p.id, NF_ACCEPT))
