@@ -5,6 +5,7 @@ every core busy).
     python bench/loop_catalog.py --runs 50                 # idle machine
     python bench/loop_catalog.py --runs 50 --busy          # every core busy
     python bench/loop_catalog.py --runs 5 -- -k time_wait  # extra pytest arguments
+    python bench/loop_catalog.py --suite --runs 20         # the harness's own tests/
 
 Each run is ``pytest cases -n 4 -m 'not slow'`` (the CI's run-catalog) with a
 junit XML report, from which every test case's outcome is read.  ``--busy``
@@ -49,12 +50,12 @@ def _outcomes(junit: str) -> tuple[dict[str, str], dict[str, str]]:
     return out, why
 
 
-def run_once(extra: list[str], slow: bool, workers: int) -> tuple[tuple, int, float]:
+def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases") -> tuple[tuple, int, float]:
     with tempfile.TemporaryDirectory(prefix="loop-catalog-") as tmp:
         junit = os.path.join(tmp, "junit.xml")
-        argv = [sys.executable, "-m", "pytest", "cases", "-q", "-p", "no:cacheprovider",
+        argv = [sys.executable, "-m", "pytest", where, "-q", "-p", "no:cacheprovider",
                 f"--junitxml={junit}", *(["-n", str(workers)] if workers else []),
-                *([] if slow else ["-m", "not slow"]), *extra]
+                *([] if slow or where != "cases" else ["-m", "not slow"]), *extra]
         t0 = time.monotonic()
         res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
         took = time.monotonic() - t0
@@ -69,6 +70,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--busy", action="store_true", help="keep every core busy meanwhile")
     ap.add_argument("--slow", action="store_true", help="include the slow cases")
+    ap.add_argument("--suite", action="store_true", help="loop tests/ (as CI runs it) instead of cases/")
     ap.add_argument("-n", "--workers", type=int, default=4, help="xdist workers (0: none)")
     ap.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args()
@@ -87,7 +89,8 @@ def main() -> int:
     load_before = os.getloadavg()
     try:
         for n in range(1, args.runs + 1):
-            (outcomes, why), code, t = run_once(args.extra, args.slow, args.workers)
+            (outcomes, why), code, t = run_once(args.extra, args.slow, args.workers,
+                                                "tests" if args.suite else "cases")
             took.append(t)
             failed = sorted(k for k, v in outcomes.items() if v in ("failed", "error"))
             for k, v in outcomes.items():
@@ -95,7 +98,8 @@ def main() -> int:
             failures.update(failed)
             bad_runs += bool(failed) or code not in (0, 5)
             print(f"run {n}/{args.runs}: {len(outcomes)} cases, {len(failed)} failed, "
-                  f"{t:.1f} s, exit {code}" + (f": {', '.join(failed)}" if failed else ""),
+                  f"{t:.1f} s, exit {code}, load {os.getloadavg()[0]:.1f}"
+                  + (f": {', '.join(failed)}" if failed else ""),
                   flush=True)
             for k in failed:
                 print(f"    {k}: {why.get(k, '?')[:400]}", flush=True)
