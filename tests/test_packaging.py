@@ -5,6 +5,7 @@ directory, one given as a path) from a directory with no conftest; the sdist
 carries the whole project and its tests run from it.  (~1-2 min: it builds
 and installs; it runs in CI with the other tests.)"""
 
+import hashlib
 import importlib.util
 import pathlib
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 
+import docker
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -90,10 +92,23 @@ def test_the_wheel_in_a_clean_venv_runs_the_readme_and_containers(tmp_path):
     (suite / "test_asyncio_style.py").write_text(readme_block("# asyncio"))
     (suite / "test_sync_style.py").write_text(readme_block("# sync"))
     (suite / "test_containers.py").write_text(CONTAINERS)
-    run = subprocess.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W",
-                          "ignore::DeprecationWarning"], cwd=suite, capture_output=True,
-                         text=True, timeout=900)
+    try:
+        run = subprocess.run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W",
+                              "ignore::DeprecationWarning"], cwd=suite, capture_output=True,
+                             text=True, timeout=900)
+    finally:   # the image of ./contexts/mine is named after this run's path: not reused
+        path = str((suite / "contexts/mine").resolve())
+        remove_images(f"harness/mine-{hashlib.sha256(path.encode()).hexdigest()[:8]}")
     assert run.returncode == 0 and "9 passed" in run.stdout, run.stdout + run.stderr
+
+
+def remove_images(repository: str) -> None:
+    client = docker.from_env()
+    try:
+        for image in client.images.list(name=repository):
+            client.images.remove(image.id, force=True)
+    finally:
+        client.close()
 
 
 def test_doctor_without_a_daemon_says_how_to_start_one_not_a_repo_script(tmp_path):
