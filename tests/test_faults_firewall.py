@@ -110,7 +110,8 @@ async def test_reject_answers(lab, family):
     back while connect() still owns the socket (same CPU, inside the SYN's
     own softirq) is kept as a soft error only (tcp_v4_err/tcp_v6_err:
     TcpExtLockDroppedIcmps counts it); connect() then fails when the SYN is
-    retransmitted 1 s later and draws a second one.  Measured: always so for
+    retransmitted 1 s later and draws a second one (rarely, a third, 2 s
+    later again).  Measured: always so for
     IPv6, and for IPv4 when several connects race; a lone IPv4 connect fails
     at once.  A RST is queued to the socket's backlog instead, so tcp-reset
     fails connect() at once in both families."""
@@ -139,8 +140,13 @@ async def test_reject_answers(lab, family):
     assert {w: o.errno for w, o in results.items()} == answers
     assert results["tcp-reset"].duration < 0.5
     for with_, f in faults.items():
-        late = results[with_].duration > 0.9   # failed at the SYN retransmission
-        assert await f.matched() == 1 + late, with_
+        # one answer per SYN: the first, and each retransmission before
+        # connect() failed (TCP_TIMEOUT_INIT, 1 s, doubled: at +1 s, +3 s; an
+        # answer to a retransmission can be kept soft too, when it comes while
+        # a socket call holds the lock: seen once at load 7)
+        took = results[with_].duration
+        syns = 1 + sum(took > at - 0.1 for at in (1.0, 3.0))
+        assert await f.matched() == syns, (with_, took, await f.matched())
         await f.stop()
     assert await rules(server) == before
 
