@@ -39,3 +39,12 @@ async def still_works(a, b):
     assert (await b.recv()).value == b"ping"
     assert (await b.send(b"pong")).value == 4
     assert (await a.recv()).value == b"pong"
+
+
+def dies_with_me(argv) -> list[str]:
+    """``argv`` under ``setpriv --pdeathsig TERM``: the process gets SIGTERM
+    when the thread that starts it dies, so a test run that is interrupted
+    or killed leaves no orphan behind (a pytest or a script a test runs
+    holds its lab for as long as it lives; SIGTERM makes it tear down).
+    setpriv execs: the pid is the program's."""
+    return ["setpriv", "--pdeathsig", "TERM", "--", *map(str, argv)]

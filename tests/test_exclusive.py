@@ -22,6 +22,7 @@ import trio
 import harness
 from harness import _exclusive, _tracefs, _tracer, _uml
 from harness.errors import SetupError
+from helpers import dies_with_me
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +36,8 @@ def holder(kind: str) -> subprocess.Popen:
         print("held", flush=True)
         time.sleep(60)
         """)
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(dies_with_me([sys.executable, "-c", code]), cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "held\n"
     return proc
 
@@ -159,7 +161,8 @@ def test_a_guest_waits_for_a_real_uprobe_lab_of_another_process_then_boots(monke
         real_hold(kind, timeout)
         started.append(time.monotonic())
     monkeypatch.setattr(_uml._exclusive, "hold", spy)
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(dies_with_me([sys.executable, "-c", code]), cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "probe\n"
         res = _uml.run_in_guest(["true"], timeout=120)

@@ -15,6 +15,7 @@ from harness import _netns, _tracefs
 from harness._names import owner_of, pid_alive
 
 import rootstate
+from helpers import dies_with_me
 
 LAB_TESTS = textwrap.dedent('''
     import os, trio
@@ -66,7 +67,8 @@ def start_until_ready(suite, ready, *args, timeout=120.0):
 
 
 def pytest_cmd(path, *args):
-    return [sys.executable, "-m", "pytest", str(path), "-q", "-p", "no:cacheprovider", *args]
+    return dies_with_me([sys.executable, "-m", "pytest", str(path), "-q", "-p", "no:cacheprovider",
+                         *args])
 
 
 @pytest.fixture

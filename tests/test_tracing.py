@@ -110,8 +110,7 @@ def test_sweep_removes_the_uprobe_events_of_a_dead_run():
                      f"p:{group}/soerr0 {libc}:{off:#x} value=+0(%r10):s32\n")
     try:
         assert group in _tracefs.probe_groups()
-        removed = _sweep.sweep()
-        assert f"uprobe events {group}" in removed
+        _sweep.sweep()   # this one, or a sweep of a run beside it (-n 4)
         assert group not in _tracefs.probe_groups()
     finally:
         _tracefs.remove_probes(group)
