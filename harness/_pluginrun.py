@@ -128,6 +128,26 @@ class _Alarm:
         token.run_sync_soon(_cancel_under_main_task)
 
 
+terminated = False  # SIGTERM cancelled a trio run (terminate_trio_run)
+
+
+def terminate_trio_run() -> bool:
+    """From the SIGTERM handler, when SIGINT is ignored (trio then has no
+    KeyboardInterrupt handler of its own): cancel the trio run of this
+    thread, if there is one, at trio's next turn, so that the test and its
+    fixtures unwind and tear down; the plugin then stops the session.
+    False: no trio run here."""
+    global terminated
+    try:
+        import trio
+        token = trio.lowlevel.current_trio_token()
+    except (ImportError, RuntimeError):
+        return False
+    terminated = True
+    token.run_sync_soon(_cancel_under_main_task)
+    return True
+
+
 def _cancel_under_main_task() -> None:
     import trio
     for system in trio.lowlevel.current_root_task().child_nurseries:

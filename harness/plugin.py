@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import os
 import signal
+import sys
 
 import pytest
 
@@ -139,9 +140,17 @@ def _sigterm_as_ctrl_c(config: pytest.Config) -> None:
 
     def on_sigterm(signum, frame):
         handler = signal.getsignal(signal.SIGINT)  # trio's while a test runs, else Python's
-        if not callable(handler):  # SIGINT ignored (started in the background)
-            handler = signal.default_int_handler
-        handler(signal.SIGINT, frame)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+            return
+        # SIGINT ignored (started in the background): trio installed no
+        # handler, and a KeyboardInterrupt raised here may land in trio's
+        # scheduler and leave the run half-open, the lab not torn down.  In a
+        # trio run the run is cancelled instead and the session stopped when
+        # it has returned (pytest_runtest_call); elsewhere Python's way.
+        from ._pluginrun import terminate_trio_run
+        if not terminate_trio_run():
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
     config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
@@ -244,6 +253,10 @@ def pytest_runtest_call(item: pytest.Item):
     finally:
         if kind in (TRIO, ASYNCIO):
             item.obj = fn
+    run = sys.modules.get("harness._pluginrun")
+    if run is not None and run.terminated:   # SIGTERM cancelled the trio run: stop
+        outcome.force_exception(KeyboardInterrupt("SIGTERM"))
+        return
     # Ctrl-C (or SIGTERM) under trio arrives wrapped in the test's exception
     # group, but pytest stops the session only for a bare KeyboardInterrupt
     # (the lab's teardown has already run inside the trio run).  A

@@ -1,6 +1,8 @@
 """Helpers shared by the harness's own tests."""
 
+import os
 import re
+import sys
 import time
 
 import trio
@@ -41,10 +43,27 @@ async def still_works(a, b):
     assert (await a.recv()).value == b"pong"
 
 
-def dies_with_me(argv) -> list[str]:
-    """``argv`` under ``setpriv --pdeathsig TERM``: the process gets SIGTERM
-    when the thread that starts it dies, so a test run that is interrupted
-    or killed leaves no orphan behind (a pytest or a script a test runs
-    holds its lab for as long as it lives; SIGTERM makes it tear down).
-    setpriv execs: the pid is the program's."""
-    return ["setpriv", "--pdeathsig", "TERM", "--", *map(str, argv)]
+_LAUNCH = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)    # PR_SET_PDEATHSIG: survives the exec
+if os.getppid() != int(sys.argv[1]):
+    os._exit(70)                               # the test process died before that
+how = signal.SIG_IGN if sys.argv[2] == "ignored" else signal.SIG_DFL
+signal.signal(signal.SIGINT, how)
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+os.execvp(sys.argv[3], sys.argv[3:])
+"""
+
+
+def dies_with_me(argv, sigint: str = "default") -> list[str]:
+    """``argv`` as a process of a test's own: it gets SIGTERM when the test
+    process dies, so a test run that is interrupted or killed leaves no
+    orphan (a pytest or a script a test runs holds its lab for as long as
+    it lives; SIGTERM makes it tear down).  It starts with SIGINT as a
+    terminal gives it (``sigint="default"``; the run itself may have been
+    started in the background, with SIGINT ignored) or ignored
+    (``"ignored"``: a background start), and no signal blocked.  The
+    launcher execs: the pid is the program's."""
+    if sigint not in ("default", "ignored"):
+        raise ValueError(f"sigint must be 'default' or 'ignored', got {sigint!r}")
+    return [sys.executable, "-c", _LAUNCH, str(os.getpid()), sigint, *map(str, argv)]

@@ -27,11 +27,14 @@ from helpers import dies_with_me
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def holder(kind: str) -> subprocess.Popen:
-    """Another process holding ``kind`` until killed (it prints 'held')."""
+def holder(kind: str, lockdir: str | None) -> subprocess.Popen:
+    """Another process holding ``kind`` until killed (it prints 'held'),
+    with its locks in ``lockdir`` (None: the machine's)."""
     code = textwrap.dedent(f"""
-        import sys, time
+        import os, sys, time
         from harness import _exclusive
+        if {lockdir!r} is not None:
+            _exclusive._path = lambda name: os.path.join({lockdir!r}, name)
         _exclusive.hold({kind!r}, 30)
         print("held", flush=True)
         time.sleep(60)
@@ -43,11 +46,23 @@ def holder(kind: str) -> subprocess.Popen:
 
 
 @pytest.fixture
-def other():
+def lockdir(tmp_path, monkeypatch):
+    """The unit tests' locks, apart from the machine's: guests and uprobes of
+    other runs on the machine (the catalog's guest session...) must not
+    make them wait."""
+    monkeypatch.setattr(_exclusive, "_path", lambda name: str(tmp_path / name))
+    return str(tmp_path)
+
+
+@pytest.fixture
+def other(request):
+    """Start another process holding a kind: in the test's own lock
+    directory when it uses ``lockdir``, else the machine's."""
     procs: list[subprocess.Popen] = []
+    where = request.getfixturevalue("lockdir") if "lockdir" in request.fixturenames else None
 
     def start(kind: str) -> subprocess.Popen:
-        procs.append(holder(kind))
+        procs.append(holder(kind, where))
         return procs[-1]
     yield start
     for p in procs:
@@ -55,7 +70,7 @@ def other():
         p.wait()
 
 
-def test_one_kind_waits_for_the_other_and_goes_when_it_dies(other):
+def test_one_kind_waits_for_the_other_and_goes_when_it_dies(lockdir, other):
     proc = other("uprobe")
     t0 = time.monotonic()
     with pytest.raises(_exclusive.Busy, match="SO_ERROR uprobe .* of another process .* 0.3 s"):
@@ -71,7 +86,7 @@ def test_one_kind_waits_for_the_other_and_goes_when_it_dies(other):
         _exclusive.release("guest")
 
 
-def test_a_waiting_guest_starts_the_moment_the_uprobe_goes(other):
+def test_a_waiting_guest_starts_the_moment_the_uprobe_goes(lockdir, other):
     proc = other("uprobe")
 
     def kill_later():
@@ -87,7 +102,7 @@ def test_a_waiting_guest_starts_the_moment_the_uprobe_goes(other):
     assert 0.5 <= waited < 0.5 + 0.5, waited  # one poll (50 ms) after the kill, with room for the reap
 
 
-def test_the_same_kind_is_shared(other):
+def test_the_same_kind_is_shared(lockdir, other):
     other("guest")
     other("guest")
     _exclusive.hold("guest", 0.1)   # no wait: a guest does not exclude a guest
@@ -100,7 +115,7 @@ def test_the_same_kind_is_shared(other):
         _exclusive.hold("uprobe", 0.1)
 
 
-def test_this_process_holding_one_kind_is_refused_the_other_at_once():
+def test_this_process_holding_one_kind_is_refused_the_other_at_once(lockdir):
     _exclusive.hold("uprobe", 1)
     try:
         t0 = time.monotonic()
@@ -119,7 +134,7 @@ def _uprobe_groups() -> set[str]:
 
 @pytest.mark.skipif(not os.path.exists(f"{_tracefs.ROOT}/uprobe_events"),
                     reason="this kernel has no uprobe events (CONFIG_UPROBE_EVENTS)")
-def test_a_lab_asking_for_the_uprobe_while_a_guest_runs_waits_then_says_why(other, monkeypatch):
+def test_a_lab_asking_for_the_uprobe_while_a_guest_runs_waits_then_says_why(lockdir, other, monkeypatch):
     """Set-up fails after the wait with the reason, and installs no uprobe."""
     other("guest")
     before = _uprobe_groups()
@@ -175,7 +190,7 @@ def test_a_guest_waits_for_a_real_uprobe_lab_of_another_process_then_boots(monke
 
 
 @needs_guest
-def test_a_guest_in_a_process_holding_the_uprobe_is_refused_at_once():
+def test_a_guest_in_a_process_holding_the_uprobe_is_refused_at_once(lockdir):
     _exclusive.hold("uprobe", 1)
     try:
         with pytest.raises(_uml.GuestTimeout, match="not started: this process holds"):

@@ -21,6 +21,7 @@ import time
 import pytest
 
 from harness import _kernels
+from helpers import dies_with_me
 
 pytest_plugins = ["pytester"]
 
@@ -243,7 +244,8 @@ def _spinning_session(pytester):
             while True:
                 pass
         """)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+    proc = subprocess.Popen(dies_with_me([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                                          "-q"]),   # SIGINT as at a terminal
                             cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not _guest_processes(os.environ["TMPDIR"]) and time.monotonic() < deadline:

@@ -54,10 +54,12 @@ def nothing(pid: int) -> dict[str, list[str]]:
     return {"netns": [], "tracefs": []}
 
 
-def start_until_ready(suite, ready, *args, timeout=120.0):
+def start_until_ready(suite, ready, *args, timeout=120.0, sigint="default"):
     """Start a pytest run of ``suite`` whose test creates ``ready`` once its
-    lab is up; return the running process then."""
-    proc = subprocess.Popen(pytest_cmd(suite, *args), env=dict(os.environ, READY_FILE=str(ready)),
+    lab is up; return the running process then.  ``sigint``: as
+    helpers.dies_with_me ("ignored": started in the background)."""
+    proc = subprocess.Popen(pytest_cmd(suite, *args, sigint=sigint),
+                            env=dict(os.environ, READY_FILE=str(ready)),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     while not ready.exists():
@@ -66,9 +68,9 @@ def start_until_ready(suite, ready, *args, timeout=120.0):
     return proc
 
 
-def pytest_cmd(path, *args):
+def pytest_cmd(path, *args, sigint="default"):
     return dies_with_me([sys.executable, "-m", "pytest", str(path), "-q", "-p", "no:cacheprovider",
-                         *args])
+                         *args], sigint=sigint)
 
 
 @pytest.fixture
