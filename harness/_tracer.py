@@ -84,7 +84,8 @@ class _Tracer:
         SO_ERROR probe asked for, first wait (Ctrl-C still stops the wait)
         until no other process runs a user-mode Linux guest: the uprobe
         would hang it (``_exclusive``)."""
-        if so_error_probe() and not self.uprobe_held:
+        tried = self.session is not None or self.unavailable is not None
+        if so_error_probe() and not self.uprobe_held and not (tried and self.syscalls is None):
             try:
                 _exclusive.hold("uprobe", UPROBE_WAIT)
             except _exclusive.Busy as exc:
@@ -93,7 +94,7 @@ class _Tracer:
         try:
             self._register(lab)
         finally:
-            if not self.labs:
+            if not self.labs or self.syscalls is None:   # no uprobe can be made: let guests run
                 self._release_uprobe()
 
     def _release_uprobe(self) -> None:

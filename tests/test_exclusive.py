@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 
 import pytest
 import trio
@@ -197,3 +198,26 @@ def test_a_guest_in_a_process_holding_the_uprobe_is_refused_at_once(lockdir):
             _uml.run_in_guest(["true"], timeout=60)
     finally:
         _exclusive.release("uprobe")
+
+
+def test_no_uprobe_possible_means_guests_are_not_held_up(lockdir, other, monkeypatch):
+    """Where no syscall session can be made (no tracefs, as rootless), the
+    probe cannot exist: a lab that asks for it neither waits for guests nor
+    keeps them waiting."""
+    from harness.errors import Unsupported
+
+    def refused(*args, **kwargs):
+        raise Unsupported("no syscall tracing here (test)")
+    monkeypatch.setattr(_tracefs, "SyscallSession", refused)
+    monkeypatch.setenv("HARNESS_SO_ERROR_PROBE", "1")
+    monkeypatch.setattr(_tracer, "UPROBE_WAIT", 0.3)
+    tracer = _tracer._Tracer()
+    lab = types.SimpleNamespace(slot=types.SimpleNamespace(index=10_000))
+    try:
+        tracer.register(lab)                 # the first lab: tries, finds none, lets go
+        assert not _exclusive.held("uprobe")
+        other("guest")                       # a guest runs now
+        tracer.register(types.SimpleNamespace(slot=types.SimpleNamespace(index=10_001)))
+        assert not _exclusive.held("uprobe")  # and a second lab did not wait for it
+    finally:
+        tracer.close()
