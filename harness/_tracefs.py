@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from . import _exclusive
 from .errors import Unsupported
 
 ROOT = "/sys/kernel/tracing"
@@ -381,6 +382,8 @@ class SyscallSession(_Instance):
             raise Unsupported("cannot learn this thread's kernel pid from tracefs "
                               "(the trace marker never came back)")
 
+    UPROBE_WAIT = 300.0  # s to wait for other processes' guests (see _exclusive)
+
     def probe_libc(self, path: str) -> bool:
         """Watch getsockopt(SO_ERROR) in the glibc at ``path`` (e.g.
         /proc/<pid>/root/usr/lib/x86_64-linux-gnu/libc.so.6 for a
@@ -397,6 +400,8 @@ class SyscallSession(_Instance):
         if offset is None or not os.path.exists(f"{ROOT}/uprobe_events"):
             return False
         event = f"soerr{len(self._libcs)}"
+        if not self._libcs:   # a user-mode Linux guest hangs on it: never beside one
+            _exclusive.hold("uprobe", self.UPROBE_WAIT)
         try:
             _append(f"{ROOT}/uprobe_events",
                     f"p:{self._group}/{event} {path}:{offset:#x} "
@@ -404,6 +409,8 @@ class SyscallSession(_Instance):
             self.enable(f"{self._group}/{event}",
                         f"level == {SOL_SOCKET} && optname == {SO_ERROR} && value != 0")
         except OSError:
+            if not self._libcs:
+                _exclusive.release("uprobe")
             return False
         self._libcs[key] = event
         return True
@@ -451,12 +458,14 @@ class SyscallSession(_Instance):
         if self._libcs:
             remove_probes(self._group)
             self._libcs.clear()
+            _exclusive.release("uprobe")
 
     def close(self) -> None:
         super().close()
         if self._libcs:
             remove_probes(self._group)
             self._libcs.clear()
+            _exclusive.release("uprobe")
 
 
 def remove_instance(name: str) -> None:

@@ -221,3 +221,26 @@ def test_no_uprobe_possible_means_guests_are_not_held_up(lockdir, other, monkeyp
         assert not _exclusive.held("uprobe")  # and a second lab did not wait for it
     finally:
         tracer.close()
+
+
+@pytest.mark.skipif(not os.path.exists(f"{_tracefs.ROOT}/uprobe_events"),
+                    reason="this kernel has no uprobe events (CONFIG_UPROBE_EVENTS)")
+def test_every_uprobe_the_harness_makes_waits_for_guests(lockdir, other):
+    """Not only labs: the tracefs session's own probe_libc() (which a test of
+    the harness called directly, and so hung another run's guest session)
+    takes the kind, waits while a guest runs, and lets it go when removed."""
+    libc = next(line.split()[-1] for line in open("/proc/self/maps")
+                if os.path.basename(line.split()[-1]).startswith("libc.so"))
+    s = _tracefs.SyscallSession(f"fih{os.getpid()}-excltest")
+    try:
+        guest = other("guest")
+        s.UPROBE_WAIT = 0.3
+        with pytest.raises(_exclusive.Busy, match="user-mode Linux guest"):
+            s.probe_libc(libc)
+        assert s._group not in _tracefs.probe_groups()   # nothing made
+        guest.kill()
+        guest.wait()
+        assert s.probe_libc(libc) and _exclusive.held("uprobe")
+    finally:
+        s.close()
+    assert not _exclusive.held("uprobe")
