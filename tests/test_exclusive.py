@@ -207,8 +207,11 @@ def test_no_uprobe_possible_means_guests_are_not_held_up(lockdir, other, monkeyp
     from harness.errors import Unsupported
 
     def refused(*args, **kwargs):
-        raise Unsupported("no syscall tracing here (test)")
+        raise Unsupported("no tracing here (test)")
+    # a tracer of its own, with no instance at all: one named like this
+    # process's would be the process's own tracer's (which other tests need)
     monkeypatch.setattr(_tracefs, "SyscallSession", refused)
+    monkeypatch.setattr(_tracefs, "TraceSession", refused)
     monkeypatch.setenv("HARNESS_SO_ERROR_PROBE", "1")
     monkeypatch.setattr(_tracer, "UPROBE_WAIT", 0.3)
     tracer = _tracer._Tracer()

@@ -12,7 +12,10 @@ async def test_connect_einprogress_then_poll_and_so_error(lab, family):
     await server.listen(9000, family=family)
     sock = await client.socket(family)
     out = await sock.connect(server, 9000, nonblocking=True)
-    assert out.errno == "EINPROGRESS" and out.duration < 0.01
+    # EINPROGRESS is the proof that it did not wait: a blocking connect()
+    # never returns it.  (Its duration proves nothing here: the lab's
+    # handshake takes 0.1 ms, and under load the call itself took > 10 ms.)
+    assert out.errno == "EINPROGRESS"
     ready = await sock.poll("out", timeout=1.0)
     assert ready.value == ("out",)
     assert (await sock.getsockopt("SO_ERROR")).value is None
