@@ -274,7 +274,13 @@ class Lab:
             self._unit = _pool.take(tuple(s.name for s in specs))
             if self._unit is None:  # a new switch and its hosts: one worker thread
                 self._unit, built = await trio.to_thread.run_sync(self._new_unit_with, specs)
-            _tracer.register(self)
+            try:
+                _tracer.register(self)
+            except BaseException:   # the hosts just made belong to nobody yet: not left behind
+                if built is not None:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(lambda: [made.stop() for made in built])
+                raise
         if built is None:
             built = self._reuse(specs)  # nothing blocking to do: no thread hop
         if built is None:

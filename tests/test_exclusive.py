@@ -21,7 +21,8 @@ import pytest
 import trio
 
 import harness
-from harness import _exclusive, _tracefs, _tracer, _uml
+from harness import _exclusive, _lab, _netns, _tracefs, _tracer, _uml
+from harness._names import owner_of
 from harness.errors import SetupError
 from helpers import dies_with_me
 
@@ -149,6 +150,8 @@ def test_a_lab_asking_for_the_uprobe_while_a_guest_runs_waits_then_says_why(lock
         trio.run(main)
     assert _uprobe_groups() == before
     assert not _exclusive.held("uprobe")
+    _lab._pool.close()   # host "a", made before the wait failed, was left behind (seen)
+    assert [n for n in _netns.list_names() if owner_of(n) == os.getpid()] == []
 
 
 needs_guest = pytest.mark.skipif(_uml.guest_unavailable_reason() is not None,
