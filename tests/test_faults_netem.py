@@ -540,3 +540,31 @@ async def test_bad_input_is_refused_before_anything_is_touched(lab, kwargs, mess
 def test_host_must_be_a_host():
     with pytest.raises(InvalidArgument, match=r"host must be a Host .*, got host='server'"):
         faults.netem("server", delay=0.1)
+
+
+def test_the_clock_offset_ignores_a_reading_the_scheduler_cut_in_two(monkeypatch):
+    """Arrival stamps are CLOCK_REALTIME; the engine moves them to the
+    monotonic clock by an offset read between two monotonic readings.  A
+    reading preempted between them (here 5 ms) must not move the offset, or
+    the due times of a batch shift against their neighbours' and packets
+    leave reordered (seen under load: spurious retransmissions in a 1 MB
+    transfer at delay 50 ms).  The scheduler cannot be made to preempt at
+    that instruction, so the clocks are scripted here."""
+    from harness.faults import _packets
+    readings = iter([10.0, 1000.0, 10.00001] * 3            # tight: offset -990.000005
+                    + [20.0, 1010.0, 20.005] * 3)            # each cut by 5 ms
+    def mono():
+        return next(readings)
+
+    def real():
+        return next(readings)
+    monkeypatch.setattr(_packets.time, "monotonic", mono)
+    monkeypatch.setattr(_packets.time, "time", real)
+    engine = _packets.PacketFault.__new__(_packets.PacketFault)
+    engine._offset = None
+    engine._read_offset()
+    first = engine._offset
+    engine._read_offset()
+    monkeypatch.undo()
+    assert first == pytest.approx(10.000005 - 1000.0)
+    assert engine._offset == first      # the cut readings were not taken
