@@ -30,6 +30,7 @@ KINDS = ("uprobe", "guest")
 WHAT = {"uprobe": "the SO_ERROR uprobe (HARNESS_SO_ERROR_PROBE=1) of another process",
         "guest": "a user-mode Linux guest of another process"}
 POLL = 0.05
+UPROBE_WAIT = 300.0  # s a uprobe waits for other processes' guests to end
 
 _held: dict[str, tuple[int, int]] = {}  # kind -> (fd, holders in this process)
 

@@ -382,8 +382,6 @@ class SyscallSession(_Instance):
             raise Unsupported("cannot learn this thread's kernel pid from tracefs "
                               "(the trace marker never came back)")
 
-    UPROBE_WAIT = 300.0  # s to wait for other processes' guests (see _exclusive)
-
     def probe_libc(self, path: str) -> bool:
         """Watch getsockopt(SO_ERROR) in the glibc at ``path`` (e.g.
         /proc/<pid>/root/usr/lib/x86_64-linux-gnu/libc.so.6 for a
@@ -401,7 +399,7 @@ class SyscallSession(_Instance):
             return False
         event = f"soerr{len(self._libcs)}"
         if not self._libcs:   # a user-mode Linux guest hangs on it: never beside one
-            _exclusive.hold("uprobe", self.UPROBE_WAIT)
+            _exclusive.hold("uprobe", _exclusive.UPROBE_WAIT)
         try:
             _append(f"{ROOT}/uprobe_events",
                     f"p:{self._group}/{event} {path}:{offset:#x} "

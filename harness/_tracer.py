@@ -37,9 +37,6 @@ def so_error_probe() -> bool:
     return os.environ.get("HARNESS_SO_ERROR_PROBE", "0") == "1"
 
 
-UPROBE_WAIT = 300.0  # s a lab waits for other processes' guests to end (see _exclusive)
-
-
 class _Tracer:
     """The process's tracefs instances, shared by its labs.
 
@@ -87,7 +84,7 @@ class _Tracer:
         tried = self.session is not None or self.unavailable is not None
         if so_error_probe() and not self.uprobe_held and not (tried and self.syscalls is None):
             try:
-                _exclusive.hold("uprobe", UPROBE_WAIT)
+                _exclusive.hold("uprobe", _exclusive.UPROBE_WAIT)
             except _exclusive.Busy as exc:
                 raise SetupError(f"cannot watch getsockopt(SO_ERROR) with a uprobe: {exc}") from None
             self.uprobe_held = True

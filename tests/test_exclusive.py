@@ -141,7 +141,7 @@ def test_a_lab_asking_for_the_uprobe_while_a_guest_runs_waits_then_says_why(lock
     other("guest")
     before = _uprobe_groups()
     monkeypatch.setenv("HARNESS_SO_ERROR_PROBE", "1")
-    monkeypatch.setattr(_tracer, "UPROBE_WAIT", 0.3)
+    monkeypatch.setattr(_exclusive, "UPROBE_WAIT", 0.3)
 
     async def main():
         async with harness.open_lab() as lab:
@@ -216,7 +216,7 @@ def test_no_uprobe_possible_means_guests_are_not_held_up(lockdir, other, monkeyp
     monkeypatch.setattr(_tracefs, "SyscallSession", refused)
     monkeypatch.setattr(_tracefs, "TraceSession", refused)
     monkeypatch.setenv("HARNESS_SO_ERROR_PROBE", "1")
-    monkeypatch.setattr(_tracer, "UPROBE_WAIT", 0.3)
+    monkeypatch.setattr(_exclusive, "UPROBE_WAIT", 0.3)
     tracer = _tracer._Tracer()
     lab = types.SimpleNamespace(slot=types.SimpleNamespace(index=10_000))
     try:
@@ -231,7 +231,7 @@ def test_no_uprobe_possible_means_guests_are_not_held_up(lockdir, other, monkeyp
 
 @pytest.mark.skipif(not os.path.exists(f"{_tracefs.ROOT}/uprobe_events"),
                     reason="this kernel has no uprobe events (CONFIG_UPROBE_EVENTS)")
-def test_every_uprobe_the_harness_makes_waits_for_guests(lockdir, other):
+def test_every_uprobe_the_harness_makes_waits_for_guests(lockdir, other, monkeypatch):
     """Not only labs: the tracefs session's own probe_libc() (which a test of
     the harness called directly, and so hung another run's guest session)
     takes the kind, waits while a guest runs, and lets it go when removed."""
@@ -240,7 +240,7 @@ def test_every_uprobe_the_harness_makes_waits_for_guests(lockdir, other):
     s = _tracefs.SyscallSession(f"fih{os.getpid()}-excltest")
     try:
         guest = other("guest")
-        s.UPROBE_WAIT = 0.3
+        monkeypatch.setattr(_exclusive, "UPROBE_WAIT", 0.3)
         with pytest.raises(_exclusive.Busy, match="user-mode Linux guest"):
             s.probe_libc(libc)
         assert s._group not in _tracefs.probe_groups()   # nothing made
