@@ -11,7 +11,7 @@ import errno
 import pytest
 import trio
 
-from harness import FaultError, InvalidArgument, rst_received
+from harness import FaultError, InvalidArgument, ObservationTimeout, rst_received
 from harness.faults._inject import inject_fin, inject_rst, inject_syn
 from helpers import still_works
 
@@ -87,6 +87,19 @@ async def test_challenge_acks_are_rate_limited_per_socket(lab):
     assert second.counter("TCPChallengeACK") == 0
     assert second.counter("TCPACKSkippedChallenge") == 1
     assert first.counter("TCPChallengeACK") == 1
+
+
+async def test_a_reply_that_never_comes_says_what_the_kernel_did(lab):
+    """wait_reply()'s timeout names the victim's counters that grew: here
+    the second RST within tcp_invalid_ratelimit (pinned to 10 s) had its
+    challenge ACK skipped, which the message shows."""
+    *_, conn, peer = await connected(lab, 4, sysctls={"net.ipv4.tcp_invalid_ratelimit": 10_000})
+    await (await inject_rst(conn, seq="in_window")).wait_reply()
+    second = await inject_rst(conn, seq="in_window")
+    with pytest.raises(ObservationTimeout, match=r"the tap saw 0 segment\(s\) of the connection "
+                                                 r"since, and the victim's TcpExt counters grew "
+                                                 r"by \{.*'TCPACKSkippedChallenge': 1"):
+        await second.wait_reply(timeout=0.1)
 
 
 async def test_rate_limit_off_every_rst_is_challenged(lab):

@@ -83,8 +83,19 @@ class Injection:
         challenge ACK, the ACK of a FIN...)."""
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidArgument(f"timeout must be seconds >= 0, got {timeout!r}")
-        return await self._tap.wait(self._mark, lambda s: s.src == self.victim.local, timeout,
-                                    f"no segment from {self.victim!r} after {self!r}")
+        try:
+            return await self._tap.wait(self._mark, lambda s: s.src == self.victim.local,
+                                        timeout, f"no segment from {self.victim!r} after {self!r}")
+        except ObservationTimeout as exc:
+            # what the victim's kernel did with it: answered (then the tap
+            # missed it), skipped the answer (a rate limit), or never saw it
+            now = self.victim.host.counters("TcpExt")
+            grew = {k: v - self._counters.get(k, 0) for k, v in now.items()
+                    if v != self._counters.get(k, 0)}
+            seen = self._tap.segments(self._mark)
+            raise ObservationTimeout(f"{exc}; the tap saw {len(seen)} segment(s) of the "
+                                     f"connection since, and the victim's TcpExt counters grew "
+                                     f"by {grew or 'nothing'}", last=exc.last) from None
 
     def counter(self, name: str) -> int:
         """How much a TcpExt counter of the victim's namespace (e.g.
