@@ -64,7 +64,11 @@ async def test_eagain_and_queue_ioctls(lab, family):
         assert (await conn.ioctl("SIOCOUTQ")).value == 700
         assert (await conn.ioctl("SIOCOUTQNSD")).value == 0  # sent, not acknowledged
     await conn.shutdown("w")
-    assert (await peer.poll("in,rdhup", timeout=1.0)).value == ("in", "rdhup")
+    # the data and the FIN reach the peer with the next RTO retransmission:
+    # due within the current RTO (backed off by each one the fault dropped;
+    # the timer wheel adds up to 1/8 of it), then the peer's wake-up
+    rto = conn.info().tcp_info["rto_us"] / 1e6
+    assert (await peer.poll("in,rdhup", timeout=rto * 1.125 + 1.0)).value == ("in", "rdhup")
 
 
 async def test_send_eagain_when_the_buffers_are_full(lab):
