@@ -6,6 +6,7 @@ every core busy).
     python bench/loop_catalog.py --runs 50 --busy          # every core busy
     python bench/loop_catalog.py --runs 5 -- -k time_wait  # extra pytest arguments
     python bench/loop_catalog.py --suite --runs 20         # the harness's own tests/
+    python bench/loop_catalog.py --keep /tmp/fails ...     # each failed run's junit XML
 
 Each run is ``pytest cases -n 4 -m 'not slow'`` (the CI's run-catalog) with a
 junit XML report, from which every test case's outcome is read.  ``--busy``
@@ -20,6 +21,7 @@ import argparse
 import collections
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,7 +52,10 @@ def _outcomes(junit: str) -> tuple[dict[str, str], dict[str, str]]:
     return out, why
 
 
-def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases") -> tuple[tuple, int, float]:
+def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases",
+             keep: str | None = None) -> tuple[tuple, int, float]:
+    """One run; with ``keep``, a failed run's junit XML (the whole failure
+    text of each test) is copied there as run-<time>.xml."""
     with tempfile.TemporaryDirectory(prefix="loop-catalog-") as tmp:
         junit = os.path.join(tmp, "junit.xml")
         argv = [sys.executable, "-m", "pytest", where, "-q", "-p", "no:cacheprovider",
@@ -62,7 +67,12 @@ def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases") -
         if not os.path.exists(junit):
             sys.stderr.write(res.stdout[-3000:] + res.stderr[-3000:])
             raise SystemExit(f"pytest wrote no report (exit {res.returncode})")
-        return _outcomes(junit), res.returncode, took
+        outcomes = _outcomes(junit)
+        if keep and (res.returncode not in (0, 5) or "failed" in outcomes[0].values()
+                     or "error" in outcomes[0].values()):
+            os.makedirs(keep, exist_ok=True)
+            shutil.copy(junit, os.path.join(keep, time.strftime("run-%Y%m%d-%H%M%S.xml")))
+        return outcomes, res.returncode, took
 
 
 def main() -> int:
@@ -71,6 +81,7 @@ def main() -> int:
     ap.add_argument("--busy", action="store_true", help="keep every core busy meanwhile")
     ap.add_argument("--slow", action="store_true", help="include the slow cases")
     ap.add_argument("--suite", action="store_true", help="loop tests/ (as CI runs it) instead of cases/")
+    ap.add_argument("--keep", metavar="DIR", help="copy each failed run's junit XML there")
     ap.add_argument("-n", "--workers", type=int, default=4, help="xdist workers (0: none)")
     ap.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
     args = ap.parse_args()
@@ -90,7 +101,7 @@ def main() -> int:
     try:
         for n in range(1, args.runs + 1):
             (outcomes, why), code, t = run_once(args.extra, args.slow, args.workers,
-                                                "tests" if args.suite else "cases")
+                                                "tests" if args.suite else "cases", args.keep)
             took.append(t)
             failed = sorted(k for k, v in outcomes.items() if v in ("failed", "error"))
             for k, v in outcomes.items():
