@@ -328,7 +328,7 @@ class Lab:
 
     @staticmethod
     def _new_unit() -> _Unit:
-        slot = _names.lease_slot()
+        slot = _sweep.lease_slot()
         try:
             return _Unit(slot, backend.build_switch(slot))
         except BaseException:

@@ -248,8 +248,17 @@ def _lock_abstract(index: int) -> int | None:
     return s.detach()
 
 
+def leftovers(index: int) -> list[str]:
+    """The named namespaces (hosts, containers', switch) of slot ``index``
+    that some harness process made: a free slot's are a dead owner's."""
+    from . import _netns
+    owned = ((n, _OWNED.match(n)) for n in _netns.list_names())
+    return [n for n, m in owned if m and n[m.end():].startswith(f"{index}-")]
+
+
 def lease_slot(start: int = 0) -> Slot:
-    """Take the first free slot; the lease dies with the process."""
+    """Take the first free slot; the lease dies with the process (a lab
+    takes it through _sweep.lease_slot, which also checks leftovers)."""
     directory = lease_dir()
     for i in range(SLOTS):
         index = (start + i) % SLOTS

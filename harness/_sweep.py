@@ -23,6 +23,7 @@ import signal
 import tempfile
 
 from . import _diag, _netns, _tracefs
+from . import _names
 from ._names import PREFIX, lock_path, owner_alive
 from .errors import SetupError, Unsupported
 
@@ -124,3 +125,32 @@ def sweep() -> list[str]:
                 _tracefs.remove_probes(group)
                 removed.append(f"uprobe events {group}")
     return removed
+
+
+def lease_slot(start: int = 0) -> "_names.Slot":
+    """A lab's address slot: ``_names.lease_slot``, but never one whose dead
+    owner's namespaces remain.  A slot frees when its owner dies, while a
+    killed owner's namespaces stay until a sweep, with the slot's addresses
+    and live sockets: their timers (a FIN retransmitted, an orphan's
+    reset) and the sweep's own socket aborts would put events with those
+    addresses into a new lab's timeline, which attributes kernel events by
+    address.  So such a slot is swept first, and passed over (held until a
+    clean one is found) if some stay: an owner this process cannot prove
+    dead."""
+    skipped: list[_names.Slot] = []
+    try:
+        while True:
+            slot = _names.lease_slot(start)
+            if not _names.leftovers(slot.index):
+                return slot
+            try:
+                sweep()
+            except BaseException:
+                slot.release()
+                raise
+            if not _names.leftovers(slot.index):
+                return slot
+            skipped.append(slot)
+    finally:
+        for slot in skipped:
+            slot.release()

@@ -224,6 +224,32 @@ async def test_lab_teardown_leaves_nothing():
     again.release()
 
 
+def test_a_free_slot_with_a_dead_owners_namespaces_is_swept_before_reuse():
+    """A killed run's slot frees with it, but its namespaces stay until a
+    sweep, with the slot's addresses and live sockets: their timers and the
+    sweep's socket aborts (a RST with reason TCP_STATE, seen in a catalog
+    run) would land in the next lab's timeline, which attributes kernel
+    events by address.  The lease sweeps them first."""
+    import subprocess
+    from harness import _names, _sweep
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                  # a pid no process has now
+    probe = _names.lease_slot(300)
+    index = probe.index
+    probe.release()
+    name = f"fih{dead.pid}-{index}-a"
+    _netns.create(name)
+    try:
+        slot = _sweep.lease_slot(index)
+        try:
+            assert slot.index == index and not _netns.exists(name)
+        finally:
+            slot.release()
+    finally:
+        if _netns.exists(name):
+            _netns.delete(name)
+
+
 async def test_cancellation_still_tears_down():
     with trio.move_on_after(0.5):
         async with harness.open_lab() as lab:
