@@ -4,6 +4,7 @@ The lines are packetdrill's notation with host names; seq/ack relative to
 each side's ISN, learnt from the SYNs the capture saw.
 """
 
+import re
 import time
 
 import pytest
@@ -33,12 +34,12 @@ async def test_handshake_and_close_as_lines(lab, family):
     mss = 1460 if family == 4 else 1440  # 1500-byte MTU minus 40 / 60 bytes of headers
     assert syn.option("mss") == ("mss", mss)
     sent = await conn.send(b"hello")
-    data = await cap.expect(conn, "client > server P. 1:6(5) ack 1", after=sent.started)
+    data = await cap.expect(conn, "client > server P. 1:6(5) ack 1", after=sent)
     assert data.payload == b"hello"
     await cap.expect(conn, "server > client . 1:1(0) ack 6 <nop,nop,TS val * ecr *>",
                      after=data, within=0.05)
     out = await conn.close()
-    fin = await cap.expect(conn, "client > server F. 6:6(0) ack 1", after=out.started,
+    fin = await cap.expect(conn, "client > server F. 6:6(0) ack 1", after=out,
                            within=0.05)
     await cap.expect(conn, "server > client . 1:1(0) ack 7", after=fin, within=0.05)
 
@@ -47,11 +48,13 @@ async def test_mismatch_shows_the_line_beside_what_was_seen(lab):
     cap, conn, peer, _ = await connect(lab, 4)
     out = await conn.close()
     with pytest.raises(SegmentMismatch) as err:
-        await cap.expect(conn, "client > server R. 1:1(0) ack 1", after=out.started)
+        await cap.expect(conn, "client > server R. 1:1(0) ack 1", after=out)
     text = str(err.value)
     assert "flags F. != R." in text
     lines = text.splitlines()
-    assert lines[1].strip().startswith("expected +0.0000~+1.0000 client > server R. 1:1(0)")
+    # the window: from close()'s start to 1 s after its end
+    assert re.match(r"expected \+0\.0000~\+1\.0\d{3} client > server R\. 1:1\(0\)",
+                    lines[1].strip()), lines[1]
     assert "client:" in lines[2] and " > server:9000 F. 1:1(0) ack 1 win " in lines[2]
 
 
@@ -59,8 +62,9 @@ async def test_timing_window_is_enforced(lab):
     cap, conn, peer, _ = await connect(lab, 4)
     out = await conn.close()
     # the FIN leaves within ~0.1 ms of close(): a window starting at 50 ms rejects it
-    with pytest.raises(SegmentMismatch, match=r"time \+0\.0\d+s outside \+0\.05~\+0\.1"):
-        await cap.expect(conn, "client > server F. 1:1(0)", after=out.started,
+    with pytest.raises(SegmentMismatch, match=r"time \+0\.0\d+s outside \+0\.05~\+0\.1\d* "
+                                              r"\(\+0\.1 after the call, which took 0\.\d+s\)"):
+        await cap.expect(conn, "client > server F. 1:1(0)", after=out,
                          within=(0.05, 0.1))
 
 
@@ -94,3 +98,29 @@ def test_options_round_trip():
                                            "nop,sack 1:2 5:9>")
     with pytest.raises(InvalidArgument, match="room for 40"):
         _wire.encode_options(opts + (("TS", 1, 2),) * 2)
+
+
+@pytest.mark.parametrize("leaves", ["at_the_start", "at_the_end", "after_the_window"])
+async def test_after_a_call_the_window_spans_the_call(leaves):
+    """``after=outcome``: the segment the call makes the kernel send leaves
+    at some moment inside it (a send() preempted for 9 ms under load sent
+    its segment 9.9 ms after the call began): the window opens at the
+    call's start (+lo) and closes ``hi`` after its end."""
+    from harness._sockops import Outcome
+    from harness._observe.expect import Isns, Seg, wait_segment
+    t0 = time.monotonic()
+    call = Outcome("send", value=1, started=t0, ended=t0 + 0.05)
+    at = {"at_the_start": t0, "at_the_end": t0 + 0.053, "after_the_window": t0 + 0.055}[leaves]
+    a, b = ("198.18.0.2", 8080), ("198.18.0.1", 40000)
+    seg = Seg(at, a, b, 1, 1, 0x18, 0, 1, ())
+    names = {a[0]: "server", b[0]: "client"}
+    wait = wait_segment(lambda: [Seg(t0 - 0.001, a, b, 0, 1, 0x10, 0, 0, ()), seg],
+                        _tcpline.parse("server > client P. 1:2(1) ack 1"), a, b, Isns, names,
+                        0.004, call, t0)
+    if leaves == "after_the_window":
+        with pytest.raises(SegmentMismatch, match=r"time \+0\.0550s outside \+0\.0~\+0\.0540 "
+                                                  r"\(\+0\.004 after the call, which took "
+                                                  r"0\.0500s\)"):
+            await wait
+    else:
+        assert await wait is seg   # (the segment before the call is not it)

@@ -40,7 +40,7 @@ async def test_scripted_handshake_options_and_data(lab, family):
         # is one frame here, so this is read from tcp_info)
         assert conn.info().tcp_info["snd_mss"] == 1000
         out = await conn.send(b"x" * 1000)
-        await w.expect("server > client P. 1:1001(1000) ack 6", after=out.started, within=0.05)
+        await w.expect("server > client P. 1:1001(1000) ack 6", after=out, within=0.05)
 
 
 async def test_segment_to_a_tuple_with_no_socket_draws_a_rst(lab, family):

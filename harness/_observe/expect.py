@@ -156,23 +156,40 @@ def time_of(after, default: float) -> float:
                           f"got {after!r}")
 
 
+def span_of(after, default: float) -> tuple[float, float]:
+    """``after`` as a span of time: an Outcome's call, from its start to its
+    end (a segment the call makes the kernel send leaves during it, at a
+    moment the caller cannot see); a time or a segment, an instant."""
+    if after is None:
+        return default, default
+    started, ended = getattr(after, "started", None), getattr(after, "ended", None)
+    if isinstance(started, float) and isinstance(ended, float):
+        return started, ended
+    t = time_of(after, default)
+    return t, t
+
+
 async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
                        receiver: tuple[str, int], isns_of, names: dict, within, after,
                        now: float, matched: set | None = None) -> Seg:
     """Wait for the next segment from ``sender`` to ``receiver`` seen after
-    ``after``; check it against ``line`` and the time window.
+    ``after``; check it against ``line`` and the time window: ``lo`` after
+    the start of ``after`` at the earliest, ``hi`` after its end at the
+    latest (see span_of).
     ``segments()`` returns every Seg seen so far, in order; ``isns_of()``
     the Isns learnt from them.  ``matched``: ids of segments an earlier
     expectation took (each is matched once, as in packetdrill); the one
     returned is added to it."""
     __tracebackhide__ = True
     lo, hi = check_within(within)
-    t0 = time_of(after, now)
+    t0, t1 = span_of(after, now)
+    call = f" (+{hi} after the call, which took {t1 - t0:.4f}s)" if t1 > t0 else ""
+    hi_from_t0 = hi + (t1 - t0)
     slack = 0.05  # wait a little past hi so a late segment is shown, not just "none"
     while True:
         # the clock before the look: a look that starts past the deadline
         # (the process may pause between the two) is the last one
-        expired = time.monotonic() > t0 + hi + slack
+        expired = time.monotonic() > t1 + hi + slack
         seen = [s for s in segments() if s.t >= t0]
         mine = [s for s in seen if s.src == sender and s.dst == receiver
                 and (matched is None or id(s) not in matched)]
@@ -181,18 +198,19 @@ async def wait_segment(segments, line: _tcpline.Line, sender: tuple[str, int],
             isns = isns_of()
             problems = mismatches(line, seg, isns)
             dt = seg.t - t0
-            if not lo <= dt <= hi:
-                problems.append(f"time +{dt:.4f}s outside +{lo}~+{hi}")
+            if not lo <= dt <= hi_from_t0:
+                problems.append(f"time +{dt:.4f}s outside +{lo}~+{hi_from_t0:.4f}{call}")
             if problems:
-                raise SegmentMismatch(_report(line, seen, names, isns, t0, lo, hi,
+                raise SegmentMismatch(_report(line, seen, names, isns, t0, lo, hi_from_t0,
                                               "; ".join(problems)))
             if matched is not None:
                 matched.add(id(seg))
             return seg
         if expired:
-            raise SegmentMismatch(_report(line, seen, names, isns_of(), t0, lo, hi,
+            window = f"+{hi_from_t0:.4f}s{call}" if call else f"+{hi}s"
+            raise SegmentMismatch(_report(line, seen, names, isns_of(), t0, lo, hi_from_t0,
                                           f"nothing from {names.get(sender[0], sender[0])}"
-                                          f":{sender[1]} within +{hi}s"))
+                                          f":{sender[1]} within {window}"))
         await trio.sleep(POLL)
 
 

@@ -61,7 +61,7 @@ import trio
 from .. import _netns, _tap, _tcpline, _wire
 from .._wire import ACK, ETH_HLEN, SYN, Seg, decode_frame
 from ..errors import FaultError, InvalidArgument, ObservationTimeout
-from .._observe.expect import Isns, check_within, time_of, wait_segment
+from .._observe.expect import Isns, check_within, span_of, time_of, wait_segment
 from ._base import Fault
 from ._shared import check_injectable, link_mac, link_mtu
 
@@ -327,10 +327,10 @@ class Wire:
                                   f"{self.victim.name!r}; got {line!r}")
         sender = self._end(parsed.src, parsed.sport, line)
         receiver = self._end(parsed.dst, parsed.dport, line)
-        t0 = time_of(after, self.last)
+        after = self.last if after is None else after
         if not self.ends and (parsed.sport is None or parsed.dport is None):
             # the first SYN on the port names the flow
-            deadline = t0 + check_within(within)[1] + 0.05
+            deadline = span_of(after, self.last)[1] + check_within(within)[1] + 0.05
             while not self.ends:
                 expired = time.monotonic() > deadline  # before the look (see _poll.until)
                 self._drain()
@@ -341,7 +341,7 @@ class Wire:
                     await trio.sleep(0.001)
             sender, receiver = self.ends[parsed.src], self.ends[parsed.dst]
         seg = await wait_segment(lambda: self.segments(flow_only=False), parsed, sender,
-                                 receiver, lambda: self.isns, self._names, within, t0,
+                                 receiver, lambda: self.isns, self._names, within, after,
                                  time.monotonic(), self._matched)
         self.last = seg.t
         return seg

@@ -36,11 +36,11 @@ async def test_close_local_close_then_remote_fin(lab, family):
         assert done[0].ok and done[0].ended >= synack.t
         out = await sock.send(b"a" * 1000)
         assert out.value == 1000
-        await w.expect("client > server P. 1:1001(1000) ack 1", after=out.started, within=TOL)
+        await w.expect("client > server P. 1:1001(1000) ack 1", after=out, within=TOL)
         await w.send("server > client . 1:1(0) ack 1001 win 257")
         out = await sock.close()
         assert out.ok
-        await w.expect("client > server F. 1001:1001(0) ack 1", after=out.started, within=TOL)
+        await w.expect("client > server F. 1001:1001(0) ack 1", after=out, within=TOL)
         await w.send("server > client . 1:1(0) ack 1002 win 257")
         await w.send("server > client F. 1:1(0) ack 1002 win 257")
         await w.expect("client > server . 1002:1002(0) ack 2", within=TOL)
@@ -57,7 +57,7 @@ async def test_close_on_syn_sent(lab, family):
         sock = await cubic(await client.socket(family))
         out = await sock.connect(server, PORT, nonblocking=True)
         assert out.errno == "EINPROGRESS"
-        await w.expect("client > server S 0:0(0)", after=out.started, within=TOL)
+        await w.expect("client > server S 0:0(0)", after=out, within=TOL)
         assert (await sock.close()).ok
         await w.send("server > client S. 0:0(0) ack 1 win 32000 <mss 1460,nop,wscale 7>",
                      wait=0.1)
@@ -84,7 +84,7 @@ async def test_close_remote_fin_then_close(lab, family):
     await trio.sleep_until(trio.current_time() + 0.01)  # the script's +.01
     out = await conn.close()
     assert out.ok
-    await w.expect("server > client F. 1:1(0) ack 2", after=out.started, within=TOL)
+    await w.expect("server > client F. 1:1(0) ack 2", after=out, within=TOL)
     await w.send("client > server . 2:2(0) ack 2 win 257", wait=0.01)
     await lab.wait_state(conn, "CLOSED")
     await w.send("client > server . 2:2(0) ack 2 win 257", wait=0.01)
@@ -119,7 +119,7 @@ async def test_close_no_rst(lab, family):
                    within=(0, 0.04 + JIFFY + TOL))
     out = await conn.close()
     assert out.ok
-    await w.expect("server > client F. 1:1(0) ack 1002", after=out.started, within=TOL)
+    await w.expect("server > client F. 1:1(0) ack 1002", after=out, within=TOL)
     assert w.unmatched() == []  # packetdrill: no unexpected packet
 
 
@@ -139,7 +139,7 @@ async def test_disorder_fin_in_fin_wait(lab, family):
                           ack=". 1:1(0) ack 1 win 257")
     out = await conn.shutdown("w")
     assert out.ok
-    await w.expect("server > client F. 1:1(0) ack 1", after=out.started, within=1.0)
+    await w.expect("server > client F. 1:1(0) ack 1", after=out, within=1.0)
     await w.send("client > server . 2:2(0) ack 2 win 257")
     await w.send("client > server F. 1:1(0) ack 1 win 257")
     await w.expect("server > client . 2:2(0) ack 2", within=1.0)

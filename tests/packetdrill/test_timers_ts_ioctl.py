@@ -27,7 +27,7 @@ async def test_user_timeout(lab, family):
     assert (await conn.setsockopt("TCP_USER_TIMEOUT", 3.0)).ok
     out = await conn.close()
     assert out.ok
-    fin = await w.expect("server > client F. 1:1(0) ack 1", after=out.started, within=TOL)
+    fin = await w.expect("server > client F. 1:1(0) ack 1", after=out, within=TOL)
     fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.3, 0.4))
     fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.3, 0.4))
     fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.6, 0.8))
@@ -58,7 +58,7 @@ async def test_fin_tsval(lab, family):
     out = await conn.close()
     assert out.ok
     fin = await w.expect("server > client F. 1:1(0) ack 1 <nop,nop,TS val * ecr 200>",
-                         after=out.started, within=TOL)
+                         after=out, within=TOL)
     ticks = fin.tsval - synack.tsval
     assert abs(ticks - (fin.t - synack.t) * 1000) <= 7
     assert ticks >= 1100 - 7
@@ -87,7 +87,7 @@ async def test_reset_tsval(lab, family):
     out = await conn.close()
     assert out.ok
     rst = await w.expect("server > client R. 1:1(0) ack 1001 <nop,nop,TS val * ecr 201>",
-                         after=out.started, within=TOL)
+                         after=out, within=TOL)
     ticks = rst.tsval - ack.tsval
     assert abs(ticks - (rst.t - ack.t) * 1000) <= 4 and ticks >= 1000 - 4
     assert w.unmatched() == []  # packetdrill: no unexpected packet
@@ -153,7 +153,7 @@ async def test_user_timeout_probe(lab, family):
     assert (await conn.setsockopt("TCP_USER_TIMEOUT", 3.0)).ok
     out = await conn.send(b"a" * 24)
     assert out.value == 24
-    await w.expect("server > client P. 1:25(24) ack 1", after=out.started, within=TOL)
+    await w.expect("server > client P. 1:25(24) ack 1", after=out, within=TOL)
     await w.send("client > server . 1:1(0) ack 25 win 65530", wait=0.1)
     info = (await conn.getsockopt("TCP_INFO")).value
     assert info["probes"] == 0 and info["backoff"] == 0
