@@ -384,8 +384,14 @@ class LinkEngine(PacketFault):
         with scope:
             while True:
                 await self._copy_alarm.sleep(self._copies)
-                now = time.monotonic()
-                while self._copies and self._copies[0][0] <= now:
-                    due, _, raw, _ = heapq.heappop(self._copies)
-                    self.late = max(self.late, now - due)
-                    self._send(raw)
+                self._send_due(time.monotonic())
+
+    def _send_due(self, now: float) -> None:
+        while self._copies and self._copies[0][0] <= now:
+            due, _, raw, _ = heapq.heappop(self._copies)
+            self.late = max(self.late, now - due)
+            self._send(raw)
+
+    def _catch_up(self, now: float) -> None:
+        super()._catch_up(now)   # held packets the host receives
+        self._send_due(now)      # copies: what it sends, its duplicates

@@ -650,6 +650,7 @@ class PacketFault(Fault):
                 if not pkts:
                     break
                 self._read_offset()
+                self._catch_up(time.monotonic())
                 for p in pkts:
                     self._handle(p)
                 if self._pending:
@@ -739,18 +740,29 @@ class PacketFault(Fault):
             while self._heap and not self._heap[0][4]:
                 heapq.heappop(self._heap)
             await self._alarm.sleep(self._heap)
-            now = time.monotonic()
-            out = []
-            while self._heap and (not self._heap[0][4] or self._heap[0][0] <= now):
-                entry = heapq.heappop(self._heap)
-                if entry[4]:
-                    entry[4] = False
-                    self.late = max(self.late, now - entry[0])
-                    if entry is self._held:
-                        self._held = None
-                    out.append((entry[2], NF_ACCEPT))
-            if out:
-                self._release(out)
+            self._release_due(time.monotonic())
+
+    def _release_due(self, now: float) -> None:
+        out = []
+        while self._heap and (not self._heap[0][4] or self._heap[0][0] <= now):
+            entry = heapq.heappop(self._heap)
+            if entry[4]:
+                entry[4] = False
+                self.late = max(self.late, now - entry[0])
+                if entry is self._held:
+                    self._held = None
+                out.append((entry[2], NF_ACCEPT))
+        if out:
+            self._release(out)
+
+    def _catch_up(self, now: float) -> None:
+        """Before a batch is handled: what is already due leaves first.  A
+        packet of the batch that is due too (this process read it late)
+        goes at once, and must not overtake one due before it that waits
+        for the timer loop's turn: netem's queue keeps a constant delay in
+        order, and a reordered burst is SACK reordering and spurious
+        retransmissions to TCP."""
+        self._release_due(now)
 
     def _release(self, verdicts: list[tuple[int, int]]) -> None:
         """Accept held packets that are due (one netlink message)."""
