@@ -200,16 +200,13 @@ async def test_late_is_the_engines_own_measured_lateness(lab):
     assert 0.07 <= f.late < 0.1 + 0.05, f.late  # the sleep's excess over the delay
 
 
-@pytest.mark.parametrize("direction", ["out", "in"])
-async def test_a_delay_counts_from_the_packets_arrival_not_the_engines_read(lab, direction):
-    """The kernel stamps a packet as it is received (on lo for the copy of
-    what the host sends, on the veth for what it receives); the engine
-    counts the delay from that stamp.  Here the engine reads the segment
-    60 ms late: the test sends from a plain socket of its own and holds the
-    trio loop (the engine's) right after.  The segment still arrives at
-    +100 ms, not +160 ms (on the old code the delay counted from the read)."""
+@contextlib.asynccontextmanager
+async def plain_connection(lab, direction: str):
+    """A connection whose sending end is a plain socket of the test's own
+    (its send() never waits for the trio loop, which the test may hold):
+    it sends from host a (a's way out) for "out", to a for "in".  Yields
+    (a, the plain socket, the receiving end)."""
     a, b = await lab.pair()
-    # the plain socket sends: from a (its way out is delayed) or to a (its way in)
     src, dst = (a, b) if direction == "out" else (b, a)
     listener = await dst.listen(PORT)
     sock = _netns.socket_in(src.ns_fd, socket.AF_INET, socket.SOCK_STREAM)
@@ -218,7 +215,20 @@ async def test_a_delay_counts_from_the_packets_arrival_not_the_engines_read(lab,
         sock.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             sock.connect((dst.address(4), PORT))
-        peer = await listener.accept()
+        yield a, sock, await listener.accept()
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("direction", ["out", "in"])
+async def test_a_delay_counts_from_the_packets_arrival_not_the_engines_read(lab, direction):
+    """The kernel stamps a packet as it is received (on lo for the copy of
+    what the host sends, on the veth for what it receives); the engine
+    counts the delay from that stamp.  Here the engine reads the segment
+    60 ms late: the test sends from a plain socket of its own and holds the
+    trio loop (the engine's) right after.  The segment still arrives at
+    +100 ms, not +160 ms (on the old code the delay counted from the read)."""
+    async with plain_connection(lab, direction) as (a, sock, peer):
         async with faults.netem(a, delay=0.1, direction=direction, engine="nfqueue") as f:
             sock.send(b"w")                  # the timestamp switch is on (it may take a packet)
             await recv_exactly(peer, 1)
@@ -227,8 +237,6 @@ async def test_a_delay_counts_from_the_packets_arrival_not_the_engines_read(lab,
             time.sleep(0.06)                 # the engine cannot read the queue meanwhile
             await recv_exactly(peer, 1)
             took = time.monotonic() - t0
-    finally:
-        sock.close()
     # never early; late only by the engine's own measured lateness (0 here:
     # due at +100 ms, read at +60 ms) and this test's wake-up (one jiffy)
     assert 0.1 <= took < 0.1 + 0.01 + f.late, (took, f.late)
@@ -242,18 +250,8 @@ async def test_a_segment_read_late_never_overtakes_one_already_due(lab, directio
     late: due at once) and the loop that sends or lets go of what is due
     (A) are both ready, in an order trio shuffles: B went first about one
     time in two on the old code, and the receiver counted an out-of-order
-    segment (seen under load as SACK reordering and spurious
-    retransmissions in a 1 MB transfer).  Eight rounds."""
-    a, b = await lab.pair()
-    src, dst = (a, b) if direction == "out" else (b, a)
-    listener = await dst.listen(PORT)
-    sock = _netns.socket_in(src.ns_fd, socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            sock.connect((dst.address(4), PORT))
-        peer = await listener.accept()
+    segment.  Eight rounds."""
+    async with plain_connection(lab, direction) as (a, sock, peer):
         async with faults.netem(a, delay=0.05, direction=direction, engine="nfqueue") as f:
             for i in range(8):
                 seen = f.counts["seen"]
@@ -263,8 +261,6 @@ async def test_a_segment_read_late_never_overtakes_one_already_due(lab, directio
                 time.sleep(0.1)          # A and B both due; the engine has not read B
                 assert await recv_exactly(peer, 2) == b"AB"
                 assert segs(peer, "rcv_ooopack") == 0, f"round {i}: B arrived before A"
-    finally:
-        sock.close()
 
 
 async def test_delay_in_and_both(lab):
