@@ -17,20 +17,28 @@ async def test_user_timeout(lab, family):
     closed with TCP_USER_TIMEOUT 3 s; its FIN is retransmitted at +.3~+.4,
     +.3~+.4 (sic: the RTO is 300 ms from the 100 ms RTT sample, and the
     script's second window is its own), +.6~+.8; the segment that finally
-    comes finds no socket and draws a RST."""
+    comes finds no socket and draws a RST.
+
+    The windows are multiples of the RTO, which the kernel sets from the
+    handshake's RTT sample m as m + max(2m, 200 ms) (tcp_rtt_estimator(),
+    a first sample): 300 ms for the script's 100 ms.  On a loaded machine
+    the scripted ACK of the SYN-ACK leaves late (m = 145 ms gave an RTO of
+    435 ms and a retransmission at +.4354), so the windows scale with the
+    RTO the kernel really set; their widths stay the script's."""
     w, listener = await listening(lab, family)
     conn = await accepted(lab, family, w, listener,
                           syn="S 0:0(0) win 32792 <mss 1000,sackOK,nop,nop>",
                           synack=f"S. 0:0(0) ack 1 <mss {mss(family)},nop,nop,sackOK>",
                           ack=". 1:1(0) ack 1 win 32792", ack_wait=0.1)
+    k = conn.info().tcp_info["rto_us"] / 300_000   # 1 at the script's RTT sample
     await trio.sleep(2)  # the script's +2 of idleness
     assert (await conn.setsockopt("TCP_USER_TIMEOUT", 3.0)).ok
     out = await conn.close()
     assert out.ok
     fin = await w.expect("server > client F. 1:1(0) ack 1", after=out, within=TOL)
-    fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.3, 0.4))
-    fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.3, 0.4))
-    fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.6, 0.8))
+    fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.3 * k, 0.3 * k + 0.1))
+    fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.3 * k, 0.3 * k + 0.1))
+    fin = await w.expect("server > client F. 1:1(0) ack 1", after=fin, within=(0.6 * k, 0.6 * k + 0.2))
     await w.send("client > server . 1:2(1) ack 1 win 32792")
     await w.expect("server > client R 1:1(0)", within=TOL)
     assert w.unmatched() == []  # packetdrill: no unexpected packet
