@@ -270,8 +270,11 @@ async def test_delay_in_and_both(lab):
         one = await rtts(conn, peer, 3)
     async with faults.netem(client, delay=0.03, direction="both", engine="nfqueue") as f2:
         two = await rtts(conn, peer, 3)
-    assert all(0.03 <= t <= 0.05 + f1.late for t in one), (one, f1.late)
-    assert all(0.06 <= t <= 0.08 + 2 * f2.late for t in two), (two, f2.late)
+    # never early; the delay is no longer than asked: the quickest round
+    # trip (each also holds four wake-ups of this process, which a loaded
+    # machine delays: one took 75 ms at load 8 with the engine 8 ms late)
+    assert min(one) >= 0.03 and min(one) <= 0.05 + f1.late, (one, f1.late)
+    assert min(two) >= 0.06 and min(two) <= 0.08 + 2 * f2.late, (two, f2.late)
 
 
 async def test_jitter_spreads_uniformly(lab):
