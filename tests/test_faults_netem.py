@@ -97,13 +97,6 @@ def tcp_mib(host, name: str) -> int:
     return int(rows[1][rows[0].index(name)])
 
 
-def tcp_ext(host) -> dict[str, int]:
-    """The TcpExt: counters of the host's /proc/net/netstat."""
-    rows = [ln.split() for ln in host.run_sync(["cat", "/proc/net/netstat"]).stdout.decode()
-            .splitlines() if ln.startswith("TcpExt:")]
-    return dict(zip(rows[0][1:], map(int, rows[1][1:])))
-
-
 def changed(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in after if after[k] != before.get(k)}
 
@@ -419,7 +412,7 @@ async def test_delay_anywhere_lets_slow_start_grow_cwnd(lab, where):
     listener = await receiver.listen(PORT)
     host, direction = {"sender-out": (sender, "out"), "receiver-in": (receiver, "in"),
                        "sender-in": (sender, "in"), "receiver-out": (receiver, "out")}[where]
-    ext = tcp_ext(sender)
+    ext = sender.counters("TcpExt")
     async with faults.netem(host, delay=0.05, direction=direction, engine="nfqueue") as f:
         conn = await sender.connect(receiver, PORT)
         peer = await listener.accept()
@@ -440,7 +433,7 @@ async def test_delay_anywhere_lets_slow_start_grow_cwnd(lab, where):
             await trio.sleep(0.01)
     assert segs(conn, "dsack_dups") == retrans, (
         f"{retrans} retransmissions, {segs(conn, 'dsack_dups')} reported as duplicates; "
-        f"engine late by {f.late * 1000:.0f} ms; sender's TcpExt: {changed(ext, tcp_ext(sender))}")
+        f"engine late by {f.late * 1000:.0f} ms; sender's TcpExt: {changed(ext, sender.counters('TcpExt'))}")
 
 
 SO_MEMINFO = 55           # asm-generic/socket.h: u32[SK_MEMINFO_VARS]
