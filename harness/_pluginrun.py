@@ -15,12 +15,16 @@ a lab test runs, so the plugin module itself stays cheap).
   by a relay that cancels the test body; the original handler (which dumps
   the stacks and fails the test with pytest-timeout's message) is then called
   from inside the test's task, where raising unwinds normally.
+- ``interrupt_as_cancel``: Ctrl-C (and SIGTERM) in a trio lab test cancels
+  the run, which tears down and stops the session; a second one ends the
+  process at once (``terminate_trio_run``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import threading
 
@@ -128,14 +132,17 @@ class _Alarm:
         token.run_sync_soon(_cancel_under_main_task)
 
 
-terminated = False  # SIGTERM cancelled a trio run (terminate_trio_run)
+terminated: str | None = None  # "SIGINT"/"SIGTERM": the signal that cancelled a trio run
 
 
-def terminate_trio_run() -> bool:
-    """From the SIGTERM handler, when SIGINT is ignored (trio then has no
-    KeyboardInterrupt handler of its own): cancel the trio run of this
-    thread, if there is one, at trio's next turn, so that the test and its
-    fixtures unwind and tear down; the plugin then stops the session.
+def terminate_trio_run(signum: int) -> bool:
+    """From a signal handler: cancel the trio run of this thread, if there is
+    one, at trio's next turn, so that the test and its fixtures unwind and
+    tear down; the plugin then stops the session (pytest_runtest_call).  A
+    second signal while that teardown runs ends the process at once by the
+    signal's default action: nothing is raised inside the run, whose code
+    (pytest-trio's fixture bookkeeping) would otherwise be left waiting for
+    ever; the next start sweeps what the process left.
     False: no trio run here."""
     global terminated
     try:
@@ -143,9 +150,46 @@ def terminate_trio_run() -> bool:
         token = trio.lowlevel.current_trio_token()
     except (ImportError, RuntimeError):
         return False
-    terminated = True
+    if terminated:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+        return True  # not reached unless the default action is to ignore it
+    terminated = signal.Signals(signum).name
     token.run_sync_soon(_cancel_under_main_task)
     return True
+
+
+def _on_interrupt(signum, frame) -> None:
+    """SIGINT while a trio lab test runs.  trio's own handler (installed by
+    trio.run when SIGINT has Python's default handler) raises
+    KeyboardInterrupt wherever the main thread is unless the code is
+    KI-protected; pytest-trio's code is not, and an interrupt landing there
+    left a fixture waiting for an event nobody would set.  This one cancels
+    the run instead (terminate_trio_run); outside the run (just before or
+    after it) it is Python's KeyboardInterrupt."""
+    if not terminate_trio_run(signum):
+        raise KeyboardInterrupt
+
+
+_on_interrupt.harness = True  # the SIGTERM handler passes its own signal number here
+
+
+@contextlib.contextmanager
+def interrupt_as_cancel():
+    """Around the trio.run of a trio lab test: SIGINT cancels the run
+    (_on_interrupt).  Only where SIGINT still has Python's default handler
+    (a user's own handler, or SIGINT ignored, is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _on_interrupt)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is _on_interrupt:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _cancel_under_main_task() -> None:

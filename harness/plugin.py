@@ -139,7 +139,10 @@ def _sigterm_as_ctrl_c(config: pytest.Config) -> None:
         return
 
     def on_sigterm(signum, frame):
-        handler = signal.getsignal(signal.SIGINT)  # trio's while a test runs, else Python's
+        handler = signal.getsignal(signal.SIGINT)  # the plugin's or trio's while a test runs
+        if getattr(handler, "harness", False):
+            handler(signum, frame)   # a second SIGTERM then ends the process by SIGTERM
+            return
         if callable(handler):
             handler(signal.SIGINT, frame)
             return
@@ -149,7 +152,7 @@ def _sigterm_as_ctrl_c(config: pytest.Config) -> None:
         # trio run the run is cancelled instead and the session stopped when
         # it has returned (pytest_runtest_call); elsewhere Python's way.
         from ._pluginrun import terminate_trio_run
-        if not terminate_trio_run():
+        if not terminate_trio_run(signum):
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
@@ -254,8 +257,8 @@ def pytest_runtest_call(item: pytest.Item):
         if kind in (TRIO, ASYNCIO):
             item.obj = fn
     run = sys.modules.get("harness._pluginrun")
-    if run is not None and run.terminated:   # SIGTERM cancelled the trio run: stop
-        outcome.force_exception(KeyboardInterrupt("SIGTERM"))
+    if run is not None and run.terminated:   # a signal cancelled the trio run: stop
+        outcome.force_exception(KeyboardInterrupt(run.terminated))
         return
     # Ctrl-C (or SIGTERM) under trio arrives wrapped in the test's exception
     # group, but pytest stops the session only for a bare KeyboardInterrupt
@@ -298,10 +301,12 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function):
     from pytest-timeout must not land inside trio's scheduler (it would leave
     the run half-open, and every later trio test would fail with
     "Attempted to call run() from inside a run()"); it is relayed into the
-    test as a cancellation instead (harness._pluginrun)."""
+    test as a cancellation instead.  Ctrl-C likewise cancels the run rather
+    than raising wherever the run is; a second Ctrl-C ends the process
+    (harness._pluginrun)."""
     if _uses_lab(pyfuncitem) and style(pyfuncitem) == TRIO:
-        from ._pluginrun import relayed_alarm
-        with relayed_alarm(pyfuncitem):
+        from ._pluginrun import interrupt_as_cancel, relayed_alarm
+        with relayed_alarm(pyfuncitem), interrupt_as_cancel():
             return (yield)
     return (yield)
 

@@ -82,6 +82,48 @@ def test_a_second_ctrl_c_leaves_nothing_the_next_start_cannot_remove(suite, tmp_
     assert not [d for d in os.listdir(tempfile.gettempdir()) if owner_of(d) == proc.pid]
 
 
+SLOW_TEARDOWN = textwrap.dedent('''
+    import os, trio
+
+    async def test_slow_to_tear_down(lab):
+        client, server = await lab.pair()
+        listener = await server.listen(9000)
+        conn = await client.connect(server, 9000)
+        await server.spawn(["sleep", "60"])
+        open(os.environ["READY_FILE"], "w").close()
+        try:
+            await trio.sleep_forever()
+        finally:
+            open(os.environ["READY_FILE"] + ".tearing", "w").close()
+            with trio.CancelScope(shield=True):
+                await trio.sleep(30)
+''')
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_a_second_interrupt_during_teardown_ends_the_process_at_once(tmp_path, sig):
+    """The first interrupt cancels the trio run; the second, while the
+    teardown still runs, ends the process by the signal's default action.
+    Nothing is raised inside the run: trio's own handler used to raise
+    KeyboardInterrupt wherever the run was (here a shielded wait; once,
+    pytest-trio's fixture bookkeeping, which then waited for ever)."""
+    path = tmp_path / "test_slow_teardown.py"
+    path.write_text(SLOW_TEARDOWN)
+    ready = tmp_path / "ready"
+    proc = start_until_ready(path, ready)
+    proc.send_signal(sig)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(str(ready) + ".tearing"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == -sig, out
+    _sweep.sweep()  # what the next start does
+    assert owned_by(proc.pid) == nothing(proc.pid)
+    assert not [d for d in os.listdir(tempfile.gettempdir()) if owner_of(d) == proc.pid]
+
+
 def test_ctrl_c_during_tracer_set_up_leaves_no_busy_instance(tmp_path):
     """The Ctrl-C lands at the worst moment of making the process's tracefs
     instance: its trace_pipe just opened, the fd not yet recorded (unguarded,
