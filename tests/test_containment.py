@@ -39,10 +39,48 @@ SUITE = textwrap.dedent('''
 ''')
 
 
+# the same suite in the two other styles the lab fixture serves
+SUITES = {"trio": SUITE, "asyncio": textwrap.dedent('''
+    import asyncio, os, pytest
+
+    @pytest.mark.asyncio
+    async def test_hangs(lab):
+        client, server = await lab.pair()
+        listener = await server.listen(9000)
+        conn = await client.connect(server, 9000)
+        await server.spawn(["sleep", "60"])
+        open(os.environ["READY_FILE"], "w").close()
+        await asyncio.sleep(3600)
+
+    def test_after():
+        open(os.environ["READY_FILE"] + ".after", "w").close()
+'''), "sync": textwrap.dedent('''
+    import os, time
+
+    def test_hangs(lab):
+        client, server = lab.pair()
+        listener = server.listen(9000)
+        conn = client.connect(server, 9000)
+        server.spawn(["sleep", "60"])
+        open(os.environ["READY_FILE"], "w").close()
+        time.sleep(3600)
+
+    def test_after():
+        open(os.environ["READY_FILE"] + ".after", "w").close()
+''')}
+
+
 @pytest.fixture
 def suite(tmp_path):
     path = tmp_path / "test_interrupted.py"
     path.write_text(SUITE)
+    return path
+
+
+@pytest.fixture(params=sorted(SUITES))
+def styled_suite(tmp_path, request):
+    path = tmp_path / "test_interrupted.py"
+    path.write_text(SUITES[request.param])
     return path
 
 
@@ -51,14 +89,14 @@ def suite(tmp_path):
 @pytest.mark.parametrize("sig, sigint", [(signal.SIGINT, "default"), (signal.SIGTERM, "default"),
                                          (signal.SIGTERM, "ignored")],
                          ids=["ctrl_c", "sigterm", "sigterm_started_in_the_background"])
-def test_interrupt_stops_the_session_like_pytest_does(suite, tmp_path, sig, sigint):
+def test_interrupt_stops_the_session_like_pytest_does(styled_suite, tmp_path, sig, sigint):
     """Teardown runs, exit code 2, the interrupt is not reported as a failed
     test, the remaining tests do not run.  Also for a run started in the
     background, which ignores SIGINT: trio then has no KeyboardInterrupt
     handler, and SIGTERM used to raise one inside trio's scheduler, which
     left the lab's namespaces behind."""
     ready = tmp_path / "ready"
-    proc = start_until_ready(suite, ready, sigint=sigint)
+    proc = start_until_ready(styled_suite, ready, sigint=sigint)
     assert owned_by(proc.pid)["netns"]
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
@@ -69,8 +107,8 @@ def test_interrupt_stops_the_session_like_pytest_does(suite, tmp_path, sig, sigi
     assert owned_by(proc.pid) == nothing(proc.pid)
 
 
-def test_a_second_ctrl_c_leaves_nothing_the_next_start_cannot_remove(suite, tmp_path):
-    proc = start_until_ready(suite, tmp_path / "ready")
+def test_a_second_ctrl_c_leaves_nothing_the_next_start_cannot_remove(styled_suite, tmp_path):
+    proc = start_until_ready(styled_suite, tmp_path / "ready")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.02)  # the second press lands in the teardown
     if proc.poll() is None:
