@@ -260,9 +260,11 @@ def pytest_runtest_call(item: pytest.Item):
     if run is not None and run.terminated:   # a signal cancelled the trio run: stop
         outcome.force_exception(KeyboardInterrupt(run.terminated))
         return
-    # Ctrl-C (or SIGTERM) under trio arrives wrapped in the test's exception
-    # group, but pytest stops the session only for a bare KeyboardInterrupt
-    # (the lab's teardown has already run inside the trio run).  A
+    # A KeyboardInterrupt raised inside the trio run (by the test itself, or
+    # by trio's handler where a user's SIGINT handler kept the plugin's out)
+    # arrives wrapped in the test's exception group, but pytest stops the
+    # session only for a bare KeyboardInterrupt (the lab's teardown has
+    # already run inside the trio run).  A
     # pytest.skip()/xfail() in the group is re-raised by pytest-trio without
     # its reason: report the test's own.
     exc = outcome.exception
