@@ -32,7 +32,13 @@ SUITE = textwrap.dedent('''
         conn = await client.connect(server, 9000)
         await server.spawn(["sleep", "60"])
         open(os.environ["READY_FILE"], "w").close()
-        await trio.sleep_forever()
+        try:
+            await trio.sleep_forever()
+        finally:
+            if os.environ.get("SLOW_TEARDOWN"):  # where a second interrupt lands
+                open(os.environ["READY_FILE"] + ".tearing", "w").close()
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(30)
 
     def test_after():
         open(os.environ["READY_FILE"] + ".after", "w").close()
@@ -120,35 +126,17 @@ def test_a_second_ctrl_c_leaves_nothing_the_next_start_cannot_remove(styled_suit
     assert not [d for d in os.listdir(tempfile.gettempdir()) if owner_of(d) == proc.pid]
 
 
-SLOW_TEARDOWN = textwrap.dedent('''
-    import os, trio
-
-    async def test_slow_to_tear_down(lab):
-        client, server = await lab.pair()
-        listener = await server.listen(9000)
-        conn = await client.connect(server, 9000)
-        await server.spawn(["sleep", "60"])
-        open(os.environ["READY_FILE"], "w").close()
-        try:
-            await trio.sleep_forever()
-        finally:
-            open(os.environ["READY_FILE"] + ".tearing", "w").close()
-            with trio.CancelScope(shield=True):
-                await trio.sleep(30)
-''')
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
-def test_a_second_interrupt_during_teardown_ends_the_process_at_once(tmp_path, sig):
+def test_a_second_interrupt_during_teardown_ends_the_process_at_once(suite, tmp_path, sig,
+                                                                    monkeypatch):
     """The first interrupt cancels the trio run; the second, while the
     teardown still runs, ends the process by the signal's default action.
     Nothing is raised inside the run: trio's own handler used to raise
     KeyboardInterrupt wherever the run was (here a shielded wait; once,
     pytest-trio's fixture bookkeeping, which then waited for ever)."""
-    path = tmp_path / "test_slow_teardown.py"
-    path.write_text(SLOW_TEARDOWN)
+    monkeypatch.setenv("SLOW_TEARDOWN", "1")
     ready = tmp_path / "ready"
-    proc = start_until_ready(path, ready)
+    proc = start_until_ready(suite, ready)
     proc.send_signal(sig)
     deadline = time.monotonic() + 30
     while not os.path.exists(str(ready) + ".tearing"):
