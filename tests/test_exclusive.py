@@ -47,6 +47,9 @@ def holder(kind: str, lockdir: str | None) -> subprocess.Popen:
     return proc
 
 
+MACHINE_LOCKS, UPROBE_WAIT = _exclusive._path, _exclusive.UPROBE_WAIT
+
+
 @pytest.fixture
 def lockdir(tmp_path, monkeypatch):
     """The unit tests' locks, apart from the machine's: guests and uprobes of
@@ -250,6 +253,10 @@ def test_every_uprobe_the_harness_makes_waits_for_guests(lockdir, other, monkeyp
         assert s._group not in _tracefs.probe_groups()   # nothing made
         guest.kill()
         guest.wait()
+        # a real uprobe now: under the machine's lock, not the test's own,
+        # or a real guest of another worker (test_uml) hangs on it (seen)
+        monkeypatch.setattr(_exclusive, "_path", MACHINE_LOCKS)
+        monkeypatch.setattr(_exclusive, "UPROBE_WAIT", UPROBE_WAIT)
         assert s.probe_libc(libc) and _exclusive.held("uprobe")
     finally:
         s.close()
