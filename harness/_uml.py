@@ -487,6 +487,24 @@ def _read_text(path: str) -> str:
         return ""
 
 
+def _uprobes_hint() -> str:
+    """For a guest that did not finish: the uprobe events defined on the
+    machine, if any.  A guest's programs run the host's files, and one that
+    reaches a uprobe in them (glibc's, by perf probe or a harness run that
+    bypassed the lock of harness._exclusive) traps and hangs the guest."""
+    from ._tracefs import ROOT
+    try:
+        with open(f"{ROOT}/uprobe_events") as f:
+            events = [line.split()[0].split(":", 1)[-1] for line in f if line.strip()]
+    except OSError:
+        return ""
+    if not events:
+        return ""
+    shown = ", ".join(events[:5]) + (f" (+{len(events) - 5} more)" if len(events) > 5 else "")
+    return (f"\nuprobe events on this machine now: {shown}.  A guest's programs run the "
+            f"host's files and hang on a uprobe in them: remove them (or end what made them).")
+
+
 def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -650,7 +668,7 @@ def run_in_guest(
                 f"{reason}; killed it.\n"
                 f"guest stdout so far:\n{_tail(_read_text(os.path.join(rundir, 'stdout')))}\n"
                 f"guest stderr so far:\n{_tail(_read_text(os.path.join(rundir, 'stderr')))}\n"
-                f"console:\n{_tail(_read_text(console_path))}"
+                f"console:\n{_tail(_read_text(console_path))}{_uprobes_hint()}"
             ) from None
         total = time.monotonic() - t0
         console_text = _read_text(console_path)

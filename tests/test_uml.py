@@ -174,6 +174,25 @@ def test_timeout_kills_guest_and_cleans_up(monkeypatch):
 
 
 @needs_guest
+def test_a_timed_out_guest_names_the_uprobes_on_the_machine(monkeypatch, tmp_path):
+    """A uprobe in a host file hangs a guest's programs (reproduced with a
+    libc probe made outside harness._exclusive's lock: no output, then the
+    timeout).  A real one would hang other runs' guests, so the tracefs
+    listing is the test's own here."""
+    from harness import _tracefs
+    (tmp_path / "uprobe_events").write_text(
+        "p:fih77_sys/getsockopt_77 /usr/lib/x86_64-linux-gnu/libc.so.6:0x0000000000123456\n")
+    monkeypatch.setattr(_tracefs, "ROOT", str(tmp_path))
+    with pytest.raises(GuestTimeout, match=r"(?s)did not finish within 3 s.*uprobe events on "
+                                           r"this machine now: fih77_sys/getsockopt_77\.  A guest's"):
+        run_in_guest(["sleep", "100"], timeout=3)
+    (tmp_path / "uprobe_events").write_text("")
+    with pytest.raises(GuestTimeout) as info:
+        run_in_guest(["sleep", "100"], timeout=3)
+    assert "uprobe" not in str(info.value)
+
+
+@needs_guest
 def test_keyboard_interrupt_kills_guest_and_cleans_up(monkeypatch):
     created = _track_run_dirs(monkeypatch)
 
