@@ -109,12 +109,30 @@ async def main() -> dict:
         rate = 400_000
         async with faults.netem(client, delay=0.02, rate=rate, engine="tc"):
             during = eth0()
+            # how long the guest could not run when asked (see the test): a
+            # 5 ms ticker's oversleeps beyond its ordinary slack, the median
+            # of 21 ticks just before
+            async def tick() -> float:
+                t = time.monotonic()
+                await trio.sleep(0.005)
+                return time.monotonic() - t - 0.005
+            slack = sorted([await tick() for _ in range(21)])[10]
+            stolen = [0.0]
+
+            async def ticker():
+                while True:
+                    stolen[0] += max(0.0, await tick() - slack)
+
             t0 = time.monotonic()
+
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(ticker)
                 nursery.start_soon(lambda: conn.send(b"\xa5" * (rate // 2), all=True))
                 await recv_exactly(peer, rate // 2)
-            r["rate"] = {"rate": rate, "goodput": (rate // 2) / (time.monotonic() - t0),
-                         "during": during}
+                nursery.cancel_scope.cancel()
+            took = time.monotonic() - t0
+            r["rate"] = {"rate": rate, "goodput": (rate // 2) / took, "took": took,
+                         "stolen": stolen[0], "slack": slack, "during": during}
         r["rate"]["undone"] = eth0() == before
         mark("rate")
 

@@ -144,7 +144,13 @@ def test_tc_netem_in_a_guest_kernel():
     assert dup["data_segs_in"] == 2 and dup["undone"]
     rate = r["rate"]                                             # delay 0.02 + rate
     assert "qdisc tbf fe02: parent fe01:1" in rate["during"] and rate["undone"]
-    assert 0.8 <= rate["goodput"] / rate["rate"] <= 1.2, rate
+    # Never above the rate (but for tbf's burst); below it only by what the
+    # guest lost: a guest that does not run sends nothing, and its tokens stop
+    # at the burst (312 kB/s of 400 once, at load 4).  "stolen" is what a
+    # 5 ms ticker in the guest overslept during the transfer beyond its
+    # ordinary slack (the median just before: ~1 ms at load 4).
+    assert rate["goodput"] / rate["rate"] <= 1.2, rate
+    assert 0.8 <= (rate["rate"] // 2) / (rate["took"] - rate["stolen"]) / rate["rate"], rate
     assert r["engine_tc_unsupported"] is None
 
 
