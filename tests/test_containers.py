@@ -7,6 +7,7 @@ import trio
 
 import harness
 from harness import _docker, _netns, faults
+from harness._names import owner_tag
 from harness.errors import InvalidArgument
 
 pytestmark = pytest.mark.requires("docker")
@@ -117,12 +118,15 @@ async def test_reboot_a_container_host(lab):
 
 async def test_missing_image_is_a_clear_error_and_leaves_nothing(lab):
     await lab.host("client")
-    before = _docker.list_labelled("harness.owner")
+
+    def mine():  # this process's containers: another run's come and go meanwhile (seen)
+        return _docker.list_labelled("harness.owner", owner_tag())
+    before = mine()
     with pytest.raises(InvalidArgument, match="image 'no-such-image' is neither a build context"):
         await lab.container("server", image="no-such-image")
     with pytest.raises(InvalidArgument, match="command must be a non-empty list of strings"):
         await lab.container("server", image="redis", command="redis-server")
-    assert _docker.list_labelled("harness.owner") == before
+    assert mine() == before
     assert sorted(lab.hosts) == ["client"]
 
 
