@@ -282,24 +282,23 @@ def _append(path: str, line: str) -> None:
         os.close(fd)
 
 
-def probe_groups() -> list[str]:
-    """Groups of the uprobe events defined on this machine."""
+def probe_events() -> list[str]:
+    """The uprobe events defined on this machine, as ``group/event``."""
     try:
         with open(f"{ROOT}/uprobe_events") as f:
-            return sorted({line.split()[0].split(":", 1)[1].split("/")[0]
-                           for line in f if line.strip()})
+            return [line.split()[0].split(":", 1)[1] for line in f if line.strip()]
     except OSError:
         return []
 
 
+def probe_groups() -> list[str]:
+    """Groups of the uprobe events defined on this machine."""
+    return sorted({name.split("/")[0] for name in probe_events()})
+
+
 def remove_probes(group: str) -> None:
     """Remove every uprobe event of ``group`` (events must be disabled)."""
-    try:
-        with open(f"{ROOT}/uprobe_events") as f:
-            names = [line.split()[0].split(":", 1)[1] for line in f if line.strip()]
-    except OSError:
-        return
-    for name in names:
+    for name in probe_events():
         if name.split("/")[0] == group:
             try:
                 _append(f"{ROOT}/uprobe_events", f"-:{name}\n")

@@ -492,12 +492,8 @@ def _uprobes_hint() -> str:
     machine, if any.  A guest's programs run the host's files, and one that
     reaches a uprobe in them (glibc's, by perf probe or a harness run that
     bypassed the lock of harness._exclusive) traps and hangs the guest."""
-    from ._tracefs import ROOT
-    try:
-        with open(f"{ROOT}/uprobe_events") as f:
-            events = [line.split()[0].split(":", 1)[-1] for line in f if line.strip()]
-    except OSError:
-        return ""
+    from ._tracefs import probe_events
+    events = probe_events()
     if not events:
         return ""
     shown = ", ".join(events[:5]) + (f" (+{len(events) - 5} more)" if len(events) > 5 else "")
