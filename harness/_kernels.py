@@ -436,6 +436,20 @@ def hz() -> int:
     raise Unsupported(f"cannot tell this kernel's CONFIG_HZ: none of {tried} has it")
 
 
+# How many ticks late, past the wheel's rule, a timer_list timer may fire on
+# an SMP kernel: a CPU runs the timers whose bucket jiffies has reached, on
+# its own tick, but only one CPU (tick_do_timer_cpu) advances jiffies, on its
+# tick (kernel/time/tick-sched.c, tick_sched_do_timer()).  Ticks are aligned
+# across CPUs, so another CPU's tick at the same instant can read jiffies
+# before the advance: its due timers wait one more tick.  Traced on the 2-CPU
+# 6.18 VM (timer:timer_start's bucket_expiry against timer_expire_entry, 211
+# TCP timers, the suite running): 27 of the 90 on the other CPU fired one
+# jiffy after their bucket, the rest on it, none later (+0.09 ms at most).
+# (A timekeeper stalled by its hypervisor, not this rule, can hold jiffies
+# up to MAX_STALLED_JIFFIES = 5 ticks before another CPU forces the update.)
+TICK_LAG_JIFFIES = 1
+
+
 def wheel_granularity(seconds: float, hz_: int) -> float:
     """How late the timer wheel may fire a timer armed ``seconds`` ahead
     (kernel/time/timer.c): a timer goes to the level n whose range holds its

@@ -11,6 +11,7 @@ the wire's previous event, as packetdrill's.  packetdrill's default
 tolerance (--tolerance_usecs=4000) is TOL.
 """
 
+from harness._kernels import TICK_LAG_JIFFIES
 from harness.faults._segments import scripted_peer
 
 TOL = 0.004  # packetdrill's default --tolerance_usecs=4000
@@ -19,6 +20,10 @@ TOL = 0.004  # packetdrill's default --tolerance_usecs=4000
 # written on, within their tolerance; up to 4 ms here, so lines that wait
 # for such a timer get TOL + JIFFY.
 JIFFY = 0.004
+# ...and a timer may fire one tick later still on a CPU that does not keep
+# jiffies (harness._kernels.TICK_LAG_JIFFIES): every line that waits for a
+# timer gets TICK_LAG more.
+TICK_LAG = TICK_LAG_JIFFIES * JIFFY
 PORT = 8080
 
 # gtests/net/common/defaults.sh, the sysctls that exist per namespace on 6.18
