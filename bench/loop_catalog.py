@@ -52,8 +52,16 @@ def _outcomes(junit: str) -> tuple[dict[str, str], dict[str, str]]:
     return out, why
 
 
+def _slowest(junit: str, n: int = 3) -> list[tuple[float, str]]:
+    """The n longest test cases of a run (their junit ``time``, set-up and
+    teardown included): what made a slow run slow."""
+    cases = [(float(c.get("time") or 0), f"{c.get('classname')}::{c.get('name')}")
+             for c in ET.parse(junit).getroot().iter("testcase")]
+    return sorted(cases, reverse=True)[:n]
+
+
 def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases",
-             keep: str | None = None) -> tuple[tuple, int, float]:
+             keep: str | None = None) -> tuple[tuple, int, float, list]:
     """One run; with ``keep``, a failed run's junit XML (the whole failure
     text of each test) is copied there as run-<time>.xml."""
     with tempfile.TemporaryDirectory(prefix="loop-catalog-") as tmp:
@@ -72,7 +80,7 @@ def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases",
                      or "error" in outcomes[0].values()):
             os.makedirs(keep, exist_ok=True)
             shutil.copy(junit, os.path.join(keep, time.strftime("run-%Y%m%d-%H%M%S.xml")))
-        return outcomes, res.returncode, took
+        return outcomes, res.returncode, took, _slowest(junit)
 
 
 def main() -> int:
@@ -100,7 +108,7 @@ def main() -> int:
     load_before = os.getloadavg()
     try:
         for n in range(1, args.runs + 1):
-            (outcomes, why), code, t = run_once(args.extra, args.slow, args.workers,
+            (outcomes, why), code, t, slowest = run_once(args.extra, args.slow, args.workers,
                                                 "tests" if args.suite else "cases", args.keep)
             took.append(t)
             failed = sorted(k for k, v in outcomes.items() if v in ("failed", "error"))
@@ -111,6 +119,8 @@ def main() -> int:
             print(f"run {n}/{args.runs}: {len(outcomes)} cases, {len(failed)} failed, "
                   f"{t:.1f} s, exit {code}, load {os.getloadavg()[0]:.1f}"
                   + (f": {', '.join(failed)}" if failed else ""),
+                  flush=True)
+            print("    slowest: " + ", ".join(f"{name} {d:.1f} s" for d, name in slowest),
                   flush=True)
             for k in failed:
                 print(f"    {k}: {why.get(k, '?')[:400]}", flush=True)
