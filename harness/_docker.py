@@ -38,6 +38,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ._names import lock_path
 from .errors import SetupError
 from typing import Iterator
 
@@ -441,9 +442,10 @@ def image_labels(tag: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _build_lock(name: str) -> Iterator[None]:
-    """Serialise builds of one image across threads and processes."""
-    path = Path(tempfile.gettempdir()) / f"harness-image-{name}.lock"
-    with open(path, "a") as f:
+    """Serialise builds of one image across threads and processes (the
+    machine's lock directory, as every harness lock: not /tmp, where one
+    user's lock file would refuse another user's run)."""
+    with open(lock_path(f"image-{name}"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -13,9 +13,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import docker
 import pytest
+
+from harness._names import lock_path
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -98,8 +101,16 @@ def test_the_wheel_in_a_clean_venv_runs_the_readme_and_containers(tmp_path):
                              text=True, timeout=900)
     finally:   # the image of ./contexts/mine is named after this run's path: not reused
         path = str((suite / "contexts/mine").resolve())
-        remove_images(f"harness/mine-{hashlib.sha256(path.encode()).hexdigest()[:8]}")
+        image = f"mine-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+        remove_images(f"harness/{image}")
+        lock = pathlib.Path(lock_path(f"image-{image}"))
+        built_under_the_lock = lock.exists()
+        lock.unlink(missing_ok=True)
     assert run.returncode == 0 and "9 passed" in run.stdout, run.stdout + run.stderr
+    # the build's lock is with the harness's other locks (it was one more file
+    # in /tmp per image name, and 105 had piled up from this test)
+    assert built_under_the_lock
+    assert not (pathlib.Path(tempfile.gettempdir()) / f"harness-image-{image}.lock").exists()
 
 
 def remove_images(repository: str) -> None:
