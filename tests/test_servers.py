@@ -19,6 +19,7 @@ import pytest
 import trio
 
 import harness
+from harness._names import owner_tag
 from harness._tracer import tracer as _tracer
 from helpers import wait_until
 
@@ -46,8 +47,9 @@ def so_error_probe(monkeypatch):
 def srvdir():
     """A directory the servers' unprivileged users (nginx's workers run as
     nobody, PostgreSQL as postgres) can reach: pytest's tmp_path is under a
-    0700 directory."""
-    d = tempfile.mkdtemp(prefix="fih-srv-")
+    0700 directory.  Named by its owner, as the lab's own directories: if
+    this run is killed, the next start removes it."""
+    d = tempfile.mkdtemp(prefix=f"{owner_tag()}-")
     os.chmod(d, 0o755)
     yield pathlib.Path(d)
     shutil.rmtree(d, ignore_errors=True)
