@@ -36,10 +36,10 @@ def _burn() -> None:  # pragma: no cover - runs in a burner process
         pass
 
 
-def _outcomes(junit: str) -> tuple[dict[str, str], dict[str, str]]:
+def _outcomes(cases: list) -> tuple[dict[str, str], dict[str, str]]:
     """test id -> passed / failed / error / skipped; test id -> failure message."""
     out, why = {}, {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
+    for case in cases:
         name = f"{case.get('classname')}::{case.get('name')}"
         kinds = {child.tag: child for child in case}
         out[name] = ("failed" if "failure" in kinds else "error" if "error" in kinds
@@ -52,15 +52,14 @@ def _outcomes(junit: str) -> tuple[dict[str, str], dict[str, str]]:
     return out, why
 
 
-def _slowest(junit: str, n: int = 3) -> list[tuple[float, str]]:
+def _slowest(cases: list, n: int = 3) -> list[tuple[float, str]]:
     """The n longest test cases of a run (junit ``time``: set-up and teardown
     included): what made a slow run slow.  Tests run in a guest kernel (a
     ``kernel`` property) are left out: their ``time`` is the guest's clock,
     hours of virtual time for a default-timer case."""
-    cases = [(float(c.get("time") or 0), f"{c.get('classname')}::{c.get('name')}")
-             for c in ET.parse(junit).getroot().iter("testcase")
-             if not any(p.get("name") == "kernel" for p in c.iter("property"))]
-    return sorted(cases, reverse=True)[:n]
+    timed = [(float(c.get("time") or 0), f"{c.get('classname')}::{c.get('name')}")
+             for c in cases if not any(p.get("name") == "kernel" for p in c.iter("property"))]
+    return sorted(timed, reverse=True)[:n]
 
 
 def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases",
@@ -78,12 +77,13 @@ def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases",
         if not os.path.exists(junit):
             sys.stderr.write(res.stdout[-3000:] + res.stderr[-3000:])
             raise SystemExit(f"pytest wrote no report (exit {res.returncode})")
-        outcomes = _outcomes(junit)
+        cases = list(ET.parse(junit).getroot().iter("testcase"))
+        outcomes = _outcomes(cases)
         if keep and (res.returncode not in (0, 5) or "failed" in outcomes[0].values()
                      or "error" in outcomes[0].values()):
             os.makedirs(keep, exist_ok=True)
             shutil.copy(junit, os.path.join(keep, time.strftime("run-%Y%m%d-%H%M%S.xml")))
-        return outcomes, res.returncode, took, _slowest(junit)
+        return outcomes, res.returncode, took, _slowest(cases)
 
 
 def main() -> int:

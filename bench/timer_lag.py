@@ -18,7 +18,6 @@ and how far past that tick the latest ran.
 from __future__ import annotations
 
 import collections
-import re
 import sys
 
 import trio
@@ -27,8 +26,6 @@ import harness
 from harness import _kernels, _names, _tracefs
 
 FUNCTIONS = ("tcp_delack_timer", "tcp_write_timer", "tcp_keepalive_timer")
-LINE = re.compile(r"\[(\d+)\] \S+ +([\d.]+): (timer_start|timer_expire_entry): "
-                  r"timer=(\w+) function=\w+ (.*)")
 
 
 def addresses() -> dict[int, str]:
@@ -47,13 +44,15 @@ def lateness(lines: list[str], tick: float) -> list[tuple[int, float]]:
     """(cpu, seconds past the bucket's tick) of each expiry whose arming was seen."""
     events = []
     for line in lines:
-        m = LINE.search(line)
-        if not m:
+        m = _tracefs._LINE.match(line)
+        if not m or m.group("event") not in ("timer_start", "timer_expire_entry"):
             continue
-        cpu, ts, kind, timer, rest = m.groups()
-        fields = dict(re.findall(r"(\w+)=(-?\d+)", rest.replace("[timeout=", "timeout=")))
-        now = int(fields["now"]) if "now" in fields else int(fields["expires"]) - int(fields["timeout"])
-        events.append((float(ts), kind, timer, now, fields, int(cpu)))
+        fields = _tracefs.parse_body(m.group("event"), m.group("body"))
+        # timer_start prints "[timeout=N]" (expires - now), timer_expire_entry "now=N"
+        now = int(fields["now"]) if "now" in fields else \
+            int(fields["expires"]) - int(fields["[timeout"].rstrip("]"))
+        events.append((float(m.group("ts")), m.group("event"), fields["timer"], now, fields,
+                       int(m.group("cpu"))))
     if not events:
         return []
     grid = min(ts - now * tick for ts, _, _, now, _, _ in events)  # when jiffy 0 began
