@@ -19,6 +19,8 @@ SKIPPED_WITHOUT = {
     "netem": "netem tests", "syscall_tracepoints": "syscall events in the timeline",
     "sock_destroy": "destroy-socket fault and clean namespace teardown",
     "netns_reuse": "(labs then cost fresh namespaces: slower, same results)",
+    "private_ipc": "(a host's processes then share the machine's SysV IPC and /dev/shm, and a "
+                   "server killed in a lab leaves its segments there)",
     "docker": "container hosts",
 }
 

@@ -247,6 +247,20 @@ def netns_reuse() -> str | None:
 
 
 @functools.cache
+def private_ipc() -> str | None:
+    """A host's processes can get IPC and mount namespaces of their own
+    (``_netns.World``: SysV IPC, POSIX message queues, /dev/shm)."""
+    if root():
+        return root()
+    from ._topology import netns
+    world = netns.new_world()
+    if world is None:
+        return netns.world_unavailable
+    world.close()
+    return None
+
+
+@functools.cache
 def docker() -> str | None:
     from ._topology import container
     return container.KIND.unavailable()
@@ -256,7 +270,7 @@ PROBES = {
     "root": root, "sysctls": sysctls, "netns": netns, "iptables": iptables, "nfqueue": nfqueue,
     "host_netem": host_netem, "host_tbf": host_tbf, "uml": uml, "netem": netem, "tracefs": tracefs,
     "syscall_tracepoints": syscall_tracepoints, "sock_destroy": sock_destroy,
-    "netns_reuse": netns_reuse, "docker": docker,
+    "netns_reuse": netns_reuse, "private_ipc": private_ipc, "docker": docker,
 }
 
 

@@ -23,7 +23,7 @@ from . import _check, _diag, _netns
 from ._tracer import tracer as _tracer
 from .errors import FaultError, InvalidArgument, SetupError, Unsupported
 from ._observe import snapshot as _snapshot
-from ._process import (Process, Ready, check_argv, clean_signals, spawn_in, take_pipes,
+from ._process import (Process, Ready, check_argv, popen_in, spawn_in, take_pipes,
                       wait_ready)
 from ._sockets import LocalDriver, PeerDriver, SocketFactory, make_socket_in
 
@@ -136,13 +136,22 @@ class Host(SocketFactory):
         check_argv(argv, f"host {self.name}.run()")
         self._check_open()
         self.tainted = True
+        world = self.backend.world()
         try:
-            with _netns.inside(self.ns_fd):
-                res = subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
-                                     **clean_signals())
+            proc = _netns.in_own_thread(lambda: popen_in(
+                self.ns_fd, world, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL if input is None else subprocess.PIPE))
         except FileNotFoundError as exc:
             raise SetupError(f"cannot run {argv[0]!r} in host {self.name}: not found",
                              netns=self.netns, call=" ".join(argv)) from exc
+        with proc:
+            try:
+                out, err = proc.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise
+        res = subprocess.CompletedProcess(argv, proc.returncode, out, err)
         if check and res.returncode != 0:
             raise SetupError(f"{' '.join(argv)} failed with {res.returncode} in host {self.name}"
                              f"\nstdout: {res.stdout.decode(errors='replace')[-2000:]}"
@@ -228,7 +237,8 @@ class Host(SocketFactory):
         n = len(self.processes)
         base = os.path.join(self.lab.artifacts, f"{self.name}.{n}")
         spawner: list[int | None] = []
-        popen, out, err = spawn_in(self, argv, netns_fd=self.ns_fd, out_path=base + ".out",
+        popen, out, err = spawn_in(self, argv, netns_fd=self.ns_fd, world=self.backend.world(),
+                                   out_path=base + ".out",
                                    err_path=base + ".err",
                                    before_fork=lambda: spawner.append(_tracer.arm_spawner()),
                                    **kw)

@@ -1,4 +1,6 @@
-"""Network namespaces through libc (unshare, setns, mount), nothing else.
+"""Namespaces through libc (unshare, setns, mount), nothing else: a host's
+network namespace, and the IPC and mount namespaces its processes run in
+(``World``).
 
 Named namespaces live where iproute2 keeps them (/run/netns/NAME, a bind
 mount of the namespace file), so ``ip netns exec NAME ...`` works for
@@ -19,12 +21,13 @@ import ctypes
 import errno
 import os
 import socket
-from typing import Iterator
+import threading
+from typing import Callable, Iterator, TypeVar
 
 from .errors import SetupError, Unsupported
 
-CLONE_NEWNET = 0x40000000
-MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
+CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWIPC, CLONE_FS = 0x40000000, 0x00020000, 0x08000000, 0x200
+MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_SLAVE, MS_SHARED = 2, 4, 0x1000, 0x4000, 1 << 19, 1 << 20
 MNT_DETACH = 2
 
 
@@ -190,6 +193,94 @@ def inside(fd: int) -> Iterator[None]:
             _check(_libc.setns(orig, CLONE_NEWNET), "setns(back)")
     finally:
         os.close(orig)
+
+
+T = TypeVar("T")
+
+
+def in_own_thread(body: Callable[[], T], name: str = "harness-ns") -> T:
+    """Run ``body`` in a thread made for it, and return what it returned
+    (or raise what it raised).  For what changes the thread for good
+    (``World.enter`` unshares its filesystem context): the thread ends
+    with the body, and nothing else ever runs in it."""
+    result: list = []
+
+    def run() -> None:
+        try:
+            result.append((True, body()))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            result.append((False, exc))
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
+
+
+class World:
+    """The IPC namespace and the mount namespace a host's processes run in,
+    held by two fds: System V shared memory, semaphores and message queues,
+    POSIX message queues, and a tmpfs of its own on /dev/shm (POSIX shared
+    memory: shm_open, PostgreSQL's dynamic shared memory).  A server
+    SIGKILLed in a lab (teardown, ``kill``, ``power_off``) cannot remove
+    what it made there; the kernel frees all of it with the namespaces, once
+    the host's last process and these fds are gone.  Everything else of the
+    mount namespace is the machine's, seen as a slave copy: mounts made on
+    the machine later appear in it, and nothing made in it reaches the
+    machine."""
+
+    def __init__(self, mnt: int, ipc: int):
+        self.mnt, self.ipc = mnt, ipc
+
+    @classmethod
+    def create(cls) -> "World":
+        """Make the pair (in a thread of its own: see ``in_own_thread``)."""
+        return in_own_thread(cls._create)
+
+    @classmethod
+    def _create(cls) -> "World":
+        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
+        # before any mount: the copy's mounts are peers of the machine's, and
+        # a mount on a shared /dev/shm would appear on the machine's too
+        _check(_libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None),
+               "mount --make-rslave /")
+        if os.path.isdir("/dev/shm"):
+            _check(_libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", MS_NOSUID | MS_NODEV,
+                               b"mode=1777"), "mount -t tmpfs tmpfs /dev/shm")
+        fds = []
+        try:
+            for kind in ("mnt", "ipc"):
+                fds.append(os.open(f"/proc/thread-self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return cls(*fds)
+
+    def enter(self) -> None:
+        """Move the calling thread into both namespaces, keeping its working
+        directory.  For good: only in a thread made for it (``in_own_thread``),
+        which a child is then forked from."""
+        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        try:
+            # a thread shares its filesystem context with the others, and
+            # setns() into a mount namespace refuses a shared one
+            _check(_libc.unshare(CLONE_FS), "unshare(CLONE_FS)")
+            _check(_libc.setns(self.mnt, CLONE_NEWNS), "setns(mnt)")
+            os.fchdir(cwd)  # setns() moved it to the namespace's root
+        finally:
+            os.close(cwd)
+        _check(_libc.setns(self.ipc, CLONE_NEWIPC), "setns(ipc)")
+
+    def close(self) -> None:
+        """Drop the harness's hold (idempotent); the host's processes keep
+        the namespaces alive until they exit."""
+        fds, self.mnt, self.ipc = (self.mnt, self.ipc), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
 
 def pids_in(ns_inode: int) -> list[int]:

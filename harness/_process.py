@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from typing import Awaitable, Callable
 
@@ -168,12 +167,25 @@ def clean_signals() -> dict:
     return {"preexec_fn": reset}
 
 
+def popen_in(netns_fd: int, world: "_netns.World | None", argv: list[str],
+             **popen_kw) -> subprocess.Popen:
+    """Popen ``argv`` with the calling thread in the host's namespaces (its
+    ``world`` too, for good: call it only in a thread of its own, see
+    ``_netns.in_own_thread``), with default signal dispositions and an empty
+    mask."""
+    if world is not None:
+        world.enter()
+    with _netns.inside(netns_fd):
+        return subprocess.Popen(argv, **clean_signals(), **popen_kw)
+
+
 def spawn_in(host, argv: list[str], *, netns_fd: int, out_path: str, err_path: str,
+             world: "_netns.World | None" = None,
              env: dict | None = None, cwd: str | None = None, stdin=subprocess.DEVNULL,
              stdout=None, before_fork: Callable[[], None] | None = None,
              **popen_kw) -> tuple[subprocess.Popen, str, str]:
-    """Fork ``argv`` inside the namespace, with default signal dispositions
-    and an empty mask.  Synchronous (fork+exec is ~1 ms).
+    """Fork ``argv`` inside the namespace (and ``world``), with default
+    signal dispositions and an empty mask.  Synchronous (fork+exec is ~1 ms).
 
     The fork happens in a thread made for it, after ``before_fork()`` ran
     in that thread (the tracer lists it there, so the kernel lists the child
@@ -182,28 +194,16 @@ def spawn_in(host, argv: list[str], *, netns_fd: int, out_path: str, err_path: s
     argv = check_argv(argv, f"host {host.name}")
     out = open(out_path, "wb") if stdout is None else None
     err = open(err_path, "wb")
-    result: list = []
 
-    def fork() -> None:
-        try:
-            if before_fork is not None:
-                before_fork()
-            with _netns.inside(netns_fd):
-                result.append(subprocess.Popen(argv, stdin=stdin,
-                                               stdout=stdout if out is None else out,
-                                               stderr=err, env=env, cwd=cwd,
-                                               start_new_session=True, **clean_signals(),
-                                               **popen_kw))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            result.append(exc)
+    def fork() -> subprocess.Popen:
+        if before_fork is not None:
+            before_fork()
+        return popen_in(netns_fd, world, argv, stdin=stdin,
+                        stdout=stdout if out is None else out, stderr=err, env=env, cwd=cwd,
+                        start_new_session=True, **popen_kw)
 
     try:
-        thread = threading.Thread(target=fork, name="harness-spawn")
-        thread.start()
-        thread.join()
-        if isinstance(result[0], BaseException):
-            raise result[0]
-        popen = result[0]
+        popen = _netns.in_own_thread(fork, "harness-spawn")
     except FileNotFoundError as exc:
         raise SetupError(f"cannot spawn {argv[0]!r} in host {host.name}: no such file or "
                          f"directory", netns=host.netns, call="execve") from exc

@@ -429,6 +429,96 @@ async def test_bad_sysctls_are_refused_before_anything_is_made(sysctls, match):
         assert mine(i + "-" for i in _tracefs.list_instances()) - instances == set()
 
 
+# --- a host's processes: IPC and /dev/shm of the host's own -------------------------------
+
+def _sysv_keys(text: str) -> set[str]:
+    """The keys of /proc/sysvipc/shm's lines (as ipcs shows them, key first)."""
+    return {line.split()[0] for line in text.splitlines()[1:] if line.split()}
+
+
+def _machine_sysv_keys() -> set[str]:
+    with open("/proc/sysvipc/shm") as f:
+        return _sysv_keys(f.read())
+
+
+async def test_a_hosts_processes_share_ipc_and_dev_shm_with_each_other_only(lab):
+    """What one process of a host makes in SysV IPC and /dev/shm, the
+    host's other processes see; the other host and the machine do not.
+    The working directory is the test's, as before."""
+    client, server = await lab.pair()
+    name = f"{owner_tag()}-probe"
+    made = await server.run(["sh", "-c", f"ipcmk -M 56 >/dev/null && echo x > /dev/shm/{name}"
+                                         f" && cat /proc/sysvipc/shm"])
+    keys = _sysv_keys(made.stdout.decode())
+    assert len(keys) == 1, made.stdout
+    seen = await server.spawn(["sh", "-c", f"cat /proc/sysvipc/shm /dev/shm/{name}; pwd"])
+    assert await seen.wait(timeout=10) == 0
+    assert keys <= _sysv_keys(seen.stdout()) and seen.stdout().endswith(f"x\n{os.getcwd()}\n")
+    other = await client.run(["sh", "-c", "cat /proc/sysvipc/shm; ls -A /dev/shm"])
+    assert not keys & _sysv_keys(other.stdout.decode()), other.stdout
+    assert name not in other.stdout.decode().split()
+    assert not keys & _machine_sysv_keys() and not os.path.exists(f"/dev/shm/{name}")
+
+
+def _holders(ino: int, kind: str) -> list[str]:
+    """Every process (and fd of this one) that still holds the namespace."""
+    held = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}/ns/{kind}").st_ino == ino:
+                held.append(f"pid {pid}")
+        except OSError:
+            continue
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == f"{kind}:[{ino}]":
+                held.append(f"fd {fd}")
+        except OSError:
+            continue
+    return held
+
+
+async def test_what_a_killed_server_left_in_ipc_and_dev_shm_goes_with_its_host():
+    """A server SIGKILLed by the lab's teardown cannot remove its SysV
+    segment or its /dev/shm file.  Nothing holds the host's IPC and mount
+    namespaces once the lab is closed, so the kernel frees both, with
+    them.  power_off/power_on empties them, as a real power cycle does."""
+    script = "ipcmk -M 4096 >/dev/null && echo x > /dev/shm/left && exec sleep 60"
+    async with harness.open_lab() as lab:
+        client, server = await lab.pair()
+        proc = await server.spawn(["sh", "-c", script])
+        await _until_exec(proc)
+        inos = {k: os.stat(f"/proc/{proc.pid}/ns/{k}").st_ino for k in ("ipc", "mnt")}
+        assert inos["ipc"] != os.stat("/proc/self/ns/ipc").st_ino
+        assert inos["mnt"] != os.stat("/proc/self/ns/mnt").st_ino
+        assert "left" in (await server.run(["ls", "/dev/shm"])).stdout.decode().split()
+        await faults.power_off(server)
+        await faults.power_on(server)
+        after = await server.run(["sh", "-c", "cat /proc/sysvipc/shm; ls -A /dev/shm"])
+        assert after.stdout.decode().splitlines()[1:] == [], after.stdout  # empty, both
+        assert {k: _holders(i, k) for k, i in inos.items()} == {"ipc": [], "mnt": []}
+        late = await server.spawn(["sh", "-c", script])
+        await _until_exec(late)
+        inos = {k: os.stat(f"/proc/{late.pid}/ns/{k}").st_ino for k in ("ipc", "mnt")}
+    assert {k: _holders(i, k) for k, i in inos.items()} == {"ipc": [], "mnt": []}
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+async def _until_exec(proc) -> None:
+    """Until ``sh`` has made its segment and file and exec'd sleep."""
+    with trio.fail_after(10):
+        while _comm(proc.pid) != "sleep":
+            assert proc.returncode is None, proc.output()
+            await trio.sleep(0.005)
+
+
 # --- spawned programs: default signal dispositions, empty mask ---------------------------
 
 def _sig_status(pid: int) -> dict[str, int]:

@@ -239,6 +239,16 @@ async def test_postgres_backend_recv_fails_when_the_client_resets(lab, srvdir):
         timeout=5)
     assert ev.host == "server"
     await proc.wait_output("could not receive data from client", timeout=5)
+    # its shared memory is the host's own: the lab's SIGKILL leaves nothing on the machine
+    shm = (await server.run(["ls", "-A", "/dev/shm"])).stdout.decode().split()
+    assert any(n.startswith("PostgreSQL.") for n in shm)
+    assert not set(shm) & set(os.listdir("/dev/shm"))
+    key = (srvdir / "pg" / "data" / "postmaster.pid").read_text().splitlines()[6].split()[0]
+    sysv = (await server.run(["cat", "/proc/sysvipc/shm"])).stdout.decode()
+    with open("/proc/sysvipc/shm") as f:
+        machine = f.read()
+    assert key in [line.split()[0] for line in sysv.splitlines()[1:]]
+    assert key not in [line.split()[0] for line in machine.splitlines()[1:]]
 
 
 async def test_spawn_as_a_user_drops_privileges_in_the_child(lab):

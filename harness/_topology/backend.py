@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._names import Slot
+    from .._netns import World
     from .netns import HostSpec
 
 
@@ -85,6 +86,13 @@ class HostBackend(Protocol):
         container: nsenter into its mount, uts and ipc namespaces and root,
         without a pid namespace so the child stays ours to kill).  A
         namespace host returns ``argv`` unchanged."""
+
+    def world(self) -> "World | None":
+        """The IPC and mount namespaces (``_netns.World``) the harness enters,
+        besides ``netns``, to spawn a process in this host; None when
+        ``command`` itself enters the host's own (a container) or the kernel
+        refuses them here.  Made at the first call, kept until ``stop`` or
+        ``rebuild``."""
 
     @property
     def main(self) -> MainProcess | None:

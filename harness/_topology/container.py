@@ -236,6 +236,9 @@ class ContainerHost:
         return ["nsenter", f"--target={self.container.pid}", "--mount", "--uts", "--ipc",
                 "--net", "--root", "--wd", "--", *argv]
 
+    def world(self) -> None:
+        return None  # command() enters the container's own IPC and mount namespaces
+
     async def start_tasks(self, context) -> None:
         context.start_soon(self.main.watch)
 

@@ -234,15 +234,46 @@ def flush_caches(netns: str, fd: int) -> None:
 # --- the backend: a host that is just a namespace ------------------------------
 
 
+#: why hosts' processes cannot get IPC and mount namespaces of their own
+#: here (then they share the machine's), or None; set by the first failure
+world_unavailable: str | None = None
+
+
+def new_world() -> _netns.World | None:
+    """A fresh ``_netns.World``, or None (and ``world_unavailable`` says
+    why) where the kernel refuses one."""
+    global world_unavailable
+    if world_unavailable is not None:
+        return None
+    try:
+        return _netns.World.create()
+    except (SetupError, OSError) as exc:
+        world_unavailable = f"no private IPC and /dev/shm for hosts' processes: {exc}"
+        return None
+
+
 class NamespaceHost:
     """A host that is a bare network namespace (the default kind).  The
-    ``HostBackend`` protocol (topology.backend)."""
+    ``HostBackend`` protocol (topology.backend).  Its processes also get an
+    IPC and a mount namespace of their own (``_netns.World``), made at the
+    first spawn, gone with the host."""
 
     reusable = True
     main = None
 
     def __init__(self, netns: str, fd: int):
         self.netns, self.fd = netns, fd
+        self._world: _netns.World | None = None
+
+    def world(self) -> _netns.World | None:
+        if self._world is None:
+            self._world = new_world()
+        return self._world
+
+    def _drop_world(self) -> None:
+        if self._world is not None:
+            self._world.close()
+            self._world = None
 
     def __repr__(self) -> str:
         return f"<NamespaceHost {self.netns}>"
@@ -257,9 +288,11 @@ class NamespaceHost:
         return None
 
     def stop(self) -> None:
+        self._drop_world()
         destroy_ns(self.netns, self.fd)
 
     def rebuild(self, slot: Slot, spec: HostSpec) -> "NamespaceHost":
+        self._drop_world()  # a power cycle empties /dev/shm and IPC, as a real one does
         _netns.delete(self.netns)  # unmount + unlink; self.fd keeps the old one alive
         return NamespaceHost(*create_host_ns(slot, spec))
 
