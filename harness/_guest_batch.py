@@ -48,9 +48,10 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import threading
 import time
+
+from . import _names
 
 #: A virtual-time shard gets at most this many items (more make another
 #: shard, up to one per CPU): a boot and start-up costs about as much CPU as
@@ -318,4 +319,4 @@ class Batches:
 
 
 def new_root() -> str:
-    return tempfile.mkdtemp(prefix="harness-guest-")
+    return _names.owned_tempdir("guest")

@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import pytest
@@ -346,14 +345,14 @@ def _timeout(item: pytest.Item) -> float:
 
 def run_item(item: pytest.Item, name: str) -> list:
     """Boot kernel ``name``, run ``item`` in it, return its reports (host objects)."""
-    from . import _kernels, _uml
+    from . import _kernels, _names, _uml
 
     kernel = _kernels.get(name)
     reason = _kernels.unavailable_reason(name)
     if reason is not None:
         return _skipped(item, name, reason)
     timeout = _timeout(item)
-    xdir = tempfile.mkdtemp(prefix="harness-guest-")
+    xdir = _names.owned_tempdir("guest")
     reports_path = os.path.join(xdir, "reports.jsonl")
     basetemp = os.path.join(xdir, "basetemp")
     t0 = time.monotonic()

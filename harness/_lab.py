@@ -17,7 +17,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from typing import AsyncIterator
 
@@ -211,7 +210,7 @@ class Lab:
         (most labs write nothing: a reused lab then costs no mkdir/rmdir)."""
         if self._artifacts is None:
             # the owner in the name: a SIGKILLed run's directory is swept like its namespaces
-            self._artifacts = tempfile.mkdtemp(prefix=f"{_names.owner_tag()}-")
+            self._artifacts = _names.owned_tempdir()
             self._own_artifacts = True
         return self._artifacts
 

@@ -77,6 +77,14 @@ def owner_tag() -> str:
     return _tag[1]
 
 
+def owned_tempdir(label: str = "") -> str:
+    """A new directory in the temporary directory named by this process
+    (``fih<pid>-[label-]XXXXXXXX``): if the process is killed, the next
+    run's sweep removes it (``_sweep``)."""
+    import tempfile
+    return tempfile.mkdtemp(prefix=f"{owner_tag()}-{label}-" if label else f"{owner_tag()}-")
+
+
 def lock_path(name: str) -> str:
     """A lock file shared by every harness process on the machine (by every
     process of this user where /run is not writable: see runtime_dir())."""

@@ -28,8 +28,9 @@ from ._names import PREFIX, lock_path, owner_alive
 from .errors import SetupError, Unsupported
 
 _GONE = (errno.ENOENT, errno.ENODEV, errno.EINVAL)
-# open_lab()'s own artifact directories: tempfile.mkdtemp(prefix="fih<owner>-")
-_TMP_DIR = re.compile(rf"^{PREFIX}\d+(?:p\d+)?-[a-z0-9_]{{8}}$")
+# the harness's temporary directories: _names.owned_tempdir() (open_lab()'s
+# artifacts, "guest-": a run's guest-session directory)
+_TMP_DIR = re.compile(rf"^{PREFIX}\d+(?:p\d+)?-(?:[a-z]+-)?[a-z0-9_]{{8}}$")
 
 
 def _dead(name: str) -> bool:
@@ -117,7 +118,10 @@ def sweep() -> list[str]:
         except OSError:
             entries = []
         for entry in entries:
-            if _TMP_DIR.match(entry) and _dead(entry):
+            # a mount point is never a dead run's own: in a guest kernel, the
+            # host's live session directory is mounted at its host path
+            if _TMP_DIR.match(entry) and _dead(entry) and \
+                    not os.path.ismount(os.path.join(tmp, entry)):
                 shutil.rmtree(os.path.join(tmp, entry), ignore_errors=True)
                 removed.append(f"directory {tmp}/{entry}")
         for group in _tracefs.probe_groups():  # uprobe events (getsockopt SO_ERROR)

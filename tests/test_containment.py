@@ -307,6 +307,44 @@ def test_a_sigkilled_open_lab_leaves_a_sweepable_artifact_directory(tmp_path):
     assert not os.path.exists(artifacts)
 
 
+def test_a_killed_runs_guest_session_directory_is_swept_but_never_a_mount_point(tmp_path):
+    """The xdist controller makes the run's guest-session directory; killed,
+    it leaves it, named by its owner, and the next start removes it.  In a
+    guest kernel the host's live directory is mounted at its host path and
+    the host's pid is not alive there: a sweep never removes a mount point.
+    (A TMPDIR of the test's own: no sweep of a run beside it sees these.)"""
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(dies_with_me([sys.executable, "-c", textwrap.dedent('''
+        import sys, time
+        from harness import _guest_batch
+        open(sys.argv[1] + ".tmp", "w").write(_guest_batch.new_root())
+        import os; os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+        time.sleep(60)
+    '''), str(ready)]), env=env)
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    root = ready.read_text()
+    proc.kill()
+    proc.wait()
+    assert os.path.dirname(root) == str(tmp_path) and os.path.isdir(root)
+    assert os.path.basename(root).startswith(f"fih{proc.pid}-guest-")
+    assert owner_of(os.path.basename(root)) == proc.pid
+    sweep = "import os, sys; from harness import _sweep; print(_sweep.sweep())"
+    mounted = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount -t tmpfs tmpfs "$1" && touch "$1/live" && "$2" -c "$3" && test -e "$1/live" '
+         f'&& echo kept', "sh",
+         root, sys.executable, sweep], env=env, capture_output=True, text=True, timeout=60)
+    assert mounted.stdout.splitlines()[-1:] == ["kept"], mounted
+    swept = subprocess.run([sys.executable, "-c", sweep], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert f"directory {root}" in swept.stdout, swept
+    assert not os.path.exists(root)
+
+
 # --- objects of a closed lab ------------------------------------------------------------
 
 async def test_every_object_of_a_closed_lab_refuses_use():

@@ -13,6 +13,7 @@ without the built kernel.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,7 +57,9 @@ def _guest_processes(marker: str) -> list[int]:
 
 
 def _leftovers(tmpdir: str) -> list[str]:
-    return sorted(n for n in os.listdir(tmpdir) if n.startswith(("harness-guest-", "harness-uml-")))
+    """Guest-session directories (fih<pid>-guest-...) and UML run directories."""
+    return sorted(n for n in os.listdir(tmpdir)
+                  if re.match(r"fih\d+(p\d+)?-guest-", n) or n.startswith("harness-uml-"))
 
 
 @pytest.fixture

@@ -13,13 +13,12 @@ import pathlib
 import re
 import shutil
 import struct
-import tempfile
 
 import pytest
 import trio
 
 import harness
-from harness._names import owner_tag
+from harness._names import owned_tempdir
 from harness._tracer import tracer as _tracer
 from helpers import wait_until
 
@@ -49,7 +48,7 @@ def srvdir():
     nobody, PostgreSQL as postgres) can reach: pytest's tmp_path is under a
     0700 directory.  Named by its owner, as the lab's own directories: if
     this run is killed, the next start removes it."""
-    d = tempfile.mkdtemp(prefix=f"{owner_tag()}-")
+    d = owned_tempdir()
     os.chmod(d, 0o755)
     yield pathlib.Path(d)
     shutil.rmtree(d, ignore_errors=True)
