@@ -5,6 +5,7 @@ for the real peer of a live connection (wire); what the victim's kernel
 answers is asserted with expected lines.
 """
 
+import itertools
 import time
 
 import pytest
@@ -42,6 +43,37 @@ async def test_scripted_handshake_options_and_data(lab, family):
         assert conn.info().tcp_info["snd_mss"] == 1000
         out = await conn.send(b"x" * 1000)
         await w.expect("server > client P. 1:1001(1000) ack 6", after=out, within=0.05)
+
+
+async def test_frame_times_hold_when_the_clock_reading_is_preempted(lab, monkeypatch):
+    """A frame's receive time is the kernel's realtime stamp moved onto the
+    monotonic clock by an offset read at the tap's read.  Here every other
+    realtime reading comes 3 ms after the monotonic one before it, as when
+    the reading thread is preempted between the two: the offset must not
+    take the gap in, or each data segment, sent within its send() call,
+    appears to leave 3 ms before the call began and its expectation misses
+    it (seen once: "nothing from server:8080", the segment in flight)."""
+    client, server = await lab.pair()
+    async with scripted_peer(server, client, port=9000) as w:
+        listener = await server.listen(9000)
+        await w.send("client > server S 0:0(0) win 65535 <mss 1460>")
+        await w.expect("server > client S. 0:0(0) ack 1 <mss 1460>", within=0.05)
+        await w.send("client > server . 1:1(0) ack 1 win 65535", wait=0.01)
+        conn = await listener.accept()
+        real, calls = time.time, itertools.count()
+
+        def preempted() -> float:
+            if next(calls) % 2 == 0:
+                end = time.monotonic() + 0.003
+                while time.monotonic() < end:
+                    pass
+            return real()
+        monkeypatch.setattr(time, "time", preempted)
+        for i in range(1, 21):
+            out = await conn.send(b"x")
+            await w.expect(f"server > client P. {i}:{i + 1}(1) ack 1", after=out, within=0.05)
+            await w.send(f"client > server . 1:1(0) ack {i + 1} win 65535")
+        assert next(calls) > 40  # the tap read the clock at least twice a segment
 
 
 async def test_segment_to_a_tuple_with_no_socket_draws_a_rst(lab, family):

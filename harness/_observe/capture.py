@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 import socket
 import struct
-import time
 from dataclasses import dataclass
 
 import trio
@@ -125,7 +124,7 @@ class Capture:
         """``ports`` maps the switch's port names (p1, p2...) to host names."""
         self.lab, self._ports = lab, ports
         self._sock = _tap.open_tap(switch_fd, rcvbuf=4 << 20)
-        self._offset = time.monotonic() - time.time()
+        self._offset = _tap.realtime_offset()[0]
         self.packets_seen = 0
         self._packets: list[Seg] = []
         self._frames: list[Frame] = []
@@ -146,7 +145,7 @@ class Capture:
         see everything captured so far)."""
         # the offset to the realtime clock the pcapng is written in, measured
         # again now as _tap.read_frames does (realtime may be stepped)
-        self._offset = time.monotonic() - time.time()
+        self._offset = _tap.realtime_offset()[0]
         for frame, t, addr in _tap.read_frames(self._sock):
             if addr[2] == PACKET_OUTGOING:
                 continue

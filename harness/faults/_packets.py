@@ -58,7 +58,7 @@ from typing import Any, Callable
 
 import trio
 
-from .. import _iptables, _netns, _nfqueue, _wire
+from .. import _iptables, _netns, _nfqueue, _tap, _wire
 from .._nfqueue import NF_ACCEPT, NF_DROP, NfQueue, NfQueueError
 from .._names import owner_tag
 from .._wire import FlagFilter, fix_checksums, flag_filter, parse_tcp
@@ -377,7 +377,6 @@ def _open_queue(host) -> NfQueue:
 
 SO_TIMESTAMPNS = 35  # asm-generic/socket.h (Python's socket module lacks it)
 STAMP_TRUSTED = 60.0  # s: an older arrival stamp is not one (see PacketFault._arrival)
-OFFSET_TIGHT = 50e-6  # s: the widest pair of monotonic readings an offset is taken from
 
 
 def _stamp_socket(host) -> socket.socket | None:
@@ -587,15 +586,9 @@ class PacketFault(Fault):
         scheduler cut in two would shift the due times of a whole batch
         against its neighbours', and reorder packets: seen under load as
         spurious retransmissions).  Kept until a tight reading comes."""
-        best = None
-        for _ in range(3):
-            m1 = time.monotonic()
-            r = time.time()
-            m2 = time.monotonic()
-            if best is None or m2 - m1 < best[0]:
-                best = (m2 - m1, (m1 + m2) / 2 - r)
-        if best[0] < OFFSET_TIGHT or self._offset is None:
-            self._offset = best[1]
+        offset, width = _tap.realtime_offset(3)
+        if width < _tap.OFFSET_TIGHT or self._offset is None:
+            self._offset = offset
 
     def _let_go(self, q) -> None:
         """At undo: the held packets first, in their order, then what is
