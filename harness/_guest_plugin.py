@@ -498,6 +498,8 @@ def _complete(item, name, reports, failure, ran, wall, artifacts, console) -> li
         if ran and (r.when == "call" or (r.when == "setup" and not r.passed)):
             r.user_properties.append(
                 ("evidence", f"{name}: {guest:.1f} s guest time in {wall:.2f} s wall time"))
+        if ran and (r.when in ("call", "teardown") or (r.when == "setup" and not r.passed)):
+            # on the teardown report too: junit XML takes its <properties> from it
             r.user_properties.append(("guest_time", {"kernel": name, "guest_s": guest,
                                                      "wall_s": wall}))
         if r.failed:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -95,11 +96,20 @@ def test_pass_runs_in_the_guest_kernel_in_virtual_time(pytester, guest_tmp):
             print("slept", round(time.monotonic() - t0), "guest seconds")
         """)
     t0 = time.monotonic()
-    result = _run(pytester)
+    result = _run(pytester, "--junitxml=junit.xml")
     wall = time.monotonic() - t0
     result.assert_outcomes(passed=3)
     out = result.stdout.str()
     assert "release 6.12." in out and f"release {os.uname().release}" in out
+    # junit XML shows each guest test's guest and wall seconds (the property
+    # written from the teardown report), and none for the host's
+    times = {case.get("name"): [p.get("value") for p in case.iter("property")
+                                if p.get("name") == "guest_time"]
+             for case in ET.parse(pytester.path / "junit.xml").iter("testcase")}
+    hour = f"test_an_hour[{TT}]"
+    assert sorted(times) == sorted(["test_where[host]", f"test_where[{TT}]", hour]), times
+    assert times[f"test_where[{TT}]"] and times[hour] and not times["test_where[host]"]
+    assert "'guest_s': 3600." in times[hour][0], times
     assert "test_where[host]" in out and f"test_where[{TT}]" in out
     assert "slept 3600 guest seconds" in out
     assert wall < 120                                  # an hour of virtual time
