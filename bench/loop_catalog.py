@@ -22,6 +22,7 @@ import collections
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,15 @@ def run_once(extra: list[str], slow: bool, workers: int, where: str = "cases",
                 f"--junitxml={junit}", *(["-n", str(workers)] if workers else []),
                 *([] if slow or where != "cases" else ["-m", "not slow"]), *extra]
         t0 = time.monotonic()
-        res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+        with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as proc:
+            try:
+                out, err = proc.communicate()
+            except BaseException:  # SIGTERM or Ctrl-C: pytest tears its labs down first
+                proc.terminate()
+                proc.wait(120)
+                raise
+        res = subprocess.CompletedProcess(argv, proc.returncode, out, err)
         took = time.monotonic() - t0
         if not os.path.exists(junit):
             sys.stderr.write(res.stdout[-3000:] + res.stderr[-3000:])
@@ -98,6 +107,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.runs < 1:
         ap.error(f"--runs must be >= 1, got {args.runs}")
+    # stopped by SIGTERM: unwind as for Ctrl-C (the run's temporary directory goes)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     burners = []
     if args.busy:
