@@ -12,7 +12,7 @@ import time
 import pytest
 
 from harness import _netns, _tracefs
-from harness._names import owner_of, pid_alive
+from harness._names import owner_of
 
 import rootstate
 from helpers import dies_with_me
@@ -115,10 +115,13 @@ def test_sigkilled_run_is_swept_by_the_next(lab_tests, tmp_path):
 def test_concurrent_pytest_processes_and_xdist_do_not_collide(tmp_path):
     many = tmp_path / "test_many.py"
     many.write_text(textwrap.dedent('''
+        import os
         import pytest
 
         @pytest.mark.parametrize("n", range(6))
         async def test_connect(lab, n):
+            with open(os.environ["PIDS_FILE"], "a") as f:   # this process: a run or a worker
+                f.write(f"{os.getpid()}\\n")
             client, server = await lab.pair()
             listener = await server.listen(9000)
             conn = await client.connect(server, 9000)
@@ -127,15 +130,19 @@ def test_concurrent_pytest_processes_and_xdist_do_not_collide(tmp_path):
             assert (await peer.recv()).value == b"%d" % n
             assert lab.timeline.states(conn)[:2] == ["SYN_SENT", "ESTABLISHED"]
     '''))
+    pids_file = tmp_path / "pids"
+    env = dict(os.environ, PIDS_FILE=str(pids_file))
     procs = [subprocess.Popen(pytest_cmd(many, *extra), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              stderr=subprocess.STDOUT, text=True, env=env)
              for extra in ((), (), ("-n", "2"))]
     outs = [p.communicate(timeout=180)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0 and "6 passed" in out, out
-    # xdist workers have pids of their own: nothing of any dead owner is left
-    assert [n for n in _netns.list_names()
-            if (o := owner_of(n)) is not None and not pid_alive(o)] == []
+    # xdist workers have pids of their own: nothing of any of these runs is
+    # left (only theirs: a test beside this one may keep a dead owner's lab)
+    ours = {p.pid for p in procs} | {int(line) for line in pids_file.read_text().split()}
+    assert len(ours) >= 4  # the three runs, and the -n 2 run's worker(s)
+    assert [n for n in _netns.list_names() if owner_of(n) in ours] == []
 
 
 def test_keep_lab_on_failure_leaves_it_for_debugging_until_the_next_run(lab_tests):
