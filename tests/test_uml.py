@@ -163,9 +163,19 @@ def test_missing_command_is_127():
     assert "no-such-command-xyz" in result.stderr
 
 
+def _no_wait_for_uprobes(monkeypatch) -> None:
+    """For a guest that is to time out anyway: no wait for another test's
+    SO_ERROR uprobe (harness._exclusive), which would eat a short timeout
+    before the guest starts, and end in "not started" instead."""
+    from harness import _exclusive
+    monkeypatch.setattr(_exclusive, "hold", lambda kind, timeout: None)
+    monkeypatch.setattr(_exclusive, "release", lambda kind: None)
+
+
 @needs_guest
 def test_timeout_kills_guest_and_cleans_up(monkeypatch):
     created = _track_run_dirs(monkeypatch)
+    _no_wait_for_uprobes(monkeypatch)
     started = time.monotonic()
     with pytest.raises(GuestTimeout, match=r"did not finish within 5 s"):
         run_in_guest(["sleep", "100"], timeout=5)
@@ -178,11 +188,16 @@ def test_a_timed_out_guest_names_the_uprobes_on_the_machine(monkeypatch, tmp_pat
     """A uprobe in a host file hangs a guest's programs (reproduced with a
     libc probe made outside harness._exclusive's lock: no output, then the
     timeout).  A real one would hang other runs' guests, so the tracefs
-    listing is the test's own here."""
+    listing is the test's own here.  So is the exclusive lock: the guest
+    times out whether or not a real uprobe of a test beside this one hangs
+    it, and waiting for that test's lab would eat the 3 s before the guest
+    starts (seen under -n 4: "not started: the SO_ERROR uprobe ... was held
+    for the whole 3 s")."""
     from harness import _tracefs
     (tmp_path / "uprobe_events").write_text(
         "p:fih77_sys/getsockopt_77 /usr/lib/x86_64-linux-gnu/libc.so.6:0x0000000000123456\n")
     monkeypatch.setattr(_tracefs, "ROOT", str(tmp_path))
+    _no_wait_for_uprobes(monkeypatch)
     with pytest.raises(GuestTimeout, match=r"(?s)did not finish within 3 s.*uprobe events on "
                                            r"this machine now: fih77_sys/getsockopt_77\.  A guest's"):
         run_in_guest(["sleep", "100"], timeout=3)
