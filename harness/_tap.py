@@ -7,9 +7,10 @@ harness's clock is time.monotonic().  The offset between the two is measured
 again at every read, not once: the realtime clock may be stepped (NTP) while a
 tap is open.  It is measured tight (``realtime_offset``): a realtime reading
 between two monotonic ones close together.  A plain ``monotonic() - time()``
-is off by however long the thread lost the CPU or the GIL between the two
-calls (another thread of the test process holds it for up to the 5 ms switch
-interval), and every frame of the read moves that much earlier: a segment
+is off by however long the thread lost the CPU between the two calls (a
+preemption or the hypervisor's steal: over 0.1 ms in 1 of ~87,000 readings on
+the 2-core VM, up to 3.9 ms), and every frame of the read moves that much
+earlier: a segment
 the kernel sent within a send() call then appears to have left before the
 call began, and an expectation timed from the call misses it.
 """
