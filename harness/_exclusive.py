@@ -9,9 +9,16 @@ once: :func:`hold` of one kind waits while another process holds the other.
 
 Three flocks in the runtime directory (see ``_names``) do it:
 ``exclusive-<kind>.lock`` is held shared by every holder of that kind, and
-``exclusive.gate`` exclusively for the instant a process checks the other
-kind's file (a try for an exclusive lock it drops at once) and takes its
-own, so a check and a take are never interleaved with another process's.
+``exclusive.gate`` is the turnstile: a process takes it exclusively to look
+at the other kind's file (a try for an exclusive lock it drops at once) and
+take its own, and keeps it while it waits.  So a look and a take are never
+interleaved with another process's, and a waiter is never starved: while
+it waits, newcomers of *both* kinds queue behind it, and only the holders
+already in drain away.  Without that a stream of overlapping holders of
+one kind (two xdist workers running SO_ERROR labs back to back) kept the
+other kind out for good: a guest waited out its whole timeout (seen in CI).
+Kinds thus alternate under contention, and the same kind shares freely
+otherwise.
 flock(2) locks go with their process: a killed run never blocks the next.
 A process holds each kind through one file description however many labs
 or guests share it; asking for the other kind while it holds one is refused
@@ -87,18 +94,22 @@ def hold(kind: str, timeout: float) -> None:
         theirs = _open(f"exclusive-{other}.lock")
         gate = _open("exclusive.gate")
         deadline = time.monotonic() + timeout
-        while True:
+        pause = 0.001   # a look takes microseconds; a waiter's turn takes longer
+        while not _try(gate, fcntl.LOCK_EX):   # behind another waiter, of either kind
+            if time.monotonic() >= deadline:
+                raise Busy(f"another process waiting for its turn (for {WHAT[other]} or "
+                           f"for this kind to end) kept this one queued for the whole "
+                           f"{timeout:g} s waited (a guest hangs on the uprobe, so they take turns)")
+            time.sleep(pause)
+            pause = min(2 * pause, POLL)
+        while True:   # the turnstile is ours: newcomers wait, the other kind's holders drain
             now = time.monotonic()  # read before the look: the last look starts past the deadline
-            fcntl.flock(gate, fcntl.LOCK_EX)   # held only for the look and the take
-            try:
-                if _try(theirs, fcntl.LOCK_EX):
-                    fcntl.flock(theirs, fcntl.LOCK_UN)
-                    fcntl.flock(mine, fcntl.LOCK_SH)  # only checks take it exclusively, under the gate
-                    _held[kind] = (mine, 1)
-                    mine = -1
-                    return
-            finally:
-                fcntl.flock(gate, fcntl.LOCK_UN)
+            if _try(theirs, fcntl.LOCK_EX):
+                fcntl.flock(theirs, fcntl.LOCK_UN)
+                fcntl.flock(mine, fcntl.LOCK_SH)  # only looks take it exclusively, at the turnstile
+                _held[kind] = (mine, 1)
+                mine = -1
+                return
             if now >= deadline:
                 raise Busy(f"{WHAT[other]} was held for the whole {timeout:g} s waited "
                            f"(they cannot run at once: a guest hangs on the uprobe)")
@@ -106,7 +117,7 @@ def hold(kind: str, timeout: float) -> None:
     finally:
         for fd in (mine, theirs, gate):
             if fd >= 0:
-                os.close(fd)
+                os.close(fd)   # closing the gate's description lets the next one through
 
 
 def release(kind: str) -> None:

@@ -120,6 +120,63 @@ def test_the_same_kind_is_shared(lockdir, other):
         _exclusive.hold("uprobe", 0.1)
 
 
+def _relay(kind: str, lockdir: str, phase: float) -> subprocess.Popen:
+    """Another process holding ``kind`` for 1 s at a time, letting go for
+    50 ms between holds, from ``phase`` s on: two of them half a period apart
+    keep the kind held without a gap (two xdist workers running SO_ERROR
+    labs back to back did that in CI).  It prints when each hold began and
+    ended (CLOCK_MONOTONIC is the machine's)."""
+    code = textwrap.dedent(f"""
+        import os, time
+        from harness import _exclusive
+        _exclusive._path = lambda name: os.path.join({lockdir!r}, name)
+        time.sleep({phase!r})
+        while True:
+            _exclusive.hold({kind!r}, 60)
+            began = time.monotonic()
+            time.sleep(1.0)
+            ended = time.monotonic()
+            _exclusive.release({kind!r})
+            print(began, ended, flush=True)
+            time.sleep(0.05)
+        """)
+    return subprocess.Popen(dies_with_me([sys.executable, "-c", code]), cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _holds(relay: subprocess.Popen) -> tuple[float, float]:
+    began, ended = relay.stdout.readline().split()
+    return float(began), float(ended)
+
+
+@pytest.mark.parametrize("kind", _exclusive.KINDS)
+def test_a_waiter_is_not_starved_by_overlapping_holders_of_the_other_kind(lockdir, kind):
+    """A waiter keeps the turn: newcomers of the other kind queue behind it,
+    so the holders already in drain and it goes within about one hold,
+    not after its whole timeout.  The relays go on after it."""
+    theirs = _exclusive._other(kind)
+    relays = [_relay(theirs, lockdir, 0.0), _relay(theirs, lockdir, 0.5)]
+    try:
+        for r in relays:
+            _holds(r)   # both in their stride: from now on no gap is left for a look
+        _exclusive.hold(kind, 10)   # before the turnstile: starved all 10 s, then Busy
+        began = time.monotonic()
+        time.sleep(0.2)
+        ended = time.monotonic()
+        _exclusive.release(kind)
+        for r in relays:
+            while True:   # each holds again after us, and never held while we did
+                their_began, their_ended = _holds(r)
+                assert their_ended <= began or their_began >= ended, \
+                    (kind, (began, ended), (their_began, their_ended))
+                if their_began >= ended:
+                    break
+    finally:
+        for r in relays:
+            r.kill()
+            r.wait()
+
+
 def test_this_process_holding_one_kind_is_refused_the_other_at_once(lockdir):
     _exclusive.hold("uprobe", 1)
     try:
