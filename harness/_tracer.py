@@ -238,6 +238,7 @@ class _Tracer:
                 if isinstance(rec, _tracefs.Fork):
                     self.parents[rec.child] = rec.parent
                     self.spawner_tids.pop(rec.child, None)  # a reused pid
+                    self.pids.pop(rec.child, None)          # (its namespace may be another's)
                     if rec.parent in self.spawners:
                         host, proc = self.spawners.pop(rec.parent)
                         proc.kernel_pid = rec.child
