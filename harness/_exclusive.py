@@ -18,7 +18,10 @@ already in drain away.  Without that a stream of overlapping holders of
 one kind (two xdist workers running SO_ERROR labs back to back) kept the
 other kind out for good: a guest waited out its whole timeout (seen in CI).
 Kinds thus alternate under contention, and the same kind shares freely
-otherwise.
+otherwise.  The price: a hold whose release waits on another process's new
+hold of the same kind (a SO_ERROR lab whose test runs another SO_ERROR
+run) queues that new hold behind a waiter of the other kind, until the
+waiter's own timeout lets it through.
 flock(2) locks go with their process: a killed run never blocks the next.
 A process holds each kind through one file description however many labs
 or guests share it; asking for the other kind while it holds one is refused
