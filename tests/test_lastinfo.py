@@ -16,9 +16,16 @@ async def test_orphan_giving_up_keeps_its_last_tcp_info(lab, family):
             await conn.close()                           # an orphan in FIN_WAIT1 now
             last = await keep.wait_gone(timeout=10)
     # the orphan died after tcp_orphan_retries=1... (tcp_orphan_retries(): at
-    # least one retransmission); its last look shows the timer and backoff
+    # least one retransmission); its last look shows the timer and backoff -
+    # or no timer, when that look fell inside the final timer's handler:
+    # tcp_write_timer_handler() clears icsk_pending before
+    # tcp_retransmit_timer() gives up and kills the socket, and the dump
+    # reads without the socket lock (1 suite run in 20; back-to-back dumps
+    # caught the same window at an earlier retransmission: FIN_WAIT1, no
+    # timer, tcpi_retransmits 1).  tcp_info has the counts either way.
     ev = await lab.timeline.wait_for(entered(conn, "CLOSE"))
-    assert last.state == "FIN_WAIT1" and last.timer == "retransmit"
+    assert last.state == "FIN_WAIT1"
+    assert last.timer == "retransmit" or (last.timer is None and last.tcp_info["retransmits"] >= 1)
     assert last.tcp_info["backoff"] >= 1 and last.tcp_info["total_retrans"] >= 1
     # the last look came before the death (the tracepoint's clock is
     # converted to monotonic: no sub-ms order is claimed); how close before

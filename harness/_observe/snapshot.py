@@ -43,9 +43,13 @@ class SocketInfo(tuple):
     state = property(lambda self: BY_NUMBER.get(self[3], str(self[3])),
                      doc="kernel state name, e.g. TIME_WAIT")
     timer = property(lambda self: TIMERS.get(self[4], str(self[4])),
-                     doc="retransmit, keepalive, time_wait, zero_window_probe or None")
+                     doc="retransmit, keepalive, time_wait, zero_window_probe or None.  "
+                         "None too for the instant the kernel runs the retransmit or "
+                         "probe timer's handler: it clears icsk_pending before it "
+                         "retransmits (or gives up and kills the socket), and the dump "
+                         "reads without the socket lock; tcp_info still has the counts")
     retransmits = property(_I(5), doc="inet_diag idiag_retrans: retransmits (or keepalive "
-                                      "probes) of the pending timer")
+                                      "probes) of the pending timer (0 without one)")
     sport = property(lambda self: _ntohs(self[6]))
     dport = property(lambda self: _ntohs(self[7]))
     host = property(_I(10))
