@@ -20,7 +20,7 @@ async def test_orphan_giving_up_keeps_its_last_tcp_info(lab, family):
     # or no timer, when that look fell inside the final timer's handler:
     # tcp_write_timer_handler() clears icsk_pending before
     # tcp_retransmit_timer() gives up and kills the socket, and the dump
-    # reads without the socket lock (1 suite run in 20; back-to-back dumps
+    # reads without the socket lock (once in 13 suite runs; back-to-back dumps
     # caught the same window at an earlier retransmission: FIN_WAIT1, no
     # timer, tcpi_retransmits 1).  tcp_info has the counts either way.
     ev = await lab.timeline.wait_for(entered(conn, "CLOSE"))
